@@ -1,0 +1,7 @@
+//! HTTP surfaces other than ingress: health, metrics, the read API and admin.
+//!
+//! Owns: request parsing and response shapes. Must never: write to the store
+//! (only ingress and the processor change data).
+
+pub mod error;
+pub mod health;

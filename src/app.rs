@@ -1,0 +1,151 @@
+//! Start-up: one [`App::build`] used by `main` and by the tests.
+//!
+//! Owns: wiring config, database, committer, processor and router together, and
+//! the shutdown order. Must never: bind a port or install a signal handler itself
+//! (the caller passes a bound listener and a shutdown future).
+
+use crate::api;
+use crate::clock::{self, Clock};
+use crate::config::Config;
+use crate::queue::GroupCommitter;
+use crate::store::db::{Database, DbError};
+use crate::telemetry::metrics::Metrics;
+use crate::webhook::SecretSet;
+use axum::routing::post;
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Database,
+    pub secrets: SecretSet,
+    pub clock: Arc<dyn Clock>,
+    pub max_body_bytes: usize,
+    pub committer: GroupCommitter,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+    /// Notified after each inbox commit that stored new deliveries.
+    pub inbox_committed: Arc<Notify>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot read the listener address: {0}")]
+    Listener(std::io::Error),
+}
+
+pub struct App {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+    state: AppState,
+    writer: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+/// How long shutdown waits for in-flight requests before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+impl App {
+    pub async fn build(config: Config, listener: TcpListener) -> Result<App, BuildError> {
+        Self::build_with_clock(config, listener, clock::system()).await
+    }
+
+    pub async fn build_with_clock(
+        config: Config,
+        listener: TcpListener,
+        clock: Arc<dyn Clock>,
+    ) -> Result<App, BuildError> {
+        let addr = listener.local_addr().map_err(BuildError::Listener)?;
+        let db = Database::open(&config.database_url).await?;
+        let inbox_committed = Arc::new(Notify::new());
+        let (committer, writer) = GroupCommitter::start(db.clone(), inbox_committed.clone());
+        let state = AppState {
+            db,
+            secrets: config.secrets.clone(),
+            clock,
+            max_body_bytes: config.max_body_bytes,
+            committer,
+            metrics: Arc::new(Metrics::new()),
+            config: Arc::new(config),
+            inbox_committed,
+        };
+        let router = router(state.clone());
+        Ok(App {
+            listener,
+            addr,
+            router,
+            state,
+            writer,
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+    /// requests finish (up to [`SHUTDOWN_GRACE`]), drains the inbox writer and
+    /// closes the database.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let App {
+            listener,
+            router,
+            state,
+            writer,
+            cancel,
+            ..
+        } = self;
+        let signal = cancel.clone();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            signal.cancel();
+        });
+        let server = async move {
+            let grace = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
+            tokio::select! {
+                r = server => r,
+                _ = grace => {
+                    tracing::warn!("in-flight requests did not finish within the grace period");
+                    Ok(())
+                }
+            }
+        };
+        let result = server.await;
+        let db = state.db.clone();
+        drop(state);
+        // The writer ends once every committer handle is gone; waiting for it
+        // means every accepted delivery has its answer.
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        db.close().await;
+        result
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/clerk", post(crate::webhook::handler::receive))
+        .merge(api::health::routes())
+        .with_state(state)
+}

@@ -1,0 +1,251 @@
+//! The Clerk event envelope, read just far enough to route a delivery.
+//!
+//! Owns: deciding whether a verified body is a Clerk event envelope (`type` and a
+//! `data` object) and deriving its partition key. Must never: reject a delivery for
+//! a field it does not need (Clerk's payloads drift; everything but the ids is
+//! optional and unknown fields are kept in the stored raw body).
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("body is empty")]
+    Empty,
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("body is not a Clerk event envelope: {0}")]
+    NotEnvelope(&'static str),
+}
+
+/// What ingress needs of an event: its type, the time Clerk says it happened, and
+/// the entity it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeHead {
+    pub event_type: String,
+    /// Envelope `timestamp` (ms), when present.
+    pub timestamp_ms: Option<i64>,
+    /// The entity id the event is about (`data.id`), when present.
+    pub object_id: Option<String>,
+    /// The partition key: events with the same key are applied one at a time.
+    pub entity_key: Option<String>,
+}
+
+/// A string id, or nothing when the field is absent, null or of another type.
+#[derive(Default)]
+struct LenientId(Option<String>);
+
+impl<'de> Deserialize<'de> for LenientId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LenientId, E> {
+                Ok(LenientId(Some(v.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_unit<E>(self) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_none<E>(self) -> Result<LenientId, E> {
+                Ok(LenientId(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<LenientId, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<LenientId, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientId(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<LenientId, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LenientId(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `organization: {id}` on memberships; lenient about everything.
+#[derive(Default)]
+struct OrgRef(Option<String>);
+
+impl<'de> Deserialize<'de> for OrgRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Inner {
+            #[serde(default)]
+            id: LenientId,
+        }
+        let v = serde_json::Value::deserialize(d)?;
+        Ok(OrgRef(
+            serde_json::from_value::<Inner>(v).ok().and_then(|i| i.id.0),
+        ))
+    }
+}
+
+/// `data` must be a JSON object; we read only the routing ids.
+struct DataHead {
+    id: Option<String>,
+    user_id: Option<String>,
+    organization_id: Option<String>,
+    organization: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for DataHead {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DataHead;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<DataHead, A::Error> {
+                let mut h = DataHead {
+                    id: None,
+                    user_id: None,
+                    organization_id: None,
+                    organization: None,
+                };
+                while let Some(k) = a.next_key::<Cow<'de, str>>()? {
+                    match k.as_ref() {
+                        "id" => h.id = a.next_value::<LenientId>()?.0,
+                        "user_id" => h.user_id = a.next_value::<LenientId>()?.0,
+                        "organization_id" => h.organization_id = a.next_value::<LenientId>()?.0,
+                        "organization" => h.organization = a.next_value::<OrgRef>()?.0,
+                        _ => {
+                            a.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(h)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<Cow<'a, str>>,
+    data: Option<DataHead>,
+    #[serde(default)]
+    timestamp: Option<serde_json::Value>,
+}
+
+/// Parses the routing head of an envelope from the raw (already verified) body.
+pub fn parse_head(body: &[u8]) -> Result<EnvelopeHead, EnvelopeError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(EnvelopeError::Empty);
+    }
+    let raw: RawEnvelope<'_> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) if e.is_data() => {
+            // Valid JSON of the wrong shape (an array, `data` not an object, ...).
+            return Err(if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+                EnvelopeError::NotEnvelope("expected an object with `type` and a `data` object")
+            } else {
+                EnvelopeError::NotJson(e.to_string())
+            });
+        }
+        Err(e) => return Err(EnvelopeError::NotJson(e.to_string())),
+    };
+    let event_type = match raw.ty {
+        Some(t) if !t.trim().is_empty() => t.into_owned(),
+        Some(_) => return Err(EnvelopeError::NotEnvelope("`type` is empty")),
+        None => return Err(EnvelopeError::NotEnvelope("missing `type`")),
+    };
+    let data = raw
+        .data
+        .ok_or(EnvelopeError::NotEnvelope("missing `data` object"))?;
+    // A timestamp of another type is ignored: the version then falls back to the
+    // svix-timestamp (see sync), which is better than refusing a genuine delivery.
+    let timestamp_ms = raw.timestamp.and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+    });
+    let entity_key = entity_key(&event_type, &data);
+    Ok(EnvelopeHead {
+        event_type,
+        timestamp_ms,
+        object_id: data.id,
+        entity_key,
+    })
+}
+
+/// The partition an event belongs to: its user for user-scoped events, its
+/// organization for organization-scoped ones, else the object itself.
+fn entity_key(event_type: &str, d: &DataHead) -> Option<String> {
+    let family = event_type.split('.').next().unwrap_or("");
+    let key = match family {
+        "user" | "organization" | "role" | "permission" | "waitlistEntry" => d.id.clone(),
+        "session" | "email" | "sms" => d.user_id.clone().or_else(|| d.id.clone()),
+        "organizationMembership" => d.organization.clone().or_else(|| d.organization_id.clone()),
+        "organizationInvitation" | "organizationDomain" => {
+            d.organization_id.clone().or_else(|| d.organization.clone())
+        }
+        _ => None,
+    };
+    key.or_else(|| d.id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_partitions_by_org() {
+        let h = parse_head(br#"{"type":"organizationMembership.created","data":{"id":"orgmem_1","organization":{"id":"org_1"},"public_user_data":{"user_id":"user_1"}},"timestamp":5}"#).unwrap();
+        assert_eq!(h.entity_key.as_deref(), Some("org_1"));
+        assert_eq!(h.timestamp_ms, Some(5));
+    }
+
+    #[test]
+    fn lenient_about_odd_fields() {
+        let h = parse_head(br#"{"type":"x.y","data":{"id":7,"user_id":null,"organization":[1]},"timestamp":"soon"}"#).unwrap();
+        assert_eq!(h.entity_key, None);
+        assert_eq!(h.timestamp_ms, None);
+    }
+
+    #[test]
+    fn rejects_non_envelopes() {
+        assert_eq!(parse_head(b""), Err(EnvelopeError::Empty));
+        assert!(matches!(
+            parse_head(b"not json"),
+            Err(EnvelopeError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_head(b"[1,2]"),
+            Err(EnvelopeError::NotEnvelope(_))
+        ));
+        assert!(matches!(
+            parse_head(br#"{"data":{}}"#),
+            Err(EnvelopeError::NotEnvelope(_))
+        ));
+        assert!(matches!(
+            parse_head(br#"{"type":"user.created"}"#),
+            Err(EnvelopeError::NotEnvelope(_))
+        ));
+        assert!(matches!(
+            parse_head(br#"{"type":"user.created","data":"x"}"#),
+            Err(EnvelopeError::NotEnvelope(_))
+        ));
+    }
+}

@@ -1,0 +1,368 @@
+//! Layered configuration: flags > `CLERKSYNC_*` env > `--config` TOML > defaults.
+//!
+//! Owns: reading every setting once, validating it, and producing a typed
+//! [`Config`]. Must never: be re-read after start-up, or print a secret (the
+//! `Debug` of secrets and tokens is redacted).
+
+use crate::webhook::verify::{SecretError, SecretSet};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why start-up cannot go on. Each message is one line that says what to set.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("CLERKSYNC_WEBHOOK_SECRET is not set: set it (or --webhook-secret, or webhook_secret in the config file) to your Clerk endpoint's signing secret (whsec_...)")]
+    MissingSecret,
+    #[error("CLERKSYNC_WEBHOOK_SECRET is malformed ({0}): use the signing secret from the Clerk dashboard, whsec_ followed by base64; separate several with commas")]
+    BadSecret(SecretError),
+    #[error("CLERKSYNC_LISTEN '{0}' is not a socket address: use host:port, e.g. 127.0.0.1:8080")]
+    BadListen(String),
+    #[error("CLERKSYNC_DATABASE_URL '{0}' is not usable: use sqlite://path/to/file.db or postgres://user@host/db")]
+    BadDatabaseUrl(String),
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{name} is invalid: {message}")]
+    BadValue { name: &'static str, message: String },
+}
+
+/// A bearer token; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Constant-time comparison against a presented token.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == presented.len() && bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Where the data lives, chosen once from the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            if path.is_empty() {
+                return Err(ConfigError::BadDatabaseUrl(s.to_string()));
+            }
+            Ok(Self::Sqlite(s.to_string()))
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            url::Url::parse(s).map_err(|_| ConfigError::BadDatabaseUrl(redact_url(s)))?;
+            Ok(Self::Postgres(s.to_string()))
+        } else {
+            Err(ConfigError::BadDatabaseUrl(redact_url(s)))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Sqlite(s) | Self::Postgres(s) => s,
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(self.as_str()))
+    }
+}
+
+/// Hides a password in a URL so it can be shown in errors and logs.
+pub fn redact_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// Settings as given by flags/env or the file: all optional until merged.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// One or more whsec_ signing secrets, comma-separated (rotation).
+    #[arg(long, env = "CLERKSYNC_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "CLERKSYNC_LISTEN")]
+    pub listen: Option<String>,
+    /// sqlite://path or postgres://...
+    #[arg(long, env = "CLERKSYNC_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Bearer token for /v1 (read API); open when unset.
+    #[arg(long, env = "CLERKSYNC_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Bearer token for /admin; /admin is disabled when unset.
+    #[arg(long, env = "CLERKSYNC_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Directory for the embedded database.
+    #[arg(long, env = "CLERKSYNC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long, env = "CLERKSYNC_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Log format: human or json.
+    #[arg(long, env = "CLERKSYNC_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Most events applied at once (worker pool size).
+    #[arg(long, env = "CLERKSYNC_MAX_CONCURRENT")]
+    pub max_concurrent: Option<usize>,
+    /// Attempts before a failing event is dead-lettered.
+    #[arg(long, env = "CLERKSYNC_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+    /// Days a deleted entity's archived record (and its personal data in audit rows) is kept.
+    #[arg(long, env = "CLERKSYNC_ARCHIVE_RETENTION_DAYS")]
+    pub archive_retention_days: Option<f64>,
+}
+
+impl Settings {
+    /// `self` wins over `lower` field by field.
+    pub fn or(self, lower: Settings) -> Settings {
+        Settings {
+            webhook_secret: self.webhook_secret.or(lower.webhook_secret),
+            listen: self.listen.or(lower.listen),
+            database_url: self.database_url.or(lower.database_url),
+            api_token: self.api_token.or(lower.api_token),
+            admin_token: self.admin_token.or(lower.admin_token),
+            data_dir: self.data_dir.or(lower.data_dir),
+            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            log_format: self.log_format.or(lower.log_format),
+            max_concurrent: self.max_concurrent.or(lower.max_concurrent),
+            max_attempts: self.max_attempts.or(lower.max_attempts),
+            archive_retention_days: self.archive_retention_days.or(lower.archive_retention_days),
+        }
+    }
+
+    /// Reads a TOML file of the same keys.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub secrets: SecretSet,
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    pub api_token: Option<Token>,
+    pub admin_token: Option<Token>,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub max_concurrent: usize,
+    pub max_attempts: u32,
+    pub archive_retention: std::time::Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+pub const DEFAULT_ARCHIVE_RETENTION_DAYS: f64 = 30.0;
+
+/// Default worker count: applying is mostly waiting on the database, so a few
+/// per core keeps it busy without thrashing SQLite's single writer.
+pub fn default_max_concurrent() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+        .clamp(2, 16)
+}
+
+impl Config {
+    /// Merges `cli_env` over the optional file and validates the result.
+    pub fn load(cli_env: Settings, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match file {
+            Some(p) => Settings::from_file(p)?,
+            None => Settings::default(),
+        };
+        Self::from_settings(cli_env.or(file))
+    }
+
+    /// Validates merged settings, filling defaults.
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let secrets = match s.webhook_secret.as_deref().map(str::trim) {
+            None | Some("") => return Err(ConfigError::MissingSecret),
+            Some(v) => SecretSet::parse_list(v).map_err(ConfigError::BadSecret)?,
+        };
+        let rest = Self::without_secret(Settings {
+            webhook_secret: None,
+            ..s
+        })?;
+        Ok(Config { secrets, ..rest })
+    }
+
+    /// Validates everything but the secret (for commands that never verify a
+    /// delivery: migrate, events, replay). The secret set is a random placeholder.
+    pub fn without_secret(s: Settings) -> Result<Config, ConfigError> {
+        let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_s
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::BadListen(listen_s.clone()))?;
+        let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let db = s
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}/clerksync.db", data_dir.display()));
+        let database_url = DatabaseUrl::parse(&db)?;
+        let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_MAX_BODY_BYTES",
+                message: "must be at least 1024".into(),
+            });
+        }
+        let log_format = match s.log_format.as_deref().unwrap_or("human") {
+            "human" | "text" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::BadValue {
+                    name: "CLERKSYNC_LOG_FORMAT",
+                    message: format!("'{other}': use human or json"),
+                })
+            }
+        };
+        let max_concurrent = s.max_concurrent.unwrap_or_else(default_max_concurrent);
+        if max_concurrent == 0 || max_concurrent > 1024 {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_MAX_CONCURRENT",
+                message: "must be between 1 and 1024".into(),
+            });
+        }
+        let max_attempts = s.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1);
+        let days = s
+            .archive_retention_days
+            .unwrap_or(DEFAULT_ARCHIVE_RETENTION_DAYS);
+        if !(days.is_finite() && days >= 0.0) {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_ARCHIVE_RETENTION_DAYS",
+                message: "must be a non-negative number of days".into(),
+            });
+        }
+        let token = |t: Option<String>| t.filter(|t| !t.trim().is_empty()).map(Token::new);
+        Ok(Config {
+            secrets: SecretSet::new(vec![crate::webhook::verify::WebhookSecret::from_key(
+                rand::random::<[u8; 32]>().to_vec(),
+            )]),
+            listen,
+            database_url,
+            api_token: token(s.api_token),
+            admin_token: token(s.admin_token),
+            data_dir,
+            max_body_bytes,
+            log_format,
+            max_concurrent,
+            max_attempts,
+            archive_retention: std::time::Duration::from_secs_f64(days * 86400.0),
+        })
+    }
+
+    /// A config for tests and embedding: the given secret and database, defaults elsewhere.
+    pub fn for_tests(secret: &str, database_url: &str) -> Config {
+        Config::from_settings(Settings {
+            webhook_secret: Some(secret.into()),
+            database_url: Some(database_url.into()),
+            listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        })
+        .expect("test config is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file() {
+        let cli = Settings {
+            listen: Some("127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let file = Settings {
+            listen: Some("127.0.0.1:10".into()),
+            webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            ..Default::default()
+        };
+        let c = Config::from_settings(cli.or(file)).unwrap();
+        assert_eq!(c.listen.port(), 9);
+    }
+
+    #[test]
+    fn missing_and_bad_values_say_what_to_set() {
+        let e = Config::from_settings(Settings::default()).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("CLERKSYNC_WEBHOOK_SECRET is not set"));
+        let e = Config::from_settings(Settings {
+            webhook_secret: Some("whsec_not*base64!".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("malformed"));
+        assert!(!e.to_string().contains("not*base64"), "never echo a secret");
+        let e = Config::from_settings(Settings {
+            webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            database_url: Some("postgres://u:hunter2@h/db x".into()),
+            ..Default::default()
+        });
+        if let Err(e) = e {
+            assert!(!e.to_string().contains("hunter2"));
+        }
+        let e = Config::from_settings(Settings {
+            webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            database_url: Some("mysql://x".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("CLERKSYNC_DATABASE_URL"));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let c = Config::for_tests("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "sqlite://x.db");
+        let d = format!("{c:?}");
+        assert!(!d.contains("MfKQ9r8"));
+    }
+}

@@ -1,0 +1,20 @@
+//! clerksync: keeps an application's database in step with Clerk.
+//!
+//! The library is the whole service; `main.rs` only parses the command line. An
+//! application can embed the router via [`app::App`]. See DESIGN.md for the flow:
+//! webhook -> inbox -> processor -> store -> change feed -> cache/search/realtime.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod clerk;
+pub mod clock;
+pub mod config;
+pub mod loadgen;
+pub mod queue;
+pub mod store;
+pub mod telemetry;
+pub mod webhook;
+
+pub use app::App;
+pub use config::Config;

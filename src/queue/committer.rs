@@ -1,0 +1,119 @@
+//! Group commit: many concurrent deliveries, one transaction, one fsync.
+//!
+//! Why: a durable ack needs an fsync, and one fsync per request caps ingress at
+//! the disk's sync rate. One writer task takes everything queued while the last
+//! commit was in flight and commits it together, so the batch grows with load
+//! and latency stays one commit at low load. Must never: answer a submitter
+//! before the commit holding its row has returned.
+
+use super::inbox::{append_batch, NewDelivery};
+use crate::store::db::Database;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+/// The result of a submitted delivery once durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Accepted,
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("the inbox is not accepting deliveries (shutting down)")]
+    Closed,
+    #[error("storing the delivery failed: {0}")]
+    Storage(String),
+}
+
+type Reply = oneshot::Sender<Result<AppendOutcome, CommitError>>;
+
+/// Handle used by ingress; cheap to clone.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    tx: mpsc::Sender<(NewDelivery, Reply)>,
+}
+
+/// Largest batch one transaction takes: bounds the time a commit holds SQLite's
+/// write lock (the processor needs it too).
+pub const MAX_BATCH: usize = 2000;
+
+impl GroupCommitter {
+    /// Starts the writer. It ends when every handle is dropped, after draining.
+    /// `committed` is notified after each commit that stored new rows.
+    pub fn start(db: Database, committed: Arc<Notify>) -> (GroupCommitter, JoinHandle<()>) {
+        // Bounded: under overload, handlers wait here (backpressure) instead of
+        // growing memory without limit.
+        let (tx, rx) = mpsc::channel(8192);
+        let handle = tokio::spawn(writer(db, rx, committed));
+        (GroupCommitter { tx }, handle)
+    }
+
+    /// Stores `row` durably; resolves once committed.
+    pub async fn submit(&self, row: NewDelivery) -> Result<AppendOutcome, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((row, reply))
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        rx.await.map_err(|_| CommitError::Closed)?
+    }
+}
+
+async fn writer(
+    db: Database,
+    mut rx: mpsc::Receiver<(NewDelivery, Reply)>,
+    committed: Arc<Notify>,
+) {
+    let mut batch: Vec<(NewDelivery, Reply)> = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Two deliveries of one id in the same batch: the first is stored, the
+        // rest are duplicates of it.
+        let mut seen = HashSet::with_capacity(batch.len());
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut in_batch_dup = Vec::with_capacity(batch.len());
+        for (row, _) in &batch {
+            let first = seen.insert(row.svix_id.as_str());
+            in_batch_dup.push(!first);
+            if first {
+                rows.push(row.clone());
+            }
+        }
+        let result = append_batch(&db, &rows).await;
+        match result {
+            Ok(flags) => {
+                let new_ids: HashSet<&str> = rows
+                    .iter()
+                    .zip(&flags)
+                    .filter(|(_, new)| **new)
+                    .map(|(r, _)| r.svix_id.as_str())
+                    .collect();
+                let any_new = !new_ids.is_empty();
+                // The first submitter of a new id gets Accepted, everyone else Duplicate.
+                let mut answered = HashSet::new();
+                for ((row, reply), dup) in batch.drain(..).zip(in_batch_dup) {
+                    let outcome = if !dup && new_ids.contains(row.svix_id.as_str()) {
+                        answered.insert(row.svix_id.clone());
+                        AppendOutcome::Accepted
+                    } else {
+                        AppendOutcome::Duplicate
+                    };
+                    let _ = reply.send(Ok(outcome));
+                }
+                if any_new {
+                    committed.notify_waiters();
+                    committed.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = rows.len(), "inbox append failed");
+                let msg = e.to_string();
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(CommitError::Storage(msg.clone())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Inbox rows: the append path used by ingress.
+
+use crate::store::db::Database;
+use sqlx::QueryBuilder;
+
+/// A verified delivery about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub svix_id: String,
+    pub svix_timestamp: i64,
+    pub event_type: String,
+    pub entity_key: Option<String>,
+    pub object_id: Option<String>,
+    pub event_timestamp_ms: Option<i64>,
+    pub received_at_ms: i64,
+    pub body: String,
+}
+
+/// Stays well under SQLite's bound-parameter limit (9 columns per row).
+pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
+
+macro_rules! push_rows {
+    ($qb:expr, $rows:expr) => {
+        $qb.push_values($rows, |mut b, r| {
+            b.push_bind(&r.svix_id)
+                .push_bind(&r.event_type)
+                .push_bind(&r.entity_key)
+                .push_bind(&r.object_id)
+                .push_bind(r.svix_timestamp)
+                .push_bind(r.event_timestamp_ms)
+                .push_bind(r.received_at_ms)
+                .push_bind(&r.body)
+                .push_bind(r.received_at_ms);
+        });
+        $qb.push(" ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id");
+    };
+}
+
+const INSERT_HEAD: &str = "INSERT INTO inbox (svix_id, event_type, entity_key, object_id, \
+     svix_timestamp, event_timestamp, received_at, body, next_attempt_at) ";
+
+/// Appends deliveries whose svix-ids are distinct, in one transaction; returns,
+/// for each row, whether it was new (false: that svix-id was already stored).
+pub async fn append_batch(db: &Database, rows: &[NewDelivery]) -> Result<Vec<bool>, sqlx::Error> {
+    let mut inserted = std::collections::HashSet::new();
+    match db {
+        Database::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::<sqlx::Sqlite>::new(INSERT_HEAD);
+                push_rows!(qb, chunk);
+                let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+                inserted.extend(ids);
+            }
+            tx.commit().await?;
+        }
+        Database::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::<sqlx::Postgres>::new(INSERT_HEAD);
+                push_rows!(qb, chunk);
+                let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+                inserted.extend(ids);
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(rows.iter().map(|r| inserted.contains(&r.svix_id)).collect())
+}

@@ -1,0 +1,116 @@
+//! Opening the database named by the URL and running its migrations.
+//!
+//! Owns: connection pools and their durability settings. Must never: pick a
+//! backend anywhere but here (everything else receives a [`Database`]).
+
+use crate::config::{redact_url, DatabaseUrl};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// The one database every stage shares: the inbox and the store live together so
+/// an event's effects and its "done" mark commit in one transaction.
+#[derive(Clone, Debug)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Database {
+    /// Opens (creating a SQLite file if needed) and migrates.
+    pub async fn open(url: &DatabaseUrl) -> Result<Database, DbError> {
+        let db = match url {
+            DatabaseUrl::Sqlite(u) => {
+                let opts = SqliteConnectOptions::from_str(u).map_err(|source| DbError::Open {
+                    url: u.clone(),
+                    source,
+                })?;
+                if let Some(dir) = opts.get_filename().parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
+                            path: dir.display().to_string(),
+                            source,
+                        })?;
+                    }
+                }
+                // WAL + synchronous=FULL: a commit returns only after the WAL is
+                // fsynced, which is what lets ingress answer 2xx after it.
+                let opts = opts
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .pragma("cache_size", "-16000")
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await
+                    .map_err(|source| DbError::Open {
+                        url: u.clone(),
+                        source,
+                    })?;
+                sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+                Database::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(u) => {
+                let opts = PgConnectOptions::from_str(u).map_err(|source| DbError::Open {
+                    url: redact_url(u),
+                    source,
+                })?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await
+                    .map_err(|source| DbError::Open {
+                        url: redact_url(u),
+                        source,
+                    })?;
+                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                Database::Postgres(pool)
+            }
+        };
+        Ok(db)
+    }
+
+    /// Is the database answering? (`/readyz`)
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Database::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+            Database::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(p) => p.close().await,
+            Database::Postgres(p) => p.close().await,
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+}
