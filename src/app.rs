@@ -7,6 +7,7 @@
 use crate::api;
 use crate::clock::{self, Clock};
 use crate::config::Config;
+use crate::processor::{Processor, ProcessorConfig};
 use crate::queue::GroupCommitter;
 use crate::store::db::{Database, DbError};
 use crate::telemetry::metrics::Metrics;
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Notified after each inbox commit that stored new deliveries.
     pub inbox_committed: Arc<Notify>,
+    /// Changes after every apply commit (read API `wait_ms` waiters watch it).
+    pub applied: watch::Receiver<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,7 @@ pub struct App {
     router: Router,
     state: AppState,
     writer: JoinHandle<()>,
+    processor: Processor,
     cancel: CancellationToken,
 }
 
@@ -70,15 +74,27 @@ impl App {
         let db = Database::open(&config.database_url).await?;
         let inbox_committed = Arc::new(Notify::new());
         let (committer, writer) = GroupCommitter::start(db.clone(), inbox_committed.clone());
+        let (applied_tx, applied) = watch::channel(0u64);
+        let metrics = Arc::new(Metrics::new());
+        let processor = Processor {
+            db: db.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            config: ProcessorConfig::from_config(&config),
+            wake: inbox_committed.clone(),
+            applied: applied_tx,
+            observer: None,
+        };
         let state = AppState {
             db,
             secrets: config.secrets.clone(),
             clock,
             max_body_bytes: config.max_body_bytes,
             committer,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             config: Arc::new(config),
             inbox_committed,
+            applied,
         };
         let router = router(state.clone());
         Ok(App {
@@ -87,6 +103,7 @@ impl App {
             router,
             state,
             writer,
+            processor,
             cancel: CancellationToken::new(),
         })
     }
@@ -111,9 +128,11 @@ impl App {
             router,
             state,
             writer,
+            processor,
             cancel,
             ..
         } = self;
+        let processing = tokio::spawn(processor.run(cancel.child_token()));
         let signal = cancel.clone();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -138,6 +157,8 @@ impl App {
         // The writer ends once every committer handle is gone; waiting for it
         // means every accepted delivery has its answer.
         let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        // Workers finish the batch in hand and give back what is queued.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, processing).await;
         db.close().await;
         result
     }
@@ -147,5 +168,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/clerk", post(crate::webhook::handler::receive))
         .merge(api::health::routes())
+        .merge(api::read::routes(state.clone()))
         .with_state(state)
 }

@@ -11,8 +11,10 @@ pub mod clerk;
 pub mod clock;
 pub mod config;
 pub mod loadgen;
+pub mod processor;
 pub mod queue;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod webhook;
 

@@ -4,3 +4,4 @@
 //! unknown field or event type (Clerk's payloads drift).
 
 pub mod envelope;
+pub mod model;

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot create the data directory {path}: {source}")]
+    // The cause is the error's `source` (shown by `{:#}`), not repeated here, and
+    // each message names the setting to fix (start-up prints exactly one line).
+    #[error("cannot create the directory {path} for the database (check CLERKSYNC_DATABASE_URL)")]
     DataDir {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot open database {url}: {source}")]
+    #[error("cannot open the database {url} (check CLERKSYNC_DATABASE_URL)")]
     Open { url: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -114,3 +116,16 @@ impl Database {
         }
     }
 }
+
+/// Runs the same sqlx code on whichever pool the database has. The SQL text is
+/// shared (both backends accept `$n` parameters); only the pool type differs, and
+/// the body must evaluate to the same type on both arms.
+macro_rules! on_pool {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            $crate::store::db::Database::Sqlite($p) => $body,
+            $crate::store::db::Database::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;

@@ -38,3 +38,6 @@ pub async fn inbox_counts(db: &Database) -> Result<StatusCounts, sqlx::Error> {
     }
     Ok(c)
 }
+pub mod maintenance;
+pub mod read;
+pub mod tx;

@@ -1,0 +1,375 @@
+//! The read API (`/v1`): users, organizations, memberships, audit.
+//!
+//! Answers from the synced store: 404 for an id never seen, 410 for a tombstone.
+//! `wait_ms` holds a request until the entity is synced, woken by apply commits.
+
+use crate::api::error::ApiError;
+use crate::app::AppState;
+use crate::clerk::model::{normalize_role, Kind, User};
+use crate::store::read;
+use crate::store::tx::{EntityRow, RefCol};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/users", get(list_users))
+        .route("/v1/users/{id}", get(get_user))
+        .route("/v1/users/{id}/organizations", get(user_organizations))
+        .route("/v1/organizations", get(list_orgs))
+        .route("/v1/organizations/{id}", get(get_org))
+        .route("/v1/organizations/{id}/memberships", get(org_memberships))
+        .route("/v1/audit", get(audit))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            require_api_token,
+        ))
+}
+
+/// Bearer `CLERKSYNC_API_TOKEN` when one is configured.
+pub async fn require_api_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.config.api_token {
+        if !bearer(&req).is_some_and(|t| token.matches(t)) {
+            return Err(ApiError::Unauthorized(
+                "missing or invalid bearer token".into(),
+            ));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+pub fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Longest a `wait_ms` request is held.
+const MAX_WAIT_MS: u64 = 30_000;
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+#[derive(Deserialize)]
+pub struct GetParams {
+    wait_ms: Option<u64>,
+    min_updated_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+pub struct PageParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn limit(p: &PageParams) -> Result<i64, ApiError> {
+    match p.limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        ))),
+    }
+}
+
+fn encode_cursor(s: &str) -> String {
+    B64URL.encode(s)
+}
+
+fn decode_cursor(c: Option<&str>) -> Result<Option<String>, ApiError> {
+    c.filter(|c| !c.is_empty())
+        .map(|c| {
+            B64URL
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))
+        })
+        .transpose()
+}
+
+fn valid_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::BadRequest("invalid id".into()));
+    }
+    Ok(())
+}
+
+fn data_map(row: &EntityRow) -> Map<String, Value> {
+    match row.data.as_deref().map(serde_json::from_str::<Value>) {
+        Some(Ok(Value::Object(m))) => m,
+        _ => Map::new(),
+    }
+}
+
+/// A user as Clerk names its fields, plus the primary email as a string.
+pub fn user_json(row: &EntityRow) -> Value {
+    let mut m = data_map(row);
+    let primary = row
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<User>(d).ok())
+        .and_then(|u| u.primary_email_address().map(str::to_string));
+    m.insert(
+        "primary_email_address".into(),
+        primary.map(Value::String).unwrap_or(Value::Null),
+    );
+    Value::Object(m)
+}
+
+pub fn membership_json(row: &EntityRow) -> Value {
+    let mut m = data_map(row);
+    let role = m.get("role").and_then(Value::as_str).map(normalize_role);
+    m.insert("user_id".into(), json!(row.user_id));
+    m.insert("organization_id".into(), json!(row.organization_id));
+    m.insert("role".into(), json!(role));
+    Value::Object(m)
+}
+
+/// Gets a live entity, or 404/410; with `wait_ms`, waits for it to be synced
+/// (and at least `min_updated_at` fresh).
+async fn get_entity(
+    state: &AppState,
+    kind: Kind,
+    id: &str,
+    p: &GetParams,
+) -> Result<EntityRow, ApiError> {
+    valid_id(id)?;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(p.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+    let mut applied = state.applied.clone();
+    loop {
+        // Mark the current commit count seen before reading, so a commit that
+        // lands after the read wakes us.
+        applied.borrow_and_update();
+        match read::get(&state.db, kind, id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(r) if r.deleted => return Err(ApiError::Gone(id.to_string())),
+            Some(r) if p.min_updated_at.is_none_or(|t| r.version >= t) => return Ok(r),
+            _ => {}
+        }
+        if tokio::time::timeout_at(deadline, applied.changed())
+            .await
+            .is_err()
+        {
+            return match read::get(&state.db, kind, id)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                Some(r) if r.deleted => Err(ApiError::Gone(id.to_string())),
+                // Present but not yet as fresh as asked: the stalest answer is still an answer.
+                Some(r) => Ok(r),
+                None => Err(ApiError::NotFound),
+            };
+        }
+    }
+}
+
+async fn get_user(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<GetParams>,
+) -> Result<Json<Value>, ApiError> {
+    let r = get_entity(&s, Kind::User, &id, &p).await?;
+    Ok(Json(user_json(&r)))
+}
+
+async fn get_org(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<GetParams>,
+) -> Result<Json<Value>, ApiError> {
+    let r = get_entity(&s, Kind::Organization, &id, &p).await?;
+    Ok(Json(Value::Object(data_map(&r))))
+}
+
+async fn page(
+    s: &AppState,
+    kind: Kind,
+    filter: Option<(RefCol, &str)>,
+    p: &PageParams,
+    render: fn(&EntityRow) -> Value,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit(p)?;
+    let after = decode_cursor(p.cursor.as_deref())?;
+    let rows = read::list_live(&s.db, kind, filter, after.as_deref(), limit + 1)
+        .await
+        .map_err(ApiError::internal)?;
+    let more = rows.len() as i64 > limit;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    let next = if more {
+        rows.last().map(|r| encode_cursor(&r.id))
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "data": rows.iter().map(render).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+async fn list_users(
+    State(s): State<AppState>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Value>, ApiError> {
+    page(&s, Kind::User, None, &p, user_json).await
+}
+
+async fn list_orgs(
+    State(s): State<AppState>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Value>, ApiError> {
+    page(&s, Kind::Organization, None, &p, |r| {
+        Value::Object(data_map(r))
+    })
+    .await
+}
+
+async fn org_memberships(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Value>, ApiError> {
+    get_entity(
+        &s,
+        Kind::Organization,
+        &id,
+        &GetParams {
+            wait_ms: None,
+            min_updated_at: None,
+        },
+    )
+    .await?;
+    page(
+        &s,
+        Kind::Membership,
+        Some((RefCol::OrganizationId, &id)),
+        &p,
+        membership_json,
+    )
+    .await
+}
+
+async fn user_organizations(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Value>, ApiError> {
+    get_entity(
+        &s,
+        Kind::User,
+        &id,
+        &GetParams {
+            wait_ms: None,
+            min_updated_at: None,
+        },
+    )
+    .await?;
+    let limit = limit(&p)?;
+    let after = decode_cursor(p.cursor.as_deref())?;
+    let rows = read::list_live(
+        &s.db,
+        Kind::Membership,
+        Some((RefCol::UserId, &id)),
+        after.as_deref(),
+        limit + 1,
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    let more = rows.len() as i64 > limit;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    let mut out = Vec::with_capacity(rows.len());
+    for m in rows {
+        let mem = membership_json(m);
+        // The organization as synced; the membership's embedded copy if the
+        // organization's own events have not arrived yet.
+        let org = match m.organization_id.as_deref() {
+            Some(oid) => read::get(&s.db, Kind::Organization, oid)
+                .await
+                .map_err(ApiError::internal)?,
+            None => None,
+        };
+        let mut o = match org {
+            Some(r) if !r.deleted => data_map(&r),
+            _ => mem
+                .get("organization")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        o.insert("id".into(), json!(m.organization_id));
+        o.insert("role".into(), mem["role"].clone());
+        o.insert("membership_id".into(), json!(m.id));
+        out.push(Value::Object(o));
+    }
+    let next = if more {
+        rows.last().map(|r| encode_cursor(&r.id))
+    } else {
+        None
+    };
+    Ok(Json(json!({ "data": out, "next_cursor": next })))
+}
+
+#[derive(Deserialize)]
+pub struct AuditParams {
+    entity_id: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn audit(
+    State(s): State<AppState>,
+    Query(p): Query<AuditParams>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(entity_id) = p.entity_id.as_deref().filter(|e| !e.is_empty()) else {
+        return Err(ApiError::BadRequest("entity_id is required".into()));
+    };
+    valid_id(entity_id)?;
+    let limit = limit(&PageParams {
+        limit: p.limit,
+        cursor: None,
+    })?;
+    let after = match decode_cursor(p.cursor.as_deref())? {
+        Some(c) => c
+            .parse::<i64>()
+            .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?,
+        None => 0,
+    };
+    let rows = read::audit(&s.db, entity_id, after, limit + 1)
+        .await
+        .map_err(ApiError::internal)?;
+    let more = rows.len() as i64 > limit;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    let next = if more {
+        rows.last().map(|r| encode_cursor(&r.seq.to_string()))
+    } else {
+        None
+    };
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|a| {
+            json!({
+                "seq": a.seq, "svix_id": a.svix_id, "kind": a.kind, "entity_id": a.entity_id,
+                "operation": a.operation, "version": a.version, "at": a.at,
+                "changes": serde_json::from_str::<Value>(&a.changes).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": data, "next_cursor": next })))
+}

@@ -1,0 +1,88 @@
+//! Claiming, releasing and failing inbox rows.
+
+use crate::store::db::{on_pool, Database};
+use crate::sync::Delivery;
+
+const RETURNING: &str =
+    "RETURNING seq, svix_id, event_type, entity_key, svix_timestamp, received_at, body, attempts";
+
+/// Leases up to `limit` due events (pending, or failed and due for retry, whose
+/// lease is free), oldest first.
+pub async fn claim(
+    db: &Database,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<Delivery>, sqlx::Error> {
+    let mut rows: Vec<Delivery> = match db {
+        Database::Sqlite(p) => {
+            let sql = format!(
+                "UPDATE inbox SET leased_until = $1 WHERE seq IN (\
+                   SELECT seq FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $2 \
+                   AND (leased_until IS NULL OR leased_until < $2) ORDER BY seq LIMIT $3) {RETURNING}"
+            );
+            sqlx::query_as(&sql)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }
+        Database::Postgres(p) => {
+            // SKIP LOCKED: several nodes claim side by side without waiting on each other.
+            let sql = format!(
+                "UPDATE inbox SET leased_until = $1 WHERE seq IN (\
+                   SELECT seq FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $2 \
+                   AND (leased_until IS NULL OR leased_until < $2) ORDER BY seq LIMIT $3 \
+                   FOR UPDATE SKIP LOCKED) {RETURNING}"
+            );
+            sqlx::query_as(&sql)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }
+    };
+    rows.sort_by_key(|d| d.seq);
+    Ok(rows)
+}
+
+/// Gives back leases (shutdown).
+pub async fn release(db: &Database, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    for s in seqs {
+        on_pool!(db, |p| sqlx::query(
+            "UPDATE inbox SET leased_until = NULL WHERE seq = $1 AND status <> 'done'"
+        )
+        .bind(*s)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+    }
+    Ok(())
+}
+
+/// Records a failed attempt: retried after `next_attempt_at`, or dead.
+pub async fn mark_failed(
+    db: &Database,
+    seq: i64,
+    error: &str,
+    dead: bool,
+    next_attempt_at: i64,
+) -> Result<(), sqlx::Error> {
+    let status = if dead { "dead" } else { "failed" };
+    // Bounded: an error message is for humans, not a place to store payloads.
+    let error: String = error.chars().take(2000).collect();
+    on_pool!(db, |p| sqlx::query(
+        "UPDATE inbox SET status = $2, attempts = attempts + 1, last_error = $3, \
+         next_attempt_at = $4, leased_until = NULL WHERE seq = $1 AND status <> 'done'"
+    )
+    .bind(seq)
+    .bind(status)
+    .bind(&error)
+    .bind(next_attempt_at)
+    .execute(p)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! The processor: applies stored deliveries, in parallel across partitions.
+//!
+//! Owns: claiming pending inbox rows under a lease, routing each to the worker
+//! of its partition (hash of the entity key, so one partition's events are
+//! applied one at a time and in arrival order), batching a worker's queue into
+//! one transaction, retries with backoff, dead letters, and the retention job.
+//! Must never: apply an event outside a transaction that also marks it done,
+//! let a failing event block the ones behind it, or hold a transaction across
+//! anything but database calls.
+
+pub mod claim;
+
+use crate::clock::Clock;
+use crate::store::db::Database;
+use crate::store::maintenance::purge_expired;
+use crate::store::tx::begin;
+use crate::sync::{apply, Delivery, Outcome, SyncError};
+use crate::telemetry::metrics::{event_type_label, EventLabels, Metrics};
+use futures::FutureExt;
+use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// Workers, i.e. partitions applied at once.
+    pub max_concurrent: usize,
+    /// Attempts before a transiently failing event is dead-lettered.
+    pub max_attempts: u32,
+    /// How long a claimed event stays reserved for this node.
+    pub lease: Duration,
+    /// Most events applied in one transaction.
+    pub batch_max: usize,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub archive_retention: Duration,
+    /// How often the retention job runs.
+    pub purge_interval: Duration,
+}
+
+impl ProcessorConfig {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            max_concurrent: c.max_concurrent,
+            max_attempts: c.max_attempts,
+            lease: Duration::from_secs(60),
+            batch_max: 128,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            archive_retention: c.archive_retention,
+            purge_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Hooks for what happens to events (logging, metrics, alerting).
+pub trait EventObserver: Send + Sync {
+    fn on_applied(&self, _d: &Delivery, _outcome: Outcome) {}
+    fn on_error(&self, _d: &Delivery, _error: &str, _dead: bool) {}
+}
+
+/// The processor's handle to everything it shares with the HTTP side.
+#[derive(Clone)]
+pub struct Processor {
+    pub db: Database,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub config: ProcessorConfig,
+    /// Notified by ingress after each inbox commit.
+    pub wake: Arc<Notify>,
+    /// Bumped after every apply commit; read API waiters watch it.
+    pub applied: watch::Sender<u64>,
+    pub observer: Option<Arc<dyn EventObserver>>,
+}
+
+type Job = (Delivery, OwnedSemaphorePermit);
+
+impl Processor {
+    /// Runs until `cancel`; then stops claiming, finishes the batches in hand and
+    /// releases the leases of events still queued.
+    pub async fn run(self, cancel: CancellationToken) {
+        let n = self.config.max_concurrent.max(1);
+        // Bounds claimed-but-unfinished events: enough to keep every worker's next
+        // batch ready, small enough that leases never expire in a queue.
+        let capacity = n * self.config.batch_max * 2;
+        let sem = Arc::new(Semaphore::new(capacity));
+        let mut workers = JoinSet::new();
+        let mut queues = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::channel::<Job>(capacity);
+            queues.push(tx);
+            workers.spawn(self.clone().worker(rx, cancel.clone()));
+        }
+        let purger = tokio::spawn(self.clone().purge_loop(cancel.clone()));
+        self.dispatch(&queues, &sem, &cancel).await;
+        drop(queues);
+        while workers.join_next().await.is_some() {}
+        let _ = purger.await;
+    }
+
+    async fn dispatch(
+        &self,
+        queues: &[mpsc::Sender<Job>],
+        sem: &Arc<Semaphore>,
+        cancel: &CancellationToken,
+    ) {
+        let poll = Duration::from_millis(500);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            // Wait for room before claiming, so a claim never outruns the workers.
+            let first = tokio::select! {
+                p = sem.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                _ = cancel.cancelled() => return,
+            };
+            let room = sem.available_permits() + 1;
+            // Register for the wake-up before looking, so a commit between the
+            // claim and the wait is not missed.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.clock.now_ms();
+            let lease_until = now + self.config.lease.as_millis() as i64;
+            let rows = match claim::claim(&self.db, now, lease_until, room.min(1000) as i64).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming events failed; retrying");
+                    drop(first);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
+            if rows.is_empty() {
+                drop(first);
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                continue;
+            }
+            let mut first = Some(first);
+            for d in rows {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => sem
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore is never closed"),
+                };
+                let idx = partition(&d, queues.len());
+                if queues[idx].send((d, permit)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn worker(self, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
+        let mut batch: Vec<Job> = Vec::with_capacity(self.config.batch_max);
+        loop {
+            let got = tokio::select! {
+                n = rx.recv_many(&mut batch, self.config.batch_max) => n,
+                _ = cancel.cancelled() => 0,
+            };
+            if got == 0 {
+                break;
+            }
+            self.process_batch(&mut batch).await;
+            batch.clear();
+        }
+        // Shutting down: give back what is queued here so another run (or node)
+        // takes it at once instead of after the lease.
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            batch.push(job);
+        }
+        if !batch.is_empty() {
+            let seqs: Vec<i64> = batch.iter().map(|(d, _)| d.seq).collect();
+            if let Err(e) = claim::release(&self.db, &seqs).await {
+                tracing::warn!(error = %e, "releasing leases at shutdown failed; they expire on their own");
+            }
+        }
+    }
+
+    async fn process_batch(&self, batch: &mut [Job]) {
+        if batch.len() > 1 {
+            match self.apply_all(batch).await {
+                Ok(outcomes) => {
+                    for ((d, _), o) in batch.iter().zip(outcomes) {
+                        self.applied_ok(d, o);
+                    }
+                    self.applied.send_modify(|v| *v += 1);
+                    return;
+                }
+                Err(e) => {
+                    // One bad event must not sink its neighbours: redo one by one.
+                    tracing::debug!(error = %e, size = batch.len(), "batch failed; applying events singly");
+                }
+            }
+        }
+        for (d, _) in batch.iter() {
+            match self.apply_all(std::slice::from_ref(&(d.clone(), ()))).await {
+                Ok(o) => {
+                    self.applied_ok(d, o[0]);
+                    self.applied.send_modify(|v| *v += 1);
+                }
+                Err(e) => self.failed(d, &e).await,
+            }
+        }
+    }
+
+    /// Applies the deliveries in one transaction.
+    async fn apply_all<P>(&self, items: &[(Delivery, P)]) -> Result<Vec<Outcome>, SyncError> {
+        let fut = async {
+            let mut tx = begin(&self.db).await?;
+            let mut out = Vec::with_capacity(items.len());
+            for (d, _) in items {
+                out.push(apply(tx.as_mut(), d, self.clock.now_ms()).await?);
+            }
+            tx.commit().await?;
+            Ok(out)
+        };
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(SyncError::Db(sqlx::Error::Protocol(format!(
+                    "apply panicked: {msg}"
+                ))))
+            }
+        }
+    }
+
+    fn applied_ok(&self, d: &Delivery, o: Outcome) {
+        let status = match o {
+            Outcome::Changed => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Ignored => "ignored",
+            Outcome::AlreadyDone => return,
+        };
+        self.metrics
+            .events_processed
+            .get_or_create(&EventLabels {
+                event_type: event_type_label(&d.event_type),
+                status: status.into(),
+            })
+            .inc();
+        let lag = (self.clock.now_ms() - d.received_at).max(0) as f64 / 1000.0;
+        self.metrics.sync_lag_seconds.observe(lag);
+        if let Some(obs) = &self.observer {
+            obs.on_applied(d, o);
+        }
+    }
+
+    async fn failed(&self, d: &Delivery, e: &SyncError) {
+        let attempts = d.attempts + 1;
+        let dead = e.is_permanent() || attempts as u32 >= self.config.max_attempts;
+        let now = self.clock.now_ms();
+        let next = now + backoff(&self.config, attempts as u32).as_millis() as i64;
+        let msg = e.to_string();
+        tracing::warn!(
+            svix_id = %d.svix_id,
+            event_type = %d.event_type,
+            entity_id = d.entity_key.as_deref().unwrap_or(""),
+            attempts,
+            dead,
+            error = %msg,
+            "event failed"
+        );
+        if let Err(err) = claim::mark_failed(&self.db, d.seq, &msg, dead, next).await {
+            // The lease will expire and the event will be tried again.
+            tracing::error!(svix_id = %d.svix_id, error = %err, "recording a failure failed");
+        }
+        let status = if dead { "dead" } else { "failed" };
+        self.metrics
+            .events_processed
+            .get_or_create(&EventLabels {
+                event_type: event_type_label(&d.event_type),
+                status: status.into(),
+            })
+            .inc();
+        if !dead {
+            self.metrics.retries.inc();
+        }
+        if let Some(obs) = &self.observer {
+            obs.on_error(d, &msg, dead);
+        }
+    }
+
+    async fn purge_loop(self, cancel: CancellationToken) {
+        loop {
+            let cutoff = self.clock.now_ms() - self.config.archive_retention.as_millis() as i64;
+            loop {
+                match purge_expired(&self.db, cutoff).await {
+                    Ok(r) if r.archive_rows > 0 => {
+                        tracing::info!(
+                            archive_rows = r.archive_rows,
+                            users_erased = r.users_erased,
+                            "retention purge"
+                        );
+                        if cancel.is_cancelled() {
+                            return;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention purge failed; will retry");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.purge_interval) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Same entity key, same worker: that is what keeps one partition in order.
+fn partition(d: &Delivery, n: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    d.entity_key.as_deref().unwrap_or(&d.svix_id).hash(&mut h);
+    (h.finish() % n as u64) as usize
+}
+
+/// Exponential backoff with ±25% jitter, so retries of a burst spread out.
+pub fn backoff(c: &ProcessorConfig, attempts: u32) -> Duration {
+    let exp = c
+        .retry_base
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+        .min(c.retry_max);
+    let jitter = rand::random::<f64>() * 0.5 + 0.75;
+    exp.mul_f64(jitter)
+}

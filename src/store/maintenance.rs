@@ -1,0 +1,87 @@
+//! Retention: purging expired archive rows and erasing deleted users' data.
+
+use crate::store::db::Database;
+use crate::sync::erasure::{redact_body, redact_changes};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub archive_rows: u64,
+    pub users_erased: u64,
+}
+
+macro_rules! purge_impl {
+    ($pool:expr, $cutoff:expr) => {{
+        let pool = $pool;
+        let mut report = PurgeReport::default();
+        let mut tx = pool.begin().await?;
+        let expired: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT seq, kind, entity_id FROM archive WHERE archived_at < $1 ORDER BY seq LIMIT 1000",
+        )
+        .bind($cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (seq, kind, entity_id) in expired {
+            if kind == "user" {
+                let uid = entity_id.as_str();
+                let audits: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT seq, changes FROM audit WHERE user_id = $1")
+                        .bind(uid)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                for (aseq, changes) in audits {
+                    sqlx::query("UPDATE audit SET changes = $2 WHERE seq = $1")
+                        .bind(aseq)
+                        .bind(redact_changes(&changes))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let bodies: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT seq, body FROM inbox WHERE entity_key = $1 \
+                     OR (event_type LIKE 'organizationMembership.%' AND body LIKE '%' || $1 || '%')",
+                )
+                .bind(uid)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (iseq, body) in bodies {
+                    sqlx::query("UPDATE inbox SET body = $2 WHERE seq = $1")
+                        .bind(iseq)
+                        .bind(redact_body(&body))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for t in ["sessions", "emails", "sms_messages", "memberships"] {
+                    sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1 AND deleted = $2"))
+                        .bind(uid)
+                        .bind(true)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let n = sqlx::query("DELETE FROM archive WHERE user_id = $1")
+                    .bind(uid)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                report.archive_rows += n;
+                report.users_erased += 1;
+            } else {
+                let n = sqlx::query("DELETE FROM archive WHERE seq = $1")
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                report.archive_rows += n;
+            }
+        }
+        tx.commit().await?;
+        Ok(report)
+    }};
+}
+
+/// Purges archive rows older than `cutoff_ms` (at most 1000 per call) and erases
+/// the personal data of the deleted users among them.
+pub async fn purge_expired(db: &Database, cutoff_ms: i64) -> Result<PurgeReport, sqlx::Error> {
+    match db {
+        Database::Sqlite(p) => purge_impl!(p, cutoff_ms),
+        Database::Postgres(p) => purge_impl!(p, cutoff_ms),
+    }
+}

@@ -1,0 +1,441 @@
+//! Event -> changes: versions, tombstones, cascades, audit and change feed.
+//!
+//! Owns the convergence rules of DESIGN.md "Semantics". Every entity is a
+//! last-writer-wins register ordered by (version, svix-id); a delete is final
+//! (Clerk never reuses ids), so a delete applies whatever its version and a
+//! tombstone never comes back to life; a tombstone's version is the greatest
+//! version any event for it carried. With these rules the final state does not
+//! depend on arrival order or duplication. Must never: commit (the caller owns
+//! the transaction), touch anything outside the transaction it is given, or
+//! produce a side effect other than change-feed rows.
+
+pub mod erasure;
+
+use crate::clerk::model::{parse_event, Change, Kind, Parsed, PayloadError, User};
+use crate::store::tx::{AuditRow, Contacts, EntityRow, FeedRow, RefCol, StoreTx};
+use serde_json::{Map, Value};
+
+/// A stored delivery, as the processor hands it over.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Delivery {
+    pub seq: i64,
+    pub svix_id: String,
+    pub event_type: String,
+    pub entity_key: Option<String>,
+    pub svix_timestamp: i64,
+    pub received_at: i64,
+    pub body: String,
+    pub attempts: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The payload can never apply: retrying cannot help.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl SyncError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SyncError::Payload(_))
+    }
+}
+
+/// What applying one delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// At least one effective change (audit and feed rows written).
+    Changed,
+    /// Applied, but nothing visible changed (no-op update, stale, tombstoned).
+    Unchanged,
+    /// An event type clerksync does not model: stored and counted.
+    Ignored,
+    /// Another worker already applied it (a lease expired under it).
+    AlreadyDone,
+}
+
+struct Ctx<'a> {
+    svix_id: &'a str,
+    now: i64,
+    changed: bool,
+}
+
+/// Applies one delivery inside `tx` and marks its inbox row done.
+pub async fn apply(tx: &mut dyn StoreTx, d: &Delivery, now_ms: i64) -> Result<Outcome, SyncError> {
+    let started = std::time::Instant::now();
+    match tx.inbox_status(d.seq).await?.as_deref() {
+        Some("done") | Some("discarded") => return Ok(Outcome::AlreadyDone),
+        _ => {}
+    }
+    let outcome = match parse_event(&d.event_type, &d.body, d.svix_timestamp)? {
+        Parsed::Unknown => Outcome::Ignored,
+        Parsed::Change(c) => {
+            let mut ctx = Ctx {
+                svix_id: &d.svix_id,
+                now: now_ms,
+                changed: false,
+            };
+            lock_for(tx, &c).await?;
+            if c.delete {
+                let refs = (c.user_id.clone(), c.organization_id.clone());
+                delete(tx, &mut ctx, c.kind, &c.id, c.version, refs).await?;
+            } else {
+                upsert(tx, &mut ctx, *c).await?;
+            }
+            if ctx.changed {
+                Outcome::Changed
+            } else {
+                Outcome::Unchanged
+            }
+        }
+    };
+    tx.mark_done(d.seq, now_ms, started.elapsed().as_micros() as i64)
+        .await?;
+    Ok(outcome)
+}
+
+/// Events of different partitions meet at users and organizations (a user
+/// deletion cascades into memberships applied on organization partitions), so
+/// both sides lock the ids they touch, in a fixed order.
+async fn lock_for(tx: &mut dyn StoreTx, c: &Change) -> Result<(), sqlx::Error> {
+    let mut keys: Vec<&str> = vec![c.id.as_str()];
+    keys.extend(c.user_id.as_deref());
+    keys.extend(c.organization_id.as_deref());
+    keys.sort_unstable();
+    keys.dedup();
+    for k in keys {
+        tx.lock(k).await?;
+    }
+    Ok(())
+}
+
+/// (version, svix-id) ordering of two non-delete writes.
+fn newer(version: i64, key: &str, cur: &EntityRow) -> bool {
+    version > cur.version || (version == cur.version && key > cur.version_key.as_str())
+}
+
+fn parse_map(data: Option<&str>) -> Option<Map<String, Value>> {
+    match serde_json::from_str(data?) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// Top-level fields that differ, with before and after. `updated_at` alone is
+/// bookkeeping, not a change anyone needs to hear about.
+fn diff(before: Option<&Map<String, Value>>, after: &Map<String, Value>) -> Map<String, Value> {
+    let empty = Map::new();
+    let before = before.unwrap_or(&empty);
+    let mut out = Map::new();
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for k in keys {
+        if k == "updated_at" {
+            continue;
+        }
+        let (b, a) = (before.get(k), after.get(k));
+        if b != a {
+            let mut ch = Map::new();
+            ch.insert("before".into(), b.cloned().unwrap_or(Value::Null));
+            ch.insert("after".into(), a.cloned().unwrap_or(Value::Null));
+            out.insert(k.clone(), Value::Object(ch));
+        }
+    }
+    out
+}
+
+fn user_of(kind: Kind, id: &str, row_user: Option<&str>) -> Option<String> {
+    if kind == Kind::User {
+        Some(id.to_string())
+    } else {
+        row_user.map(str::to_string)
+    }
+}
+
+async fn record(
+    tx: &mut dyn StoreTx,
+    ctx: &mut Ctx<'_>,
+    kind: Kind,
+    row: &EntityRow,
+    operation: &str,
+    changes: &Map<String, Value>,
+) -> Result<(), sqlx::Error> {
+    let user = user_of(kind, &row.id, row.user_id.as_deref());
+    tx.audit(&AuditRow {
+        svix_id: ctx.svix_id,
+        kind,
+        entity_id: &row.id,
+        user_id: user.as_deref(),
+        operation,
+        changes: Value::Object(changes.clone()).to_string(),
+        version: row.version,
+        at: ctx.now,
+    })
+    .await?;
+    let fields: Vec<&String> = changes.keys().collect();
+    tx.feed(&FeedRow {
+        kind,
+        entity_id: &row.id,
+        operation,
+        changed_fields: serde_json::to_string(&fields).expect("strings serialize"),
+        version: row.version,
+        svix_id: ctx.svix_id,
+        committed_at: ctx.now,
+    })
+    .await?;
+    ctx.changed = true;
+    Ok(())
+}
+
+/// The parents whose deletion means this entity must not exist.
+fn parents(c: &Change) -> Vec<(Kind, &str)> {
+    let mut p = Vec::new();
+    match c.kind {
+        Kind::Membership => {
+            p.extend(c.user_id.as_deref().map(|u| (Kind::User, u)));
+            p.extend(
+                c.organization_id
+                    .as_deref()
+                    .map(|o| (Kind::Organization, o)),
+            );
+        }
+        Kind::Invitation | Kind::Domain => {
+            p.extend(
+                c.organization_id
+                    .as_deref()
+                    .map(|o| (Kind::Organization, o)),
+            );
+        }
+        _ => {}
+    }
+    p
+}
+
+async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<(), sqlx::Error> {
+    let cur = tx.get(c.kind, &c.id).await?;
+    if let Some(cur) = &cur {
+        if cur.deleted {
+            return bump_tombstone(tx, ctx, c.kind, cur, c.version).await;
+        }
+        if !newer(c.version, ctx.svix_id, cur) {
+            return Ok(()); // stale
+        }
+    }
+    for (pk, pid) in parents(&c) {
+        if let Some(parent) = tx.get(pk, pid).await? {
+            if parent.deleted {
+                // Too late: the parent is gone, so this child is too.
+                let version = c.version.max(parent.version);
+                let refs = (c.user_id.clone(), c.organization_id.clone());
+                return delete(tx, ctx, c.kind, &c.id, version, refs).await;
+            }
+        }
+    }
+    let mut data = c.data;
+    if c.kind == Kind::Membership {
+        if let Some(uid) = c.user_id.as_deref() {
+            if let Some(user) = live_user(tx, uid).await? {
+                refresh_public_user_data(&mut data, &user);
+            }
+        }
+    }
+    let before = cur.as_ref().and_then(|r| parse_map(r.data.as_deref()));
+    let changes = diff(before.as_ref(), &data);
+    let row = EntityRow {
+        id: c.id.clone(),
+        version: c.version,
+        version_key: ctx.svix_id.to_string(),
+        deleted: false,
+        user_id: c.user_id.clone(),
+        organization_id: c.organization_id.clone(),
+        data: Some(Value::Object(data).to_string()),
+        synced_at: ctx.now,
+    };
+    tx.put(c.kind, &row).await?;
+    if !changes.is_empty() {
+        let op = if cur.is_none() { "create" } else { "update" };
+        record(tx, ctx, c.kind, &row, op, &changes).await?;
+    }
+    if let Some(user) = &c.user {
+        tx.replace_contacts(&user.id, &contacts(user)).await?;
+        refresh_memberships(tx, ctx, user).await?;
+    }
+    Ok(())
+}
+
+/// A tombstone keeps the greatest version seen, so its row is the same whatever
+/// order the events came in. Nothing visible changes: no audit, no feed.
+async fn bump_tombstone(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx<'_>,
+    kind: Kind,
+    cur: &EntityRow,
+    version: i64,
+) -> Result<(), sqlx::Error> {
+    if version > cur.version {
+        let mut row = cur.clone();
+        row.version = version;
+        row.synced_at = ctx.now;
+        tx.put(kind, &row).await?;
+    }
+    Ok(())
+}
+
+async fn live_user(tx: &mut dyn StoreTx, uid: &str) -> Result<Option<User>, sqlx::Error> {
+    Ok(match tx.get(Kind::User, uid).await? {
+        Some(r) if !r.deleted => r
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<User>(d).ok()),
+        _ => None,
+    })
+}
+
+fn refresh_public_user_data(data: &mut Map<String, Value>, user: &User) {
+    let entry = data
+        .entry("public_user_data")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !entry.is_object() {
+        *entry = Value::Object(Map::new());
+    }
+    if let Value::Object(p) = entry {
+        for (k, v) in user.public_user_data() {
+            p.insert(k, v);
+        }
+    }
+}
+
+/// The copies of a user's public data held on its memberships follow the user.
+async fn refresh_memberships(
+    tx: &mut dyn StoreTx,
+    ctx: &mut Ctx<'_>,
+    user: &User,
+) -> Result<(), sqlx::Error> {
+    for m in tx
+        .live_by(Kind::Membership, RefCol::UserId, &user.id)
+        .await?
+    {
+        let Some(before) = parse_map(m.data.as_deref()) else {
+            continue;
+        };
+        let mut after = before.clone();
+        refresh_public_user_data(&mut after, user);
+        let changes = diff(Some(&before), &after);
+        if changes.is_empty() {
+            continue;
+        }
+        let row = EntityRow {
+            data: Some(Value::Object(after).to_string()),
+            synced_at: ctx.now,
+            ..m
+        };
+        tx.put(Kind::Membership, &row).await?;
+        record(tx, ctx, Kind::Membership, &row, "refresh", &changes).await?;
+    }
+    Ok(())
+}
+
+fn contacts(u: &User) -> Contacts {
+    let mut c = Contacts::default();
+    for e in u.email_addresses.iter().flatten() {
+        if let (Some(id), Some(addr)) = (&e.id, &e.email_address) {
+            let primary = u.primary_email_address_id.as_ref() == Some(id);
+            c.emails.push((id.clone(), addr.clone(), primary));
+        }
+    }
+    for p in u.phone_numbers.iter().flatten() {
+        if let (Some(id), Some(n)) = (&p.id, &p.phone_number) {
+            let primary = u.primary_phone_number_id.as_ref() == Some(id);
+            c.phones.push((id.clone(), n.clone(), primary));
+        }
+    }
+    for a in u.external_accounts.iter().flatten() {
+        if let Some(id) = &a.id {
+            c.external_accounts
+                .push((id.clone(), a.provider.clone(), a.email_address.clone()));
+        }
+    }
+    c
+}
+
+/// Deletes an entity (leaving a tombstone), archives its last record and cascades.
+/// Boxed because cascades recurse (user -> memberships).
+fn delete<'a>(
+    tx: &'a mut dyn StoreTx,
+    ctx: &'a mut Ctx<'_>,
+    kind: Kind,
+    id: &'a str,
+    version: i64,
+    refs: (Option<String>, Option<String>),
+) -> futures::future::BoxFuture<'a, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let cur = tx.get(kind, id).await?;
+        if let Some(cur) = &cur {
+            if cur.deleted {
+                return bump_tombstone(tx, ctx, kind, cur, version).await;
+            }
+        }
+        let tomb = EntityRow {
+            id: id.to_string(),
+            version: cur.as_ref().map_or(version, |c| c.version.max(version)),
+            // Tombstones are final, so the key that ordered writes is meaningless:
+            // a fixed value keeps the row identical whichever delete came first.
+            version_key: String::new(),
+            deleted: true,
+            user_id: cur.as_ref().map_or(refs.0, |c| c.user_id.clone()),
+            organization_id: cur.as_ref().map_or(refs.1, |c| c.organization_id.clone()),
+            data: None,
+            synced_at: ctx.now,
+        };
+        tx.put(kind, &tomb).await?;
+        if let Some(cur) = &cur {
+            tx.archive(kind, cur, ctx.now).await?;
+            let mut changes = Map::new();
+            changes.insert(
+                "deleted".into(),
+                serde_json::json!({"before": false, "after": true}),
+            );
+            record(tx, ctx, kind, &tomb, "delete", &changes).await?;
+        }
+        // Cascades run even for a first-seen tombstone: children may have
+        // arrived before any event of their parent.
+        let children: &[(Kind, RefCol)] = match kind {
+            Kind::User => &[(Kind::Membership, RefCol::UserId)],
+            Kind::Organization => &[
+                (Kind::Membership, RefCol::OrganizationId),
+                (Kind::Invitation, RefCol::OrganizationId),
+                (Kind::Domain, RefCol::OrganizationId),
+            ],
+            _ => &[],
+        };
+        if kind == Kind::User {
+            tx.replace_contacts(id, &Contacts::default()).await?;
+        }
+        for (child_kind, col) in children {
+            for child in tx.live_by(*child_kind, *col, id).await? {
+                let v = version.max(child.version);
+                delete(tx, ctx, *child_kind, &child.id, v, (None, None)).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_ignores_updated_at_and_reports_both_sides() {
+        let a: Map<String, Value> = serde_json::from_str(r#"{"x":1,"updated_at":1}"#).unwrap();
+        let b: Map<String, Value> =
+            serde_json::from_str(r#"{"x":2,"updated_at":2,"y":3}"#).unwrap();
+        let d = diff(Some(&a), &b);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d["x"]["before"], 1);
+        assert_eq!(d["y"]["after"], 3);
+        let c: Map<String, Value> = serde_json::from_str(r#"{"x":1,"updated_at":9}"#).unwrap();
+        assert!(diff(Some(&a), &c).is_empty());
+    }
+}
