@@ -4,7 +4,9 @@
 //! last-writer-wins register ordered by (version, svix-id); a delete is final
 //! (Clerk never reuses ids), so a delete applies whatever its version and a
 //! tombstone never comes back to life; a tombstone's version is the greatest
-//! version any event for it carried. With these rules the final state does not
+//! version any event *of that entity* carried (a cascade does not lend it the
+//! parent's). With these rules the stored rows are a function of the set of
+//! deliveries alone. With these rules the final state does not
 //! depend on arrival order or duplication. Must never: commit (the caller owns
 //! the transaction), touch anything outside the transaction it is given, or
 //! produce a side effect other than change-feed rows.
@@ -225,10 +227,11 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
     for (pk, pid) in parents(&c) {
         if let Some(parent) = tx.get(pk, pid).await? {
             if parent.deleted {
-                // Too late: the parent is gone, so this child is too.
-                let version = c.version.max(parent.version);
+                // Too late: the parent is gone, so this child is too. The child's
+                // tombstone carries its own version, never the parent's, so it is
+                // the same row as when a cascade had deleted it.
                 let refs = (c.user_id.clone(), c.organization_id.clone());
-                return delete(tx, ctx, c.kind, &c.id, version, refs).await;
+                return delete(tx, ctx, c.kind, &c.id, c.version, refs).await;
             }
         }
     }
@@ -414,8 +417,7 @@ fn delete<'a>(
         }
         for (child_kind, col) in children {
             for child in tx.live_by(*child_kind, *col, id).await? {
-                let v = version.max(child.version);
-                delete(tx, ctx, *child_kind, &child.id, v, (None, None)).await?;
+                delete(tx, ctx, *child_kind, &child.id, child.version, (None, None)).await?;
             }
         }
         Ok(())
