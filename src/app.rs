@@ -169,5 +169,6 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/clerk", post(crate::webhook::handler::receive))
         .merge(api::health::routes())
         .merge(api::read::routes(state.clone()))
+        .merge(api::admin::routes(state.clone()))
         .with_state(state)
 }

@@ -109,37 +109,57 @@ pub fn redact_url(s: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// One or more whsec_ signing secrets, comma-separated (rotation).
-    #[arg(long, env = "CLERKSYNC_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
     pub webhook_secret: Option<String>,
     /// Address to listen on.
-    #[arg(long, env = "CLERKSYNC_LISTEN")]
+    #[arg(long, global = true, env = "CLERKSYNC_LISTEN")]
     pub listen: Option<String>,
     /// sqlite://path or postgres://...
-    #[arg(long, env = "CLERKSYNC_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Bearer token for /v1 (read API); open when unset.
-    #[arg(long, env = "CLERKSYNC_API_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_API_TOKEN",
+        hide_env_values = true
+    )]
     pub api_token: Option<String>,
     /// Bearer token for /admin; /admin is disabled when unset.
-    #[arg(long, env = "CLERKSYNC_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// Directory for the embedded database.
-    #[arg(long, env = "CLERKSYNC_DATA_DIR")]
+    #[arg(long, global = true, env = "CLERKSYNC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Largest accepted webhook body, in bytes.
-    #[arg(long, env = "CLERKSYNC_MAX_BODY_BYTES")]
+    #[arg(long, global = true, env = "CLERKSYNC_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Log format: human or json.
-    #[arg(long, env = "CLERKSYNC_LOG_FORMAT")]
+    #[arg(long, global = true, env = "CLERKSYNC_LOG_FORMAT")]
     pub log_format: Option<String>,
     /// Most events applied at once (worker pool size).
-    #[arg(long, env = "CLERKSYNC_MAX_CONCURRENT")]
+    #[arg(long, global = true, env = "CLERKSYNC_MAX_CONCURRENT")]
     pub max_concurrent: Option<usize>,
     /// Attempts before a failing event is dead-lettered.
-    #[arg(long, env = "CLERKSYNC_MAX_ATTEMPTS")]
+    #[arg(long, global = true, env = "CLERKSYNC_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
     /// Days a deleted entity's archived record (and its personal data in audit rows) is kept.
-    #[arg(long, env = "CLERKSYNC_ARCHIVE_RETENTION_DAYS")]
+    #[arg(long, global = true, env = "CLERKSYNC_ARCHIVE_RETENTION_DAYS")]
     pub archive_retention_days: Option<f64>,
 }
 

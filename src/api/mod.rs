@@ -3,6 +3,7 @@
 //! Owns: request parsing and response shapes. Must never: write to the store
 //! (only ingress and the processor change data).
 
+pub mod admin;
 pub mod error;
 pub mod health;
 pub mod read;

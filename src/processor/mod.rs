@@ -9,6 +9,7 @@
 //! anything but database calls.
 
 pub mod claim;
+pub mod replay;
 
 use crate::clock::Clock;
 use crate::store::db::Database;
@@ -347,4 +348,75 @@ pub fn backoff(c: &ProcessorConfig, attempts: u32) -> Duration {
         .min(c.retry_max);
     let jitter = rand::random::<f64>() * 0.5 + 0.75;
     exp.mul_f64(jitter)
+}
+
+/// What a [`Processor::drain`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DrainReport {
+    pub applied: u64,
+    pub failed: u64,
+    pub elapsed: Duration,
+}
+
+impl DrainReport {
+    pub fn per_second(&self) -> f64 {
+        self.applied as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Processor {
+    /// Applies every due event with one worker, in arrival order, batch by batch,
+    /// and returns when none is left (replay, benchmarks). `progress` prints a
+    /// line to stderr every few seconds.
+    pub async fn drain(&self, progress: bool) -> Result<DrainReport, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let mut last_report = started;
+        let mut report = DrainReport::default();
+        loop {
+            let now = self.clock.now_ms();
+            let lease_until = now + self.config.lease.as_millis() as i64;
+            let rows =
+                claim::claim(&self.db, now, lease_until, self.config.batch_max as i64).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let n = rows.len() as u64;
+            let mut jobs: Vec<(Delivery, ())> = rows.into_iter().map(|d| (d, ())).collect();
+            let failed_before = self.count_failures(&mut jobs).await;
+            report.applied += n - failed_before;
+            report.failed += failed_before;
+            if progress && last_report.elapsed() >= Duration::from_secs(3) {
+                last_report = std::time::Instant::now();
+                eprintln!(
+                    "replay: {} applied, {} failed, {:.0} events/s",
+                    report.applied,
+                    report.failed,
+                    report.applied as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Applies a batch like a worker does; returns how many failed.
+    async fn count_failures(&self, jobs: &mut [(Delivery, ())]) -> u64 {
+        if let Ok(outcomes) = self.apply_all(jobs).await {
+            for ((d, _), o) in jobs.iter().zip(outcomes) {
+                self.applied_ok(d, o);
+            }
+            return 0;
+        }
+        let mut failed = 0;
+        for (d, _) in jobs.iter() {
+            match self.apply_all(std::slice::from_ref(&(d.clone(), ()))).await {
+                Ok(o) => self.applied_ok(d, o[0]),
+                Err(e) => {
+                    failed += 1;
+                    self.failed(d, &e).await;
+                }
+            }
+        }
+        failed
+    }
 }

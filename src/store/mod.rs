@@ -38,6 +38,7 @@ pub async fn inbox_counts(db: &Database) -> Result<StatusCounts, sqlx::Error> {
     }
     Ok(c)
 }
+pub mod events;
 pub mod maintenance;
 pub mod read;
 pub mod tx;

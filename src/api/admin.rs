@@ -1,0 +1,149 @@
+//! The admin API (`/admin`): queue statistics and event operations.
+//!
+//! Disabled (404) unless `CLERKSYNC_ADMIN_TOKEN` is set; then every request needs
+//! it as a bearer token. Must never: return a secret, or change an event that
+//! is already applied.
+
+use crate::api::error::ApiError;
+use crate::api::read::bearer;
+use crate::app::AppState;
+use crate::store::events::{self, EventFilter, Transition, STATUSES};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/stats", get(stats))
+        .route("/admin/events", get(list))
+        .route("/admin/events/retry-dead", post(retry_dead))
+        .route("/admin/events/{svix_id}", get(show))
+        .route("/admin/events/{svix_id}/retry", post(retry))
+        .route("/admin/events/{svix_id}/discard", post(discard))
+        .layer(axum::middleware::from_fn_with_state(state, require_admin))
+}
+
+async fn require_admin(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(token) = &state.config.admin_token else {
+        return Err(ApiError::NotFound);
+    };
+    if !bearer(&req).is_some_and(|t| token.matches(t)) {
+        return Err(ApiError::Unauthorized(
+            "missing or invalid admin bearer token".into(),
+        ));
+    }
+    Ok(next.run(req).await)
+}
+
+async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let c = crate::store::inbox_counts(&s.db)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!(c)))
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(flatten)]
+    filter: EventFilter,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(st) = p.filter.status.as_deref() {
+        if !STATUSES.contains(&st) {
+            return Err(ApiError::BadRequest(format!(
+                "status must be one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+    }
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".into(),
+        ));
+    }
+    let before = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            B64URL
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?,
+        ),
+        None => None,
+    };
+    let rows = events::list(&s.db, &p.filter, before, limit + 1)
+        .await
+        .map_err(ApiError::internal)?;
+    let more = rows.len() as i64 > limit;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    let next = if more {
+        rows.last().map(|r| B64URL.encode(r.seq.to_string()))
+    } else {
+        None
+    };
+    Ok(Json(json!({ "data": rows, "next_cursor": next })))
+}
+
+async fn show(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (rec, body) = events::show(&s.db, &id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    let mut v = json!(rec);
+    v["body"] = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    Ok(Json(v))
+}
+
+fn answer(t: Transition, what: &str) -> Result<Json<Value>, ApiError> {
+    match t {
+        Transition::Done => Ok(Json(json!({ "status": what }))),
+        Transition::NotFound => Err(ApiError::NotFound),
+        Transition::Conflict => Err(ApiError::Conflict(format!(
+            "the event cannot be {what} in its current status"
+        ))),
+    }
+}
+
+async fn retry(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let t = events::retry(&s.db, &id)
+        .await
+        .map_err(ApiError::internal)?;
+    s.inbox_committed.notify_one();
+    answer(t, "queued")
+}
+
+async fn discard(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let t = events::discard(&s.db, &id)
+        .await
+        .map_err(ApiError::internal)?;
+    answer(t, "discarded")
+}
+
+async fn retry_dead(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let n = events::retry_all_dead(&s.db)
+        .await
+        .map_err(ApiError::internal)?;
+    s.inbox_committed.notify_one();
+    Ok(Json(json!({ "queued": n })))
+}
