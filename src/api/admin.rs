@@ -5,10 +5,11 @@
 //! is already applied.
 
 use crate::api::error::ApiError;
+use crate::api::extract::{Path, Query};
 use crate::api::read::bearer;
 use crate::app::AppState;
 use crate::store::events::{self, EventFilter, Transition, STATUSES};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};

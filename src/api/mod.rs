@@ -5,5 +5,6 @@
 
 pub mod admin;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod read;

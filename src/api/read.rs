@@ -4,11 +4,12 @@
 //! `wait_ms` holds a request until the entity is synced, woken by apply commits.
 
 use crate::api::error::ApiError;
+use crate::api::extract::{Path, Query};
 use crate::app::AppState;
 use crate::clerk::model::{normalize_role, Kind, User};
 use crate::store::read;
 use crate::store::tx::{EntityRow, RefCol};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;

@@ -273,9 +273,12 @@ fn typed<T: for<'de> Deserialize<'de>>(
     data: &Map<String, Value>,
 ) -> Result<T, PayloadError> {
     // Deserializing from a borrowed map: clone is cheap next to the apply's I/O.
-    serde_json::from_value(Value::Object(data.clone())).map_err(|e| PayloadError::Invalid {
-        kind: kind.as_str(),
-        message: e.to_string(),
+    // serde_path_to_error names the field (`email_addresses[0].id: invalid type`).
+    serde_path_to_error::deserialize(Value::Object(data.clone())).map_err(|e| {
+        PayloadError::Invalid {
+            kind: kind.as_str(),
+            message: format!("{}: {}", e.path(), e.inner()),
+        }
     })
 }
 
