@@ -95,23 +95,36 @@ pub trait StoreTx: Send {
     async fn commit(self: Box<Self>) -> Result<(), sqlx::Error>;
 }
 
-pub struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>);
-pub struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>);
+/// A feed row waiting for commit.
+struct PendingFeed {
+    kind: Kind,
+    entity_id: String,
+    operation: String,
+    changed_fields: String,
+    version: i64,
+    svix_id: String,
+    committed_at: i64,
+}
+
+/// Feed rows are buffered and written at commit, so the feed lock (PostgreSQL)
+/// is the last lock a transaction takes and cannot be part of a deadlock.
+pub struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>, Vec<PendingFeed>);
+pub struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>, Vec<PendingFeed>);
 
 /// Starts a write transaction.
 pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
     Ok(match db {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads
         // then writes can fail with SQLITE_BUSY when another writer got in between.
-        Database::Sqlite(p) => Box::new(SqliteTx(p.begin_with("BEGIN IMMEDIATE").await?)),
-        Database::Postgres(p) => Box::new(PgTx(p.begin().await?)),
+        Database::Sqlite(p) => Box::new(SqliteTx(p.begin_with("BEGIN IMMEDIATE").await?, Vec::new())),
+        Database::Postgres(p) => Box::new(PgTx(p.begin().await?, Vec::new())),
     })
 }
 
 const COLS: &str = "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
 
 macro_rules! store_tx_impl {
-    ($ty:ty, $lock_sql:expr, $status_sql:expr) => {
+    ($ty:ty, $lock_sql:expr, $status_sql:expr, $feed_lock_sql:expr) => {
         #[async_trait]
         impl StoreTx for $ty {
             async fn lock(&mut self, key: &str) -> Result<(), sqlx::Error> {
@@ -250,20 +263,16 @@ macro_rules! store_tx_impl {
             }
 
             async fn feed(&mut self, f: &FeedRow<'_>) -> Result<(), sqlx::Error> {
-                sqlx::query(
-                    "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(f.kind.as_str())
-                .bind(f.entity_id)
-                .bind(f.operation)
-                .bind(&f.changed_fields)
-                .bind(f.version)
-                .bind(f.svix_id)
-                .bind(f.committed_at)
-                .execute(&mut *self.0)
-                .await
-                .map(|_| ())
+                self.1.push(PendingFeed {
+                    kind: f.kind,
+                    entity_id: f.entity_id.to_string(),
+                    operation: f.operation.to_string(),
+                    changed_fields: f.changed_fields.clone(),
+                    version: f.version,
+                    svix_id: f.svix_id.to_string(),
+                    committed_at: f.committed_at,
+                });
+                Ok(())
             }
 
             async fn inbox_status(&mut self, seq: i64) -> Result<Option<String>, sqlx::Error> {
@@ -286,18 +295,46 @@ macro_rules! store_tx_impl {
                 .map(|_| ())
             }
 
-            async fn commit(self: Box<Self>) -> Result<(), sqlx::Error> {
+            async fn commit(mut self: Box<Self>) -> Result<(), sqlx::Error> {
+                let feed = std::mem::take(&mut self.1);
+                if !feed.is_empty() {
+                    let feed_lock: Option<&str> = $feed_lock_sql;
+                    if let Some(sql) = feed_lock {
+                        sqlx::query(sql).execute(&mut *self.0).await?;
+                    }
+                    for f in &feed {
+                        sqlx::query(
+                            "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        )
+                        .bind(f.kind.as_str())
+                        .bind(&f.entity_id)
+                        .bind(&f.operation)
+                        .bind(&f.changed_fields)
+                        .bind(f.version)
+                        .bind(&f.svix_id)
+                        .bind(f.committed_at)
+                        .execute(&mut *self.0)
+                        .await?;
+                    }
+                }
                 self.0.commit().await
             }
         }
     };
 }
 
-store_tx_impl!(SqliteTx, None, "SELECT status FROM inbox WHERE seq = $1");
+// SQLite has one writer at a time, so feed sequence numbers follow commit order.
+store_tx_impl!(SqliteTx, None, "SELECT status FROM inbox WHERE seq = $1", None);
 // FOR UPDATE: if a lease expired and two workers hold the same event, the second
 // waits here for the first to commit and then sees it done.
 store_tx_impl!(
     PgTx,
     Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"),
-    "SELECT status FROM inbox WHERE seq = $1 FOR UPDATE"
+    "SELECT status FROM inbox WHERE seq = $1 FOR UPDATE",
+    // A BIGSERIAL is handed out at insert, not at commit: two transactions could
+    // commit their feed rows out of sequence order and a consumer that has read
+    // past a gap would never see the row that fills it. Holding this lock from
+    // the first feed insert to commit makes feed order commit order.
+    Some("SELECT pg_advisory_xact_lock(7161285123001)")
 );
