@@ -7,6 +7,7 @@
 use crate::api;
 use crate::clock::{self, Clock};
 use crate::config::Config;
+use crate::feed::cache::{CacheConsumer, EntityCache};
 use crate::processor::{Processor, ProcessorConfig};
 use crate::queue::GroupCommitter;
 use crate::store::db::{Database, DbError};
@@ -37,6 +38,7 @@ pub struct AppState {
     pub inbox_committed: Arc<Notify>,
     /// Changes after every apply commit (read API `wait_ms` waiters watch it).
     pub applied: watch::Receiver<u64>,
+    pub cache: Arc<EntityCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,14 @@ impl App {
         let inbox_committed = Arc::new(Notify::new());
         let (committer, writer) = GroupCommitter::start(db.clone(), inbox_committed.clone());
         let (applied_tx, applied) = watch::channel(0u64);
-        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(EntityCache::new(
+            config.cache_max_entries,
+            config.cache_strategy,
+            config.cache_invalidation,
+        ));
+        let mut metrics = Metrics::new();
+        metrics.register_cache(&cache.hits, &cache.misses);
+        let metrics = Arc::new(metrics);
         let processor = Processor {
             db: db.clone(),
             clock: clock.clone(),
@@ -84,6 +93,7 @@ impl App {
             wake: inbox_committed.clone(),
             applied: applied_tx,
             observer: None,
+            cache: Some(cache.clone()),
         };
         let state = AppState {
             db,
@@ -95,6 +105,7 @@ impl App {
             config: Arc::new(config),
             inbox_committed,
             applied,
+            cache,
         };
         let router = router(state.clone());
         Ok(App {
@@ -133,6 +144,7 @@ impl App {
             ..
         } = self;
         let processing = tokio::spawn(processor.run(cancel.child_token()));
+        let consumers = spawn_consumers(&state, cancel.child_token());
         let signal = cancel.clone();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -159,9 +171,45 @@ impl App {
         let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
         // Workers finish the batch in hand and give back what is queued.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, processing).await;
+        for c in consumers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+        }
         db.close().await;
         result
     }
+}
+
+/// Starts every change-feed consumer.
+fn spawn_consumers(state: &AppState, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
+    use crate::feed::{run_consumer, FeedConsumer};
+    use crate::telemetry::metrics::ConsumerLabels;
+    let consumers: Vec<Arc<dyn FeedConsumer>> = vec![Arc::new(CacheConsumer {
+        cache: state.cache.clone(),
+        db: state.db.clone(),
+        staleness_ms: state.metrics.cache_staleness_ms.clone(),
+        clock: state.clock.clone(),
+    })];
+    consumers
+        .into_iter()
+        .map(|c| {
+            let lag = state
+                .metrics
+                .consumer_lag
+                .get_or_create(&ConsumerLabels {
+                    consumer: c.name().to_string(),
+                })
+                .clone();
+            tokio::spawn(run_consumer(
+                state.db.clone(),
+                c,
+                state.applied.clone(),
+                lag,
+                state.clock.clone(),
+                500,
+                cancel.clone(),
+            ))
+        })
+        .collect()
 }
 
 pub fn router(state: AppState) -> Router {

@@ -161,6 +161,15 @@ pub struct Settings {
     /// Days a deleted entity's archived record (and its personal data in audit rows) is kept.
     #[arg(long, global = true, env = "CLERKSYNC_ARCHIVE_RETENTION_DAYS")]
     pub archive_retention_days: Option<f64>,
+    /// Cache strategy: write-through (read-your-writes) or write-behind (batched, async).
+    #[arg(long, global = true, env = "CLERKSYNC_CACHE_STRATEGY")]
+    pub cache_strategy: Option<String>,
+    /// Cache invalidation: precise (changed entities only) or group (also their lists).
+    #[arg(long, global = true, env = "CLERKSYNC_CACHE_INVALIDATION")]
+    pub cache_invalidation: Option<String>,
+    /// Most entries the in-process cache holds.
+    #[arg(long, global = true, env = "CLERKSYNC_CACHE_MAX_ENTRIES")]
+    pub cache_max_entries: Option<u64>,
 }
 
 impl Settings {
@@ -178,6 +187,9 @@ impl Settings {
             max_concurrent: self.max_concurrent.or(lower.max_concurrent),
             max_attempts: self.max_attempts.or(lower.max_attempts),
             archive_retention_days: self.archive_retention_days.or(lower.archive_retention_days),
+            cache_strategy: self.cache_strategy.or(lower.cache_strategy),
+            cache_invalidation: self.cache_invalidation.or(lower.cache_invalidation),
+            cache_max_entries: self.cache_max_entries.or(lower.cache_max_entries),
         }
     }
 
@@ -214,6 +226,9 @@ pub struct Config {
     pub max_concurrent: usize,
     pub max_attempts: u32,
     pub archive_retention: std::time::Duration,
+    pub cache_strategy: crate::feed::cache::Strategy,
+    pub cache_invalidation: crate::feed::cache::Invalidation,
+    pub cache_max_entries: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -300,6 +315,28 @@ impl Config {
                 message: "must be a non-negative number of days".into(),
             });
         }
+        use crate::feed::cache::{Invalidation, Strategy};
+        let cache_strategy = match s.cache_strategy.as_deref().unwrap_or("write-through") {
+            "write-through" => Strategy::WriteThrough,
+            "write-behind" => Strategy::WriteBehind,
+            other => {
+                return Err(ConfigError::BadValue {
+                    name: "CLERKSYNC_CACHE_STRATEGY",
+                    message: format!("'{other}': use write-through or write-behind"),
+                })
+            }
+        };
+        let cache_invalidation = match s.cache_invalidation.as_deref().unwrap_or("precise") {
+            "precise" => Invalidation::Precise,
+            "group" => Invalidation::Group,
+            other => {
+                return Err(ConfigError::BadValue {
+                    name: "CLERKSYNC_CACHE_INVALIDATION",
+                    message: format!("'{other}': use precise or group"),
+                })
+            }
+        };
+        let cache_max_entries = s.cache_max_entries.unwrap_or(100_000);
         let token = |t: Option<String>| t.filter(|t| !t.trim().is_empty()).map(Token::new);
         Ok(Config {
             secrets: SecretSet::new(vec![crate::webhook::verify::WebhookSecret::from_key(
@@ -315,6 +352,9 @@ impl Config {
             max_concurrent,
             max_attempts,
             archive_retention: std::time::Duration::from_secs_f64(days * 86400.0),
+            cache_strategy,
+            cache_invalidation,
+            cache_max_entries,
         })
     }
 

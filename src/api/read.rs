@@ -7,7 +7,9 @@ use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
 use crate::app::AppState;
 use crate::clerk::model::{normalize_role, Kind, User};
+use crate::feed::cache::{entity_key, Cached};
 use crate::store::read;
+use std::sync::Arc;
 use crate::store::tx::{EntityRow, RefCol};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -150,6 +152,9 @@ async fn get_entity(
     p: &GetParams,
 ) -> Result<EntityRow, ApiError> {
     valid_id(id)?;
+    if p.wait_ms.is_none() && p.min_updated_at.is_none() {
+        return cached_entity(state, kind, id).await;
+    }
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(p.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
     let mut applied = state.applied.clone();
@@ -179,6 +184,32 @@ async fn get_entity(
                 None => Err(ApiError::NotFound),
             };
         }
+    }
+}
+
+/// A plain read, through the cache.
+async fn cached_entity(state: &AppState, kind: Kind, id: &str) -> Result<EntityRow, ApiError> {
+    let key = entity_key(kind, id);
+    let row = match state.cache.get(&key).await {
+        Some(Cached::Row(r)) => Some(r),
+        _ => {
+            let stamp = state.cache.stamp();
+            let row = read::get(&state.db, kind, id)
+                .await
+                .map_err(ApiError::internal)?
+                .map(Arc::new);
+            // Only what exists is cached: a miss for a never-seen id stays a miss,
+            // so a flood of random ids cannot fill the cache.
+            if let Some(r) = &row {
+                state.cache.fill(&key, Cached::Row(r.clone()), stamp).await;
+            }
+            row
+        }
+    };
+    match row {
+        Some(r) if r.deleted => Err(ApiError::Gone(id.to_string())),
+        Some(r) => Ok((*r).clone()),
+        None => Err(ApiError::NotFound),
     }
 }
 

@@ -24,6 +24,12 @@ pub enum Kind {
     WaitlistEntry,
 }
 
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl Kind {
     pub const ALL: [Kind; 11] = [
         Kind::User,

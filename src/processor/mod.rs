@@ -77,6 +77,8 @@ pub struct Processor {
     /// Bumped after every apply commit; read API waiters watch it.
     pub applied: watch::Sender<u64>,
     pub observer: Option<Arc<dyn EventObserver>>,
+    /// Refreshed after each commit in write-through mode.
+    pub cache: Option<Arc<crate::feed::cache::EntityCache>>,
 }
 
 type Job = (Delivery, OwnedSemaphorePermit);
@@ -229,7 +231,14 @@ impl Processor {
             for (d, _) in items {
                 out.push(apply(tx.as_mut(), d, self.clock.now_ms()).await?);
             }
-            tx.commit().await?;
+            let changed = tx.commit().await?;
+            // Write-through: the cache forgets the old records before anyone is
+            // told the change is processed.
+            if let Some(cache) = &self.cache {
+                if cache.strategy == crate::feed::cache::Strategy::WriteThrough && !changed.is_empty() {
+                    cache.apply_changes(&self.db, &changed).await;
+                }
+            }
             Ok(out)
         };
         match AssertUnwindSafe(fut).catch_unwind().await {

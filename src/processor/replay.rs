@@ -31,6 +31,7 @@ fn processor(db: Database, clock: Arc<dyn Clock>, config: ProcessorConfig) -> Pr
         wake: Arc::new(Notify::new()),
         applied: watch::channel(0).0,
         observer: None,
+        cache: None,
     }
 }
 

@@ -92,7 +92,8 @@ pub trait StoreTx: Send {
     async fn feed(&mut self, f: &FeedRow<'_>) -> Result<(), sqlx::Error>;
     async fn inbox_status(&mut self, seq: i64) -> Result<Option<String>, sqlx::Error>;
     async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), sqlx::Error>;
-    async fn commit(self: Box<Self>) -> Result<(), sqlx::Error>;
+    /// Commits; returns the entities whose changes went into the feed.
+    async fn commit(self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error>;
 }
 
 /// A feed row waiting for commit.
@@ -295,7 +296,7 @@ macro_rules! store_tx_impl {
                 .map(|_| ())
             }
 
-            async fn commit(mut self: Box<Self>) -> Result<(), sqlx::Error> {
+            async fn commit(mut self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error> {
                 let feed = std::mem::take(&mut self.1);
                 if !feed.is_empty() {
                     let feed_lock: Option<&str> = $feed_lock_sql;
@@ -318,7 +319,8 @@ macro_rules! store_tx_impl {
                         .await?;
                     }
                 }
-                self.0.commit().await
+                self.0.commit().await?;
+                Ok(feed.into_iter().map(|f| (f.kind, f.entity_id)).collect())
             }
         }
     };

@@ -25,6 +25,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub consumer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event_type: String,
     pub status: String,
@@ -42,6 +47,8 @@ pub struct Metrics {
     pub pending: Gauge,
     pub failed: Gauge,
     pub dead: Gauge,
+    pub consumer_lag: Family<ConsumerLabels, Gauge>,
+    pub cache_staleness_ms: Gauge,
 }
 
 /// Event types are not a bounded set (Clerk adds new ones); unknown ones share a label.
@@ -132,7 +139,21 @@ impl Metrics {
         );
         let dead = Gauge::default();
         registry.register("events_dead", "Events dead-lettered", dead.clone());
+        let consumer_lag = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "feed_consumer_lag_entries",
+            "Change-feed entries committed but not yet handled, per consumer",
+            consumer_lag.clone(),
+        );
+        let cache_staleness_ms = Gauge::default();
+        registry.register(
+            "cache_staleness_milliseconds",
+            "Write-behind: age of the newest change the cache has caught up with, when it did",
+            cache_staleness_ms.clone(),
+        );
         Self {
+            consumer_lag,
+            cache_staleness_ms,
             registry,
             deliveries,
             ack_seconds,
@@ -144,6 +165,14 @@ impl Metrics {
             failed,
             dead,
         }
+    }
+
+    /// Registers cache hit/miss counters (the cache owns them).
+    pub fn register_cache(&mut self, hits: &Counter, misses: &Counter) {
+        self.registry
+            .register("cache_hits", "Read-API cache hits", hits.clone());
+        self.registry
+            .register("cache_misses", "Read-API cache misses", misses.clone());
     }
 
     pub fn delivery(&self, outcome: Outcome) {

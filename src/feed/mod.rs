@@ -1,0 +1,180 @@
+//! Change-feed consumers: everything that happens *after* a commit.
+//!
+//! Owns: reading the committed change feed in order, in batches, from each
+//! consumer's durable checkpoint, and handing batches to consumers (cache,
+//! search, realtime). Delivery to a consumer is at-least-once: a crash between
+//! handling a batch and saving the checkpoint hands the batch over again, so
+//! consumers are idempotent (they re-read the store or upsert by id). Must never:
+//! read an uncommitted change (the feed is written in the apply transaction), or
+//! advance a checkpoint past a batch its consumer has not handled.
+
+use crate::clerk::model::Kind;
+use crate::store::db::{on_pool, Database};
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub mod cache;
+
+/// One committed change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FeedEntry {
+    pub seq: i64,
+    pub kind: Kind,
+    pub entity_id: String,
+    pub operation: String,
+    pub changed_fields: Vec<String>,
+    pub version: i64,
+    pub svix_id: String,
+    pub committed_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct FeedRow {
+    seq: i64,
+    kind: String,
+    entity_id: String,
+    operation: String,
+    changed_fields: String,
+    version: i64,
+    svix_id: String,
+    committed_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Consumer(String),
+}
+
+/// Reads feed entries after `after`, oldest first.
+pub async fn read_after(db: &Database, after: i64, limit: i64) -> Result<Vec<FeedEntry>, sqlx::Error> {
+    const Q: &str = "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at \
+                     FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2";
+    let rows: Vec<FeedRow> = on_pool!(db, |p| sqlx::query_as(Q).bind(after).bind(limit).fetch_all(p).await)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(FeedEntry {
+                seq: r.seq,
+                kind: Kind::parse(&r.kind)?,
+                entity_id: r.entity_id,
+                operation: r.operation,
+                changed_fields: serde_json::from_str(&r.changed_fields).unwrap_or_default(),
+                version: r.version,
+                svix_id: r.svix_id,
+                committed_at: r.committed_at,
+            })
+        })
+        .collect())
+}
+
+pub async fn last_seq(db: &Database) -> Result<i64, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(seq) FROM change_feed")
+        .fetch_one(p)
+        .await)
+    .map(|v| v.unwrap_or(0))
+}
+
+pub async fn load_checkpoint(db: &Database, consumer: &str) -> Result<i64, sqlx::Error> {
+    on_pool!(db, |p| sqlx::query_scalar::<_, i64>("SELECT seq FROM feed_checkpoints WHERE consumer = $1")
+        .bind(consumer)
+        .fetch_optional(p)
+        .await)
+    .map(|v| v.unwrap_or(0))
+}
+
+pub async fn save_checkpoint(db: &Database, consumer: &str, seq: i64, now: i64) -> Result<(), sqlx::Error> {
+    on_pool!(db, |p| sqlx::query(
+        "INSERT INTO feed_checkpoints (consumer, seq, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
+    )
+    .bind(consumer)
+    .bind(seq)
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|_| ()))
+}
+
+/// Something that reacts to committed changes.
+#[async_trait]
+pub trait FeedConsumer: Send + Sync {
+    /// Stable name: the checkpoint's key.
+    fn name(&self) -> &'static str;
+    /// Handles a batch; an error means "hand me this batch again later".
+    async fn handle(&self, batch: &[FeedEntry]) -> Result<(), FeedError>;
+}
+
+/// Runs one consumer until `cancel`: batches of up to `batch` entries, woken by
+/// apply commits (`applied`), with a slow poll as the fallback.
+pub async fn run_consumer(
+    db: Database,
+    consumer: Arc<dyn FeedConsumer>,
+    mut applied: watch::Receiver<u64>,
+    lag: prometheus_client::metrics::gauge::Gauge,
+    clock: Arc<dyn crate::clock::Clock>,
+    batch: i64,
+    cancel: CancellationToken,
+) {
+    let name = consumer.name();
+    let mut cp = loop {
+        match load_checkpoint(&db, name).await {
+            Ok(cp) => break cp,
+            Err(e) => {
+                tracing::warn!(consumer = name, error = %e, "loading feed checkpoint failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    };
+    let mut failures = 0u32;
+    while !cancel.is_cancelled() {
+        applied.borrow_and_update();
+        let entries = match read_after(&db, cp, batch).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(consumer = name, error = %e, "reading the change feed failed");
+                Vec::new()
+            }
+        };
+        if let Ok(last) = last_seq(&db).await {
+            lag.set(last.saturating_sub(cp).max(0));
+        }
+        if entries.is_empty() {
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = cancel.cancelled() => return,
+            }
+            continue;
+        }
+        let last = entries.last().map(|e| e.seq).unwrap_or(cp);
+        match consumer.handle(&entries).await {
+            Ok(()) => {
+                failures = 0;
+                if let Err(e) = save_checkpoint(&db, name, last, clock.now_ms()).await {
+                    // The batch will be handed over again: consumers are idempotent.
+                    tracing::warn!(consumer = name, error = %e, "saving feed checkpoint failed");
+                    continue;
+                }
+                cp = last;
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(100u64 << failures.min(8));
+                tracing::warn!(consumer = name, error = %e, retry_in_ms = wait.as_millis() as u64, "feed consumer failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    }
+}
