@@ -125,17 +125,14 @@ fn parse_map(data: Option<&str>) -> Option<Map<String, Value>> {
     }
 }
 
-/// Top-level fields that differ, with before and after. `updated_at` alone is
-/// bookkeeping, not a change anyone needs to hear about.
+/// Top-level fields that differ, with before and after. A payload identical to
+/// the stored one (a re-sent state) has none: it writes, audits and emits nothing.
 fn diff(before: Option<&Map<String, Value>>, after: &Map<String, Value>) -> Map<String, Value> {
     let empty = Map::new();
     let before = before.unwrap_or(&empty);
     let mut out = Map::new();
     let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for k in keys {
-        if k == "updated_at" {
-            continue;
-        }
         let (b, a) = (before.get(k), after.get(k));
         if b != a {
             let mut ch = Map::new();
@@ -429,15 +426,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn diff_ignores_updated_at_and_reports_both_sides() {
+    fn diff_reports_both_sides_and_nothing_for_equal_records() {
         let a: Map<String, Value> = serde_json::from_str(r#"{"x":1,"updated_at":1}"#).unwrap();
         let b: Map<String, Value> =
             serde_json::from_str(r#"{"x":2,"updated_at":2,"y":3}"#).unwrap();
         let d = diff(Some(&a), &b);
-        assert_eq!(d.len(), 2);
+        assert_eq!(d.len(), 3);
         assert_eq!(d["x"]["before"], 1);
         assert_eq!(d["y"]["after"], 3);
+        assert_eq!(diff(Some(&b), &b).len(), 0);
         let c: Map<String, Value> = serde_json::from_str(r#"{"x":1,"updated_at":9}"#).unwrap();
-        assert!(diff(Some(&a), &c).is_empty());
+        assert_eq!(diff(Some(&a), &c).len(), 1);
     }
 }
