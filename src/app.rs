@@ -8,6 +8,7 @@ use crate::api;
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::feed::cache::{CacheConsumer, EntityCache};
+use crate::feed::search::{IndexOptions, SearchError, SearchIndex};
 use crate::processor::{Processor, ProcessorConfig};
 use crate::queue::GroupCommitter;
 use crate::store::db::{Database, DbError};
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Changes after every apply commit (read API `wait_ms` waiters watch it).
     pub applied: watch::Receiver<u64>,
     pub cache: Arc<EntityCache>,
+    /// Search index over users and organizations, fed by the change feed.
+    pub search: Arc<SearchIndex>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,8 @@ pub enum BuildError {
     Db(#[from] DbError),
     #[error("cannot read the listener address: {0}")]
     Listener(std::io::Error),
+    #[error(transparent)]
+    Search(#[from] SearchError),
 }
 
 pub struct App {
@@ -82,6 +87,10 @@ impl App {
             config.cache_strategy,
             config.cache_invalidation,
         ));
+        let search = Arc::new(SearchIndex::open(
+            config.search_dir.as_deref(),
+            IndexOptions::default(),
+        )?);
         let mut metrics = Metrics::new();
         metrics.register_cache(&cache.hits, &cache.misses);
         let metrics = Arc::new(metrics);
@@ -106,6 +115,7 @@ impl App {
             inbox_committed,
             applied,
             cache,
+            search,
         };
         let router = router(state.clone());
         Ok(App {
@@ -189,7 +199,14 @@ fn spawn_consumers(state: &AppState, cancel: CancellationToken) -> Vec<JoinHandl
         staleness_ms: state.metrics.cache_staleness_ms.clone(),
         clock: state.clock.clone(),
     })];
-    consumers
+    let search_lag = state
+        .metrics
+        .consumer_lag
+        .get_or_create(&ConsumerLabels {
+            consumer: crate::feed::search::CONSUMER.to_string(),
+        })
+        .clone();
+    let mut handles: Vec<JoinHandle<()>> = consumers
         .into_iter()
         .map(|c| {
             let lag = state
@@ -209,7 +226,17 @@ fn spawn_consumers(state: &AppState, cancel: CancellationToken) -> Vec<JoinHandl
                 cancel.clone(),
             ))
         })
-        .collect()
+        .collect();
+    // The search consumer first reconciles its checkpoint with the index directory.
+    handles.push(tokio::spawn(crate::feed::search::run(
+        state.search.clone(),
+        state.db.clone(),
+        state.applied.clone(),
+        search_lag,
+        state.clock.clone(),
+        cancel,
+    )));
+    handles
 }
 
 pub fn router(state: AppState) -> Router {
@@ -217,6 +244,7 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/clerk", post(crate::webhook::handler::receive))
         .merge(api::health::routes())
         .merge(api::read::routes(state.clone()))
+        .merge(api::search::routes(state.clone()))
         .merge(api::admin::routes(state.clone()))
         .with_state(state)
 }

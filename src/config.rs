@@ -170,6 +170,9 @@ pub struct Settings {
     /// Most entries the in-process cache holds.
     #[arg(long, global = true, env = "CLERKSYNC_CACHE_MAX_ENTRIES")]
     pub cache_max_entries: Option<u64>,
+    /// Directory of the search index (default: <data dir>/search).
+    #[arg(long, global = true, env = "CLERKSYNC_SEARCH_DIR")]
+    pub search_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -190,6 +193,7 @@ impl Settings {
             cache_strategy: self.cache_strategy.or(lower.cache_strategy),
             cache_invalidation: self.cache_invalidation.or(lower.cache_invalidation),
             cache_max_entries: self.cache_max_entries.or(lower.cache_max_entries),
+            search_dir: self.search_dir.or(lower.search_dir),
         }
     }
 
@@ -229,6 +233,8 @@ pub struct Config {
     pub cache_strategy: crate::feed::cache::Strategy,
     pub cache_invalidation: crate::feed::cache::Invalidation,
     pub cache_max_entries: u64,
+    /// The search index's directory; None keeps it in memory (tests, embedding).
+    pub search_dir: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -277,6 +283,7 @@ impl Config {
             .parse()
             .map_err(|_| ConfigError::BadListen(listen_s.clone()))?;
         let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let search_dir = s.search_dir.unwrap_or_else(|| data_dir.join("search"));
         let db = s
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}/clerksync.db", data_dir.display()));
@@ -355,18 +362,23 @@ impl Config {
             cache_strategy,
             cache_invalidation,
             cache_max_entries,
+            search_dir: Some(search_dir),
         })
     }
 
     /// A config for tests and embedding: the given secret and database, defaults elsewhere.
     pub fn for_tests(secret: &str, database_url: &str) -> Config {
-        Config::from_settings(Settings {
+        let mut c = Config::from_settings(Settings {
             webhook_secret: Some(secret.into()),
             database_url: Some(database_url.into()),
             listen: Some("127.0.0.1:0".into()),
             ..Default::default()
         })
-        .expect("test config is valid")
+        .expect("test config is valid");
+        // Many test apps run at once in one working directory, and an index
+        // directory admits one writer: each gets its own in-memory index.
+        c.search_dir = None;
+        c
     }
 }
 

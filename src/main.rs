@@ -41,6 +41,9 @@ enum Command {
         #[command(subcommand)]
         action: EventsAction,
     },
+    /// Rebuild the search index from the store (see `reindex --help`).
+    #[command(long_about = None)]
+    Reindex(ReindexArgs),
     /// Rebuild a store from the stored event log.
     Replay {
         #[command(flatten)]
@@ -56,6 +59,24 @@ enum Command {
         #[arg(long)]
         confirm: bool,
     },
+}
+
+/// Rebuild the search index from the store.
+///
+/// With --url, the running server at that address rebuilds its own index
+/// (`POST /admin/reindex`, with CLERKSYNC_ADMIN_TOKEN) and this command follows
+/// the progress: the server keeps serving, and search answers from the current
+/// index until the rebuild commits. Without --url, this command rebuilds the
+/// index directory (CLERKSYNC_SEARCH_DIR, default <data dir>/search) itself: the
+/// server must be stopped, because an index directory admits one writer (the
+/// command says so when the directory is in use).
+#[derive(clap::Args)]
+struct ReindexArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// Base URL of a running server, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -138,6 +159,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Config::without_secret(settings.or(file_settings(cli.config.as_deref())?))?;
             clerksync::telemetry::init_logging(config.log_format);
             replay(config, into, since, confirm).await
+        }
+        Command::Reindex(ReindexArgs { settings, url }) => {
+            let config =
+                Config::without_secret(settings.or(file_settings(cli.config.as_deref())?))?;
+            clerksync::telemetry::init_logging(config.log_format);
+            reindex(config, url).await
         }
         Command::Loadgen(args) => {
             let report = clerksync::loadgen::run(args).await?;
@@ -321,6 +348,26 @@ async fn replay(
         report.elapsed.as_secs_f64(),
         report.per_second()
     );
+    Ok(())
+}
+
+async fn reindex(config: Config, url: Option<String>) -> anyhow::Result<()> {
+    if let Some(url) = url {
+        let token = config
+            .admin_token
+            .as_ref()
+            .context("reindex --url needs the server's admin token: set CLERKSYNC_ADMIN_TOKEN")?;
+        clerksync::api::search::reindex_remote(&url, token.expose(), |l| println!("{l}")).await?;
+        return Ok(());
+    }
+    let dir = config
+        .search_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("search"));
+    let db = clerksync::store::Database::open(&config.database_url).await?;
+    let r = clerksync::feed::search::reindex_offline(&db, &dir, |l| println!("{l}")).await;
+    db.close().await;
+    r?;
     Ok(())
 }
 

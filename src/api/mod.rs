@@ -8,3 +8,4 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod read;
+pub mod search;

@@ -9,7 +9,6 @@ use crate::app::AppState;
 use crate::clerk::model::{normalize_role, Kind, User};
 use crate::feed::cache::{entity_key, Cached};
 use crate::store::read;
-use std::sync::Arc;
 use crate::store::tx::{EntityRow, RefCol};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -20,6 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub fn routes(state: AppState) -> Router<AppState> {

@@ -107,7 +107,10 @@ impl EntityCache {
             .and_compute_with(|cur| {
                 let fresh = cur.as_ref().is_none_or(|s| s.value().gen <= stamp);
                 std::future::ready(if fresh {
-                    Op::Put(Slot { gen: 0, value: Some(value) })
+                    Op::Put(Slot {
+                        gen: 0,
+                        value: Some(value),
+                    })
                 } else {
                     Op::Nop
                 })
@@ -118,7 +121,9 @@ impl EntityCache {
     /// Drops a key; readers that started before this cannot fill it.
     pub async fn invalidate(&self, key: &str) {
         let gen = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        self.slots.insert(key.to_string(), Slot { gen, value: None }).await;
+        self.slots
+            .insert(key.to_string(), Slot { gen, value: None })
+            .await;
         let _ = self.invalidations.send(key.to_string());
     }
 
@@ -136,10 +141,21 @@ impl EntityCache {
                 Kind::Organization => {
                     keys.push(org_members_key(id));
                     // The organization's name shows in each member's organization list.
-                    let members = read::list_live(db, Kind::Membership, Some((crate::store::tx::RefCol::OrganizationId, id)), None, 10_000)
-                        .await
-                        .unwrap_or_default();
-                    keys.extend(members.iter().filter_map(|m| m.user_id.as_deref()).map(user_orgs_key));
+                    let members = read::list_live(
+                        db,
+                        Kind::Membership,
+                        Some((crate::store::tx::RefCol::OrganizationId, id)),
+                        None,
+                        10_000,
+                    )
+                    .await
+                    .unwrap_or_default();
+                    keys.extend(
+                        members
+                            .iter()
+                            .filter_map(|m| m.user_id.as_deref())
+                            .map(user_orgs_key),
+                    );
                 }
                 Kind::User => keys.push(user_orgs_key(id)),
                 _ => {}
@@ -178,10 +194,14 @@ impl FeedConsumer for CacheConsumer {
     }
 
     async fn handle(&self, batch: &[FeedEntry]) -> Result<(), FeedError> {
-        let changes: Vec<(Kind, String)> = batch.iter().map(|e| (e.kind, e.entity_id.clone())).collect();
+        let changes: Vec<(Kind, String)> = batch
+            .iter()
+            .map(|e| (e.kind, e.entity_id.clone()))
+            .collect();
         self.cache.apply_changes(&self.db, &changes).await;
         if let Some(last) = batch.last() {
-            self.staleness_ms.set((self.clock.now_ms() - last.committed_at).max(0));
+            self.staleness_ms
+                .set((self.clock.now_ms() - last.committed_at).max(0));
         }
         Ok(())
     }

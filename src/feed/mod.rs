@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub mod cache;
+pub mod search;
 
 /// One committed change.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -52,10 +53,19 @@ pub enum FeedError {
 }
 
 /// Reads feed entries after `after`, oldest first.
-pub async fn read_after(db: &Database, after: i64, limit: i64) -> Result<Vec<FeedEntry>, sqlx::Error> {
-    const Q: &str = "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at \
+pub async fn read_after(
+    db: &Database,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<FeedEntry>, sqlx::Error> {
+    const Q: &str =
+        "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at \
                      FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2";
-    let rows: Vec<FeedRow> = on_pool!(db, |p| sqlx::query_as(Q).bind(after).bind(limit).fetch_all(p).await)?;
+    let rows: Vec<FeedRow> = on_pool!(db, |p| sqlx::query_as(Q)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(p)
+        .await)?;
     Ok(rows
         .into_iter()
         .filter_map(|r| {
@@ -74,21 +84,31 @@ pub async fn read_after(db: &Database, after: i64, limit: i64) -> Result<Vec<Fee
 }
 
 pub async fn last_seq(db: &Database) -> Result<i64, sqlx::Error> {
-    on_pool!(db, |p| sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(seq) FROM change_feed")
-        .fetch_one(p)
-        .await)
+    on_pool!(db, |p| sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT MAX(seq) FROM change_feed"
+    )
+    .fetch_one(p)
+    .await)
     .map(|v| v.unwrap_or(0))
 }
 
 pub async fn load_checkpoint(db: &Database, consumer: &str) -> Result<i64, sqlx::Error> {
-    on_pool!(db, |p| sqlx::query_scalar::<_, i64>("SELECT seq FROM feed_checkpoints WHERE consumer = $1")
-        .bind(consumer)
-        .fetch_optional(p)
-        .await)
+    on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT seq FROM feed_checkpoints WHERE consumer = $1"
+    )
+    .bind(consumer)
+    .fetch_optional(p)
+    .await)
     .map(|v| v.unwrap_or(0))
 }
 
-pub async fn save_checkpoint(db: &Database, consumer: &str, seq: i64, now: i64) -> Result<(), sqlx::Error> {
+pub async fn save_checkpoint(
+    db: &Database,
+    consumer: &str,
+    seq: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let _gate = db.write_lock().await;
     on_pool!(db, |p| sqlx::query(
         "INSERT INTO feed_checkpoints (consumer, seq, updated_at) VALUES ($1, $2, $3) \
          ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"

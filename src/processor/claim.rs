@@ -14,8 +14,9 @@ pub async fn claim(
     lease_until: i64,
     limit: i64,
 ) -> Result<Vec<Delivery>, sqlx::Error> {
+    let _gate = db.write_lock().await;
     let mut rows: Vec<Delivery> = match db {
-        Database::Sqlite(p) => {
+        Database::Sqlite(p, ..) => {
             let sql = format!(
                 "UPDATE inbox SET leased_until = $1 WHERE seq IN (\
                    SELECT seq FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $2 \
@@ -50,6 +51,7 @@ pub async fn claim(
 
 /// Gives back leases (shutdown).
 pub async fn release(db: &Database, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    let _gate = db.write_lock().await;
     for s in seqs {
         on_pool!(db, |p| sqlx::query(
             "UPDATE inbox SET leased_until = NULL WHERE seq = $1 AND status <> 'done'"
@@ -70,6 +72,7 @@ pub async fn mark_failed(
     dead: bool,
     next_attempt_at: i64,
 ) -> Result<(), sqlx::Error> {
+    let _gate = db.write_lock().await;
     let status = if dead { "dead" } else { "failed" };
     // Bounded: an error message is for humans, not a place to store payloads.
     let error: String = error.chars().take(2000).collect();

@@ -235,7 +235,9 @@ impl Processor {
             // Write-through: the cache forgets the old records before anyone is
             // told the change is processed.
             if let Some(cache) = &self.cache {
-                if cache.strategy == crate::feed::cache::Strategy::WriteThrough && !changed.is_empty() {
+                if cache.strategy == crate::feed::cache::Strategy::WriteThrough
+                    && !changed.is_empty()
+                {
                     cache.apply_changes(&self.db, &changed).await;
                 }
             }

@@ -109,6 +109,7 @@ pub async fn replay_since(
     config: ProcessorConfig,
     progress: bool,
 ) -> Result<(u64, DrainReport), ReplayError> {
+    let gate = db.write_lock().await;
     let queued = on_pool!(&db, |p| sqlx::query(
         "UPDATE inbox SET status = 'pending', next_attempt_at = 0, leased_until = NULL \
          WHERE received_at >= $1 AND status = 'done'"
@@ -117,6 +118,7 @@ pub async fn replay_since(
     .execute(p)
     .await
     .map(|r| r.rows_affected()))?;
+    drop(gate);
     let report = processor(db, clock, config).drain(progress).await?;
     Ok((queued, report))
 }

@@ -92,10 +92,8 @@ async fn writer(
                     .collect();
                 let any_new = !new_ids.is_empty();
                 // The first submitter of a new id gets Accepted, everyone else Duplicate.
-                let mut answered = HashSet::new();
                 for ((row, reply), dup) in batch.drain(..).zip(in_batch_dup) {
                     let outcome = if !dup && new_ids.contains(row.svix_id.as_str()) {
-                        answered.insert(row.svix_id.clone());
                         AppendOutcome::Accepted
                     } else {
                         AppendOutcome::Duplicate

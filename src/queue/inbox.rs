@@ -43,8 +43,9 @@ const INSERT_HEAD: &str = "INSERT INTO inbox (svix_id, event_type, entity_key, o
 /// for each row, whether it was new (false: that svix-id was already stored).
 pub async fn append_batch(db: &Database, rows: &[NewDelivery]) -> Result<Vec<bool>, sqlx::Error> {
     let mut inserted = std::collections::HashSet::new();
+    let _gate = db.write_lock().await;
     match db {
-        Database::Sqlite(pool) => {
+        Database::Sqlite(pool, ..) => {
             let mut tx = pool.begin().await?;
             for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::<sqlx::Sqlite>::new(INSERT_HEAD);

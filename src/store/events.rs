@@ -113,11 +113,13 @@ pub async fn discard(db: &Database, svix_id: &str) -> Result<Transition, sqlx::E
 }
 
 async fn transition(db: &Database, svix_id: &str, sql: &str) -> Result<Transition, sqlx::Error> {
+    let gate = db.write_lock().await;
     let n = on_pool!(db, |p| sqlx::query(sql)
         .bind(svix_id)
         .execute(p)
         .await
         .map(|r| r.rows_affected()))?;
+    drop(gate);
     if n > 0 {
         return Ok(Transition::Done);
     }
@@ -136,6 +138,7 @@ async fn transition(db: &Database, svix_id: &str, sql: &str) -> Result<Transitio
 
 /// Queues every dead event for a new attempt; returns how many.
 pub async fn retry_all_dead(db: &Database) -> Result<u64, sqlx::Error> {
+    let _gate = db.write_lock().await;
     on_pool!(db, |p| {
         sqlx::query(
         "UPDATE inbox SET status = 'pending', next_attempt_at = 0, leased_until = NULL WHERE status = 'dead'"

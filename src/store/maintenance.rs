@@ -80,8 +80,9 @@ macro_rules! purge_impl {
 /// Purges archive rows older than `cutoff_ms` (at most 1000 per call) and erases
 /// the personal data of the deleted users among them.
 pub async fn purge_expired(db: &Database, cutoff_ms: i64) -> Result<PurgeReport, sqlx::Error> {
+    let _gate = db.write_lock().await;
     match db {
-        Database::Sqlite(p) => purge_impl!(p, cutoff_ms),
+        Database::Sqlite(p, ..) => purge_impl!(p, cutoff_ms),
         Database::Postgres(p) => purge_impl!(p, cutoff_ms),
     }
 }

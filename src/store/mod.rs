@@ -21,7 +21,7 @@ pub struct StatusCounts {
 pub async fn inbox_counts(db: &Database) -> Result<StatusCounts, sqlx::Error> {
     const Q: &str = "SELECT status, COUNT(*) FROM inbox GROUP BY status";
     let rows: Vec<(String, i64)> = match db {
-        Database::Sqlite(p) => sqlx::query_as(Q).fetch_all(p).await?,
+        Database::Sqlite(p, ..) => sqlx::query_as(Q).fetch_all(p).await?,
         Database::Postgres(p) => sqlx::query_as(Q).fetch_all(p).await?,
     };
     let mut c = StatusCounts::default();

@@ -109,7 +109,13 @@ struct PendingFeed {
 
 /// Feed rows are buffered and written at commit, so the feed lock (PostgreSQL)
 /// is the last lock a transaction takes and cannot be part of a deadlock.
-pub struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>, Vec<PendingFeed>);
+pub struct SqliteTx(
+    sqlx::Transaction<'static, sqlx::Sqlite>,
+    Vec<PendingFeed>,
+    // Declared last: dropped after the transaction, so the gate opens only once
+    // the transaction has committed or rolled back.
+    #[allow(dead_code)] Option<tokio::sync::OwnedMutexGuard<()>>,
+);
 pub struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>, Vec<PendingFeed>);
 
 /// Starts a write transaction.
@@ -117,7 +123,14 @@ pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
     Ok(match db {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads
         // then writes can fail with SQLITE_BUSY when another writer got in between.
-        Database::Sqlite(p) => Box::new(SqliteTx(p.begin_with("BEGIN IMMEDIATE").await?, Vec::new())),
+        Database::Sqlite(p, ..) => {
+            let gate = db.write_lock().await;
+            Box::new(SqliteTx(
+                p.begin_with("BEGIN IMMEDIATE").await?,
+                Vec::new(),
+                gate,
+            ))
+        }
         Database::Postgres(p) => Box::new(PgTx(p.begin().await?, Vec::new())),
     })
 }
@@ -327,7 +340,12 @@ macro_rules! store_tx_impl {
 }
 
 // SQLite has one writer at a time, so feed sequence numbers follow commit order.
-store_tx_impl!(SqliteTx, None, "SELECT status FROM inbox WHERE seq = $1", None);
+store_tx_impl!(
+    SqliteTx,
+    None,
+    "SELECT status FROM inbox WHERE seq = $1",
+    None
+);
 // FOR UPDATE: if a lease expired and two workers hold the same event, the second
 // waits here for the first to commit and then sees it done.
 store_tx_impl!(

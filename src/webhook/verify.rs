@@ -240,3 +240,277 @@ pub fn verify(
         Err(VerifyError::InvalidSignature)
     }
 }
+
+/// Every vector in `tests/fixtures/svix/vectors.json` (copied from the shared
+/// fixtures so a clean clone is self-contained), run against this module with
+/// "now" injected as the vector says.
+#[cfg(test)]
+mod vector_tests {
+    use super::*;
+    use serde_json::Value;
+
+    const VECTORS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/svix/vectors.json"
+    );
+
+    fn vectors() -> Value {
+        let text = std::fs::read_to_string(VECTORS).expect("read vectors.json");
+        serde_json::from_str(&text).expect("vectors.json is JSON")
+    }
+
+    fn section<'a>(v: &'a Value, name: &str) -> &'a [Value] {
+        let s = v[name].as_array().expect("section is an array");
+        assert!(!s.is_empty(), "{name} is empty");
+        s
+    }
+
+    fn str_field<'a>(v: &'a Value, name: &str) -> &'a str {
+        v[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: `{name}` is not a string", v["id"]))
+    }
+
+    /// The payload, literal or as `{"char", "count"}` repetition.
+    fn payload(v: &Value) -> Vec<u8> {
+        if let Some(p) = v["payload"].as_str() {
+            return p.as_bytes().to_vec();
+        }
+        let rep = &v["payload_repeat"];
+        let ch = rep["char"].as_str().expect("payload_repeat.char");
+        let n = rep["count"].as_u64().expect("payload_repeat.count") as usize;
+        ch.repeat(n).into_bytes()
+    }
+
+    /// Header lookup as HTTP does it: case-insensitive names, the `svix-*` name
+    /// first, then its Standard Webhooks `webhook-*` alias.
+    fn header<'a>(headers: &'a serde_json::Map<String, Value>, suffix: &str) -> Option<&'a str> {
+        let find = |name: String| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+                .and_then(|(_, v)| v.as_str())
+        };
+        find(format!("svix-{suffix}")).or_else(|| find(format!("webhook-{suffix}")))
+    }
+
+    fn reason_matches(reason: &str, err: &VerifyError) -> bool {
+        match reason {
+            "missing_header" => matches!(err, VerifyError::MissingHeader(_)),
+            "invalid_timestamp" => *err == VerifyError::InvalidTimestamp,
+            "timestamp_too_old" => *err == VerifyError::TimestampTooOld,
+            "timestamp_too_new" => *err == VerifyError::TimestampTooNew,
+            "invalid_signature" => *err == VerifyError::InvalidSignature,
+            other => panic!("unknown reason in vectors.json: {other}"),
+        }
+    }
+
+    #[test]
+    fn every_sign_vector() {
+        let v = vectors();
+        let mut failures = Vec::new();
+        let cases = section(&v, "sign_vectors");
+        for case in cases {
+            let id = str_field(case, "id");
+            let secret = WebhookSecret::parse(str_field(case, "secret"))
+                .unwrap_or_else(|e| panic!("{id}: secret does not parse: {e}"));
+            let ts = case["timestamp"].as_i64().expect("timestamp");
+            let got = secret.sign(str_field(case, "msg_id"), ts, &payload(case));
+            let want = str_field(case, "expected_signature");
+            if got != want {
+                failures.push(format!("{id}: signed {got}, expected {want}"));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "sign vectors failed:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_verify_vector() {
+        let v = vectors();
+        let mut failures = Vec::new();
+        let cases = section(&v, "verify_vectors");
+        for case in cases {
+            let id = str_field(case, "id");
+            let secrets = SecretSet::parse_list(str_field(case, "secret"))
+                .unwrap_or_else(|e| panic!("{id}: secret does not parse: {e}"));
+            let headers = case["headers"].as_object().expect("headers object");
+            let dh = DeliveryHeaders {
+                id: header(headers, "id"),
+                timestamp: header(headers, "timestamp"),
+                signature: header(headers, "signature"),
+            };
+            let now = case["now"].as_i64().expect("now");
+            let check_tolerance = match str_field(case, "mode") {
+                "verify" => true,
+                "verify_ignoring_timestamp" => false,
+                other => panic!("{id}: unknown mode {other}"),
+            };
+            let result = verify(&secrets, dh, &payload(case), now, check_tolerance);
+            match (str_field(case, "expected"), &result) {
+                ("valid", Ok(verified)) => {
+                    let want_id = dh.id.expect("a valid vector has an id").trim();
+                    let want_ts: i64 = dh.timestamp.unwrap().trim().parse().unwrap();
+                    if verified.svix_id != want_id || verified.timestamp != want_ts {
+                        failures.push(format!("{id}: verified as {verified:?}"));
+                    }
+                }
+                ("invalid", Err(err)) => {
+                    let reason = str_field(case, "reason");
+                    if !reason_matches(reason, err) {
+                        failures.push(format!("{id}: expected {reason}, got {err:?}"));
+                    }
+                }
+                (expected, got) => failures.push(format!("{id}: expected {expected}, got {got:?}")),
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "verify vectors failed:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_secret_vector() {
+        let v = vectors();
+        let mut failures = Vec::new();
+        let cases = section(&v, "secret_vectors");
+        for case in cases {
+            let id = str_field(case, "id");
+            let parsed = WebhookSecret::parse(str_field(case, "secret"));
+            match (str_field(case, "expected"), &parsed) {
+                ("ok", Ok(secret)) => {
+                    let want = case["key_len"].as_u64().expect("key_len") as usize;
+                    if secret.key_len() != want {
+                        failures.push(format!("{id}: key_len {} != {want}", secret.key_len()));
+                    }
+                }
+                ("error", Err(err)) => {
+                    let want = match str_field(case, "reason") {
+                        "empty_secret" => SecretError::Empty,
+                        "invalid_secret" => SecretError::InvalidBase64,
+                        other => panic!("{id}: unknown reason {other}"),
+                    };
+                    if *err != want {
+                        failures.push(format!("{id}: expected {want:?}, got {err:?}"));
+                    }
+                }
+                (expected, got) => failures.push(format!("{id}: expected {expected}, got {got:?}")),
+            }
+            // The same rules hold for the configured list form.
+            if let Err(e) = &parsed {
+                if SecretSet::parse_list(str_field(case, "secret"))
+                    .as_ref()
+                    .err()
+                    != Some(e)
+                {
+                    failures.push(format!("{id}: parse_list disagrees with parse"));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "secret vectors failed:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    const OLD: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const NEW: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+    fn delivery(secret: &str, body: &[u8]) -> (String, String) {
+        let ts = 1_700_000_000;
+        let sig = WebhookSecret::parse(secret)
+            .unwrap()
+            .sign("msg_rot", ts, body);
+        (ts.to_string(), sig)
+    }
+
+    #[test]
+    fn rotation_accepts_a_delivery_signed_by_the_second_secret_only() {
+        let body = br#"{"type":"user.created","data":{"id":"user_1"}}"#;
+        let (ts, sig) = delivery(NEW, body);
+        let headers = DeliveryHeaders {
+            id: Some("msg_rot"),
+            timestamp: Some(&ts),
+            signature: Some(&sig),
+        };
+        let both = SecretSet::parse_list(&format!("{OLD}, {NEW}")).unwrap();
+        let verified = verify(&both, headers, body, 1_700_000_000, true).unwrap();
+        assert_eq!(verified.svix_id, "msg_rot");
+        let both = SecretSet::new(vec![
+            WebhookSecret::parse(OLD).unwrap(),
+            WebhookSecret::parse(NEW).unwrap(),
+        ]);
+        assert!(verify(&both, headers, body, 1_700_000_000, true).is_ok());
+        // Without the second secret the same delivery is refused.
+        let old_only = SecretSet::parse_list(OLD).unwrap();
+        assert_eq!(
+            verify(&old_only, headers, body, 1_700_000_000, true),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn rotation_with_two_signatures_in_the_header() {
+        // During a rotation Svix may send one signature per secret.
+        let body = br#"{"type":"user.updated","data":{"id":"user_1"}}"#;
+        let (ts, old_sig) = delivery(OLD, body);
+        let (_, new_sig) = delivery(NEW, body);
+        let sig = format!("{old_sig} {new_sig}");
+        let headers = DeliveryHeaders {
+            id: Some("msg_rot"),
+            timestamp: Some(&ts),
+            signature: Some(&sig),
+        };
+        for secrets in [OLD, NEW, &format!("{OLD},{NEW}")] {
+            let set = SecretSet::parse_list(secrets).unwrap();
+            assert!(verify(&set, headers, body, 1_700_000_000, true).is_ok());
+        }
+        let unrelated = SecretSet::parse_list("whsec_plJ3nmyCDGBKInavdOK15jsl").unwrap();
+        assert_eq!(
+            verify(&unrelated, headers, body, 1_700_000_000, true),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn a_bad_secret_in_a_list_is_refused() {
+        assert_eq!(
+            SecretSet::parse_list(&format!("{OLD},whsec_not*base64!")).unwrap_err(),
+            SecretError::InvalidBase64
+        );
+        assert_eq!(
+            SecretSet::parse_list(" , ").unwrap_err(),
+            SecretError::Empty
+        );
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_secret_material() {
+        let secret = WebhookSecret::parse(OLD).unwrap();
+        assert!(!format!("{secret:?}").contains("MfKQ9r8"));
+        let set = SecretSet::parse_list(OLD).unwrap();
+        assert!(!format!("{set:?}").contains("MfKQ9r8"));
+        let body = b"{}";
+        let (ts, sig) = delivery(NEW, body);
+        let err = verify(
+            &set,
+            DeliveryHeaders {
+                id: Some("msg_x"),
+                timestamp: Some(&ts),
+                signature: Some(&sig),
+            },
+            body,
+            1_700_000_000,
+            true,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("MfKQ9r8") && !text.contains(&sig[3..]));
+    }
+}

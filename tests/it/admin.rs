@@ -29,14 +29,14 @@ async fn dead_letter_found_fixed_and_retried() {
          BEGIN SELECT RAISE(ABORT, 'column too narrow'); END",
     )
     .await;
-    let ev = |id: &str, v: i64| {
-        json!({"type": "user.updated", "data": {"id": id, "first_name": "D", "updated_at": v}})
-    };
+    let ev = |id: &str, v: i64| json!({"type": "user.updated", "data": {"id": id, "first_name": "D", "updated_at": v}});
     s.post("msg_dead", &ev("user_dead", 1)).await;
     s.post("msg_after", &ev("user_dead", 2)).await;
     s.post("msg_other", &ev("user_other", 1)).await;
-    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'dead'", 2).await;
-    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'done'", 1).await;
+    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'dead'", 2)
+        .await;
+    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'done'", 1)
+        .await;
 
     let (st, stats) = s.get_json("/admin/stats", t).await;
     assert_eq!(st, 200);
@@ -47,7 +47,10 @@ async fn dead_letter_found_fixed_and_retried() {
 
     let (_, list) = s.get_json("/admin/events?status=dead", t).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
-    assert!(list["data"][0]["last_error"].as_str().unwrap().contains("column too narrow"));
+    assert!(list["data"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("column too narrow"));
     let (_, one) = s.get_json("/admin/events/msg_dead", t).await;
     assert_eq!(one["body"]["data"]["id"], "user_dead");
     assert_eq!(one["status"], "dead");
@@ -59,17 +62,28 @@ async fn dead_letter_found_fixed_and_retried() {
     // Fix the cause, retry one, discard the other.
     s.exec("DROP TRIGGER poison").await;
     assert_eq!(s.post_json("/admin/events/msg_dead/retry", t).await.0, 200);
-    assert_eq!(s.post_json("/admin/events/msg_after/discard", t).await.0, 200);
-    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'done'", 2).await;
+    assert_eq!(
+        s.post_json("/admin/events/msg_after/discard", t).await.0,
+        200
+    );
+    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'done'", 2)
+        .await;
     let (_, u) = s.get_json("/v1/users/user_dead", None).await;
     assert_eq!(u["updated_at"], 1);
     // A processed event cannot be retried or discarded.
     assert_eq!(s.post_json("/admin/events/msg_dead/retry", t).await.0, 409);
-    assert_eq!(s.post_json("/admin/events/msg_dead/discard", t).await.0, 409);
+    assert_eq!(
+        s.post_json("/admin/events/msg_dead/discard", t).await.0,
+        409
+    );
     // Retry all dead: the discarded one can be brought back by name, then applied.
     assert_eq!(s.post_json("/admin/events/msg_after/retry", t).await.0, 200);
-    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'done'", 3).await;
-    assert_eq!(s.get_json("/v1/users/user_dead", None).await.1["updated_at"], 2);
+    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'done'", 3)
+        .await;
+    assert_eq!(
+        s.get_json("/v1/users/user_dead", None).await.1["updated_at"],
+        2
+    );
     let (st, r) = s.post_json("/admin/events/retry-dead", t).await;
     assert_eq!((st.as_u16(), r), (200, json!({"queued": 0})));
 }

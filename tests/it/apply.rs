@@ -206,7 +206,7 @@ async fn lifecycle_audit_cascade(s: &Server) {
             let sql =
                 format!("SELECT COUNT(*) FROM {t} WHERE CAST({t}.* AS TEXT) LIKE '%{needle}%'");
             let sql = match &s.db {
-                clerksync::store::Database::Sqlite(_) => format!(
+                clerksync::store::Database::Sqlite(..) => format!(
                     "SELECT COUNT(*) FROM {t} WHERE instr((SELECT group_concat(x) FROM (SELECT quote({cols}) AS x)), '{needle}') > 0",
                     cols = sqlite_cols(t)
                 ),
@@ -263,7 +263,7 @@ async fn invalid_data_fails_readably_and_touches_nothing() {
     let (st, ev) = s.get_json("/v1/users/user_ok", None).await;
     assert_eq!(st, 200, "events behind a bad one still apply: {ev}");
     let errors: Vec<String> = match &s.db {
-        clerksync::store::Database::Sqlite(p) => {
+        clerksync::store::Database::Sqlite(p, ..) => {
             sqlx::query_scalar("SELECT last_error FROM inbox WHERE status = 'dead' ORDER BY seq")
                 .fetch_all(p)
                 .await

@@ -185,14 +185,14 @@ impl Server {
 
     pub async fn scalar(&self, sql: &str) -> i64 {
         match &self.db {
-            Database::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Database::Sqlite(p, ..) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
             Database::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
         }
     }
 
     pub async fn exec(&self, sql: &str) {
         match &self.db {
-            Database::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+            Database::Sqlite(p, ..) => sqlx::query(sql).execute(p).await.map(|_| ()),
             Database::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
         }
         .unwrap()

@@ -16,9 +16,25 @@ use serde_json::{json, Value};
 /// One generated event: which entity, what happens, at which version.
 #[derive(Debug, Clone)]
 pub enum Ev {
-    User { u: usize, name: u8, v: i64, delete: bool },
-    Org { o: usize, name: u8, v: i64, delete: bool },
-    Member { u: usize, o: usize, role: u8, v: i64, delete: bool },
+    User {
+        u: usize,
+        name: u8,
+        v: i64,
+        delete: bool,
+    },
+    Org {
+        o: usize,
+        name: u8,
+        v: i64,
+        delete: bool,
+    },
+    Member {
+        u: usize,
+        o: usize,
+        role: u8,
+        v: i64,
+        delete: bool,
+    },
 }
 
 fn uid(u: usize) -> String {
@@ -32,7 +48,10 @@ fn body(ev: &Ev) -> (String, Value) {
     match ev {
         Ev::User { u, name, v, delete } => {
             if *delete {
-                ("user.deleted".into(), json!({"deleted": true, "id": uid(*u), "object": "user"}))
+                (
+                    "user.deleted".into(),
+                    json!({"deleted": true, "id": uid(*u), "object": "user"}),
+                )
             } else {
                 (
                     "user.updated".into(),
@@ -47,7 +66,10 @@ fn body(ev: &Ev) -> (String, Value) {
         }
         Ev::Org { o, name, v, delete } => {
             if *delete {
-                ("organization.deleted".into(), json!({"deleted": true, "id": oid(*o), "object": "organization"}))
+                (
+                    "organization.deleted".into(),
+                    json!({"deleted": true, "id": oid(*o), "object": "organization"}),
+                )
             } else {
                 (
                     "organization.updated".into(),
@@ -55,8 +77,18 @@ fn body(ev: &Ev) -> (String, Value) {
                 )
             }
         }
-        Ev::Member { u, o, role, v, delete } => {
-            let t = if *delete { "organizationMembership.deleted" } else { "organizationMembership.updated" };
+        Ev::Member {
+            u,
+            o,
+            role,
+            v,
+            delete,
+        } => {
+            let t = if *delete {
+                "organizationMembership.deleted"
+            } else {
+                "organizationMembership.updated"
+            };
             (
                 t.into(),
                 json!({
@@ -95,23 +127,58 @@ fn ev_strategy() -> impl Strategy<Value = Ev> {
     let v = 1i64..8;
     let del = prop::bool::weighted(0.15);
     prop_oneof![
-        (0usize..3, any::<u8>(), v.clone(), del.clone()).prop_map(|(u, name, v, delete)| Ev::User { u, name: name % 4, v, delete }),
-        (0usize..2, any::<u8>(), v.clone(), del.clone()).prop_map(|(o, name, v, delete)| Ev::Org { o, name: name % 4, v, delete }),
-        (0usize..3, 0usize..2, any::<u8>(), v, del).prop_map(|(u, o, role, v, delete)| Ev::Member { u, o, role: role % 4, v, delete }),
+        (0usize..3, any::<u8>(), v.clone(), del).prop_map(|(u, name, v, delete)| {
+            Ev::User {
+                u,
+                name: name % 4,
+                v,
+                delete,
+            }
+        }),
+        (0usize..2, any::<u8>(), v.clone(), del).prop_map(|(o, name, v, delete)| Ev::Org {
+            o,
+            name: name % 4,
+            v,
+            delete
+        }),
+        (0usize..3, 0usize..2, any::<u8>(), v, del).prop_map(|(u, o, role, v, delete)| {
+            Ev::Member {
+                u,
+                o,
+                role: role % 4,
+                v,
+                delete,
+            }
+        }),
     ]
 }
 
 const TABLES: &[&str] = &[
-    "users", "organizations", "memberships", "invitations", "domains", "roles", "permissions", "sessions", "emails",
-    "sms_messages", "waitlist_entries", "user_emails", "user_phones", "user_external_accounts", "archive", "audit",
-    "change_feed", "inbox",
+    "users",
+    "organizations",
+    "memberships",
+    "invitations",
+    "domains",
+    "roles",
+    "permissions",
+    "sessions",
+    "emails",
+    "sms_messages",
+    "waitlist_entries",
+    "user_emails",
+    "user_phones",
+    "user_external_accounts",
+    "archive",
+    "audit",
+    "change_feed",
+    "inbox",
 ];
 
 pub async fn reset(db: &Database) {
     for t in TABLES {
         let sql = format!("DELETE FROM {t}");
         match db {
-            Database::Sqlite(p) => sqlx::query(&sql).execute(p).await.map(|_| ()),
+            Database::Sqlite(p, ..) => sqlx::query(&sql).execute(p).await.map(|_| ()),
             Database::Postgres(p) => sqlx::query(&sql).execute(p).await.map(|_| ()),
         }
         .unwrap();
@@ -121,20 +188,37 @@ pub async fn reset(db: &Database) {
 /// Every entity row and contact row, minus the sync time.
 pub async fn dump(db: &Database) -> Vec<String> {
     let mut out = Vec::new();
-    for t in ["users", "organizations", "memberships", "invitations", "domains", "roles", "permissions", "sessions"] {
+    for t in [
+        "users",
+        "organizations",
+        "memberships",
+        "invitations",
+        "domains",
+        "roles",
+        "permissions",
+        "sessions",
+    ] {
         let sql = format!(
             "SELECT id, version, version_key, deleted, user_id, organization_id, data FROM {t} ORDER BY id"
         );
-        type Row = (String, i64, String, bool, Option<String>, Option<String>, Option<String>);
+        type Row = (
+            String,
+            i64,
+            String,
+            bool,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let rows: Vec<Row> = match db {
-            Database::Sqlite(p) => sqlx::query_as(&sql).fetch_all(p).await.unwrap(),
+            Database::Sqlite(p, ..) => sqlx::query_as(&sql).fetch_all(p).await.unwrap(),
             Database::Postgres(p) => sqlx::query_as(&sql).fetch_all(p).await.unwrap(),
         };
         out.extend(rows.into_iter().map(|r| format!("{t}: {r:?}")));
     }
     let sql = "SELECT user_id, id, email_address, is_primary FROM user_emails ORDER BY user_id, id";
     let rows: Vec<(String, String, String, bool)> = match db {
-        Database::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
         Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
     };
     out.extend(rows.into_iter().map(|r| format!("user_emails: {r:?}")));
@@ -145,11 +229,15 @@ pub async fn dump(db: &Database) -> Vec<String> {
 /// repeats are duplicate deliveries), one transaction each.
 pub async fn run(db: &Database, evs: &[Ev], order: &[usize]) -> Vec<String> {
     reset(db).await;
-    let rows: Vec<NewDelivery> = evs.iter().enumerate().map(|(i, e)| delivery(i, e)).collect();
+    let rows: Vec<NewDelivery> = evs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| delivery(i, e))
+        .collect();
     append_batch(db, &rows).await.unwrap();
     let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, received_at, body, attempts FROM inbox ORDER BY seq";
     let stored: Vec<Delivery> = match db {
-        Database::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
         Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
     };
     for &i in order {
@@ -177,10 +265,19 @@ fn history() -> impl Strategy<Value = (Vec<Ev>, Vec<usize>)> {
 }
 
 fn check(db: Database, cases: u32) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     // CLERKSYNC_PROPTEST_CASES=N runs a deeper search than CI's default.
-    let cases = std::env::var("CLERKSYNC_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases, ..ProptestConfig::default() });
+    let cases = std::env::var("CLERKSYNC_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
     runner
         .run(&history(), |(evs, order)| {
             let in_order: Vec<usize> = (0..evs.len()).collect();
@@ -194,7 +291,10 @@ fn check(db: Database, cases: u32) {
 
 #[test]
 fn permutations_converge_on_sqlite() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (db, _dir) = rt.block_on(sqlite_db());
     drop(rt);
     check(db, 64);
@@ -202,8 +302,13 @@ fn permutations_converge_on_sqlite() {
 
 #[test]
 fn permutations_converge_on_postgres() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let Some((db, _schema)) = rt.block_on(postgres_db()) else { return };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some((db, _schema)) = rt.block_on(postgres_db()) else {
+        return;
+    };
     drop(rt);
     check(db, 48);
 }
@@ -212,20 +317,51 @@ fn permutations_converge_on_postgres() {
 #[tokio::test]
 async fn named_rules_hold() {
     let (db, _dir) = sqlite_db().await;
-    let u = |name, v, delete| Ev::User { u: 0, name, v, delete };
-    let m = |v, delete| Ev::Member { u: 0, o: 0, role: 0, v, delete };
+    let u = |name, v, delete| Ev::User {
+        u: 0,
+        name,
+        v,
+        delete,
+    };
+    let m = |v, delete| Ev::Member {
+        u: 0,
+        o: 0,
+        role: 0,
+        v,
+        delete,
+    };
     // A late update never resurrects a deleted user.
-    let s = run(&db, &[u(1, 5, false), u(2, 9, true), u(3, 20, false)], &[1, 2, 0]).await;
-    assert!(s.iter().any(|r| r.starts_with("users: (\"user_0\"") && r.contains("true, None, None, None)")), "{s:?}");
+    let s = run(
+        &db,
+        &[u(1, 5, false), u(2, 9, true), u(3, 20, false)],
+        &[1, 2, 0],
+    )
+    .await;
+    assert!(
+        s.iter()
+            .any(|r| r.starts_with("users: (\"user_0\"") && r.contains("true, None, None, None)")),
+        "{s:?}"
+    );
     // Stale update changes nothing.
     let s = run(&db, &[u(1, 5, false), u(2, 3, false)], &[0, 1]).await;
-    assert!(s.iter().any(|r| r.contains("N1")) && !s.iter().any(|r| r.contains("N2")), "{s:?}");
+    assert!(
+        s.iter().any(|r| r.contains("N1")) && !s.iter().any(|r| r.contains("N2")),
+        "{s:?}"
+    );
     // A membership for an already-deleted user is not created; a user deletion
     // removes existing memberships.
     let s = run(&db, &[u(1, 5, true), m(6, false)], &[0, 1]).await;
-    assert!(s.iter().any(|r| r.starts_with("memberships") && r.contains("true,")), "{s:?}");
+    assert!(
+        s.iter()
+            .any(|r| r.starts_with("memberships") && r.contains("true,")),
+        "{s:?}"
+    );
     let s = run(&db, &[m(2, false), u(1, 5, true)], &[0, 1]).await;
-    assert!(s.iter().any(|r| r.starts_with("memberships") && r.contains("true,")), "{s:?}");
+    assert!(
+        s.iter()
+            .any(|r| r.starts_with("memberships") && r.contains("true,")),
+        "{s:?}"
+    );
     // User updated: the copy of its public data on memberships follows.
     let s = run(&db, &[m(2, false), u(3, 5, false)], &[0, 1]).await;
     let mem = s.iter().find(|r| r.starts_with("memberships")).unwrap();

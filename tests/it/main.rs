@@ -1,0 +1,17 @@
+//! The integration tests: one binary (one link step) for all of them.
+//!
+//! Each test starts the real app on 127.0.0.1:0 with a fresh SQLite file
+//! (`helpers::TestApp`) or runs the real `clerksync` binary (`process`), and
+//! talks to it over HTTP like Svix and an operator would.
+
+mod admin;
+mod apply;
+mod backends;
+mod bad_input;
+mod convergence;
+mod health;
+mod helpers;
+mod ingress;
+mod limits;
+mod process;
+mod search;
