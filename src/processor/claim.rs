@@ -14,7 +14,7 @@ pub async fn claim(
     lease_until: i64,
     limit: i64,
 ) -> Result<Vec<Delivery>, sqlx::Error> {
-    let _gate = db.write_lock().await;
+    let _gate = db.background_write_lock().await;
     let mut rows: Vec<Delivery> = match db {
         Database::Sqlite(p, ..) => {
             let sql = format!(

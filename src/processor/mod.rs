@@ -227,6 +227,8 @@ impl Processor {
     async fn apply_all<P>(&self, items: &[(Delivery, P)]) -> Result<Vec<Outcome>, SyncError> {
         let fut = async {
             let mut tx = begin(&self.db).await?;
+            let seqs: Vec<i64> = items.iter().map(|(d, _)| d.seq).collect();
+            tx.prefetch_statuses(&seqs).await?;
             let mut out = Vec::with_capacity(items.len());
             for (d, _) in items {
                 out.push(apply(tx.as_mut(), d, self.clock.now_ms()).await?);

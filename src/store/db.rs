@@ -33,7 +33,7 @@ pub enum DbError {
 #[derive(Clone, Debug)]
 pub enum Database {
     /// The pool, and the gate every write transaction passes (see [`Database::write_lock`]).
-    Sqlite(SqlitePool, Arc<tokio::sync::Mutex<()>>),
+    Sqlite(SqlitePool, Arc<WriteGate>),
     Postgres(PgPool),
 }
 
@@ -75,7 +75,7 @@ impl Database {
                         source,
                     })?;
                 sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-                Database::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(())))
+                Database::Sqlite(pool, Arc::new(WriteGate::default()))
             }
             DatabaseUrl::Postgres(u) => {
                 let opts = PgConnectOptions::from_str(u).map_err(|source| DbError::Open {
@@ -98,14 +98,20 @@ impl Database {
         Ok(db)
     }
 
-    /// Taken around every write on SQLite. SQLite has one writer at a time; left
-    /// to itself, a second writer waits in SQLite's busy handler, which sleeps in
-    /// growing steps (up to 100 ms) and lets a newcomer overtake: under load that
-    /// showed as 1-2 s stalls. A fair async mutex queues writers in order instead
-    /// and leaves readers (WAL) untouched. PostgreSQL needs no gate.
-    pub async fn write_lock(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    /// Taken around every short write on SQLite (ingress appends, checkpoints,
+    /// operator actions). See [`WriteGate`].
+    pub async fn write_lock(&self) -> Option<WriteGuard> {
         match self {
-            Database::Sqlite(_, gate) => Some(gate.clone().lock_owned().await),
+            Database::Sqlite(_, gate) => Some(gate.urgent().await),
+            Database::Postgres(_) => None,
+        }
+    }
+
+    /// Taken around the processor's apply transactions and claims on SQLite:
+    /// they yield to waiting short writes (see [`WriteGate`]).
+    pub async fn background_write_lock(&self) -> Option<WriteGuard> {
+        match self {
+            Database::Sqlite(_, gate) => Some(gate.background().await),
             Database::Postgres(_) => None,
         }
     }
@@ -145,3 +151,59 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// Orders SQLite's writers in the process.
+///
+/// SQLite has one writer at a time; left to itself, a second writer waits in
+/// SQLite's busy handler, which sleeps in growing steps (up to 100 ms) and lets
+/// newcomers overtake: under load that showed as 1-2 s stalls. Here writers queue
+/// on a fair async mutex instead, and readers (WAL) are untouched. Short writes
+/// (a webhook's durable append: someone is waiting for the ack) go before the
+/// processor's apply batches: at most one background writer waits for the gate,
+/// and it lets every waiting short writer through first, so an ack waits for at
+/// most one apply transaction.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    background: Arc<tokio::sync::Mutex<()>>,
+    urgent_waiting: std::sync::atomic::AtomicUsize,
+    urgent_done: tokio::sync::Notify,
+}
+
+/// Holds the gate until dropped.
+pub struct WriteGuard {
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+    _background: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteGate {
+    async fn urgent(&self) -> WriteGuard {
+        use std::sync::atomic::Ordering;
+        self.urgent_waiting.fetch_add(1, Ordering::SeqCst);
+        let lock = self.lock.clone().lock_owned().await;
+        self.urgent_waiting.fetch_sub(1, Ordering::SeqCst);
+        self.urgent_done.notify_waiters();
+        WriteGuard {
+            _lock: lock,
+            _background: None,
+        }
+    }
+
+    async fn background(&self) -> WriteGuard {
+        use std::sync::atomic::Ordering;
+        let background = self.background.clone().lock_owned().await;
+        loop {
+            let done = self.urgent_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.urgent_waiting.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            done.await;
+        }
+        WriteGuard {
+            _lock: self.lock.clone().lock_owned().await,
+            _background: Some(background),
+        }
+    }
+}

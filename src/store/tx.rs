@@ -8,6 +8,7 @@
 use crate::clerk::model::Kind;
 use crate::store::db::Database;
 use async_trait::async_trait;
+use sqlx::QueryBuilder;
 
 /// One row of an entity table.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
@@ -40,13 +41,19 @@ impl RefCol {
 }
 
 /// A user's contact points, derived from the user record.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Contacts {
     /// (id, address, is_primary)
     pub emails: Vec<(String, String, bool)>,
     pub phones: Vec<(String, String, bool)>,
     /// (id, provider, email)
     pub external_accounts: Vec<(String, Option<String>, Option<String>)>,
+}
+
+impl Contacts {
+    pub fn is_empty(&self) -> bool {
+        self.emails.is_empty() && self.phones.is_empty() && self.external_accounts.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +98,9 @@ pub trait StoreTx: Send {
     async fn audit(&mut self, a: &AuditRow<'_>) -> Result<(), sqlx::Error>;
     async fn feed(&mut self, f: &FeedRow<'_>) -> Result<(), sqlx::Error>;
     async fn inbox_status(&mut self, seq: i64) -> Result<Option<String>, sqlx::Error>;
+    /// Reads (and on PostgreSQL locks) the inbox status of a batch in one query,
+    /// so `inbox_status` of each is answered from memory.
+    async fn prefetch_statuses(&mut self, seqs: &[i64]) -> Result<(), sqlx::Error>;
     async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), sqlx::Error>;
     /// Commits; returns the entities whose changes went into the feed.
     async fn commit(self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error>;
@@ -107,16 +117,42 @@ struct PendingFeed {
     committed_at: i64,
 }
 
-/// Feed rows are buffered and written at commit, so the feed lock (PostgreSQL)
-/// is the last lock a transaction takes and cannot be part of a deadlock.
-pub struct SqliteTx(
-    sqlx::Transaction<'static, sqlx::Sqlite>,
-    Vec<PendingFeed>,
+struct PendingAudit {
+    svix_id: String,
+    kind: Kind,
+    entity_id: String,
+    user_id: Option<String>,
+    operation: String,
+    changes: String,
+    version: i64,
+    at: i64,
+}
+
+/// Rows a transaction writes at commit, many per statement: a batch of events
+/// costs a few statements instead of a few per event. Feed rows go last, so the
+/// feed lock (PostgreSQL) is the last lock a transaction takes and cannot be
+/// part of a deadlock.
+#[derive(Default)]
+struct Pending {
+    feed: Vec<PendingFeed>,
+    audit: Vec<PendingAudit>,
+    /// (seq, processed_at, duration_us)
+    done: Vec<(i64, i64, i64)>,
+    statuses: std::collections::HashMap<i64, String>,
+}
+
+pub struct SqliteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    pending: Pending,
     // Declared last: dropped after the transaction, so the gate opens only once
     // the transaction has committed or rolled back.
-    #[allow(dead_code)] Option<tokio::sync::OwnedMutexGuard<()>>,
-);
-pub struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>, Vec<PendingFeed>);
+    _gate: Option<crate::store::db::WriteGuard>,
+}
+
+pub struct PgTx {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pending: Pending,
+}
 
 /// Starts a write transaction.
 pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
@@ -124,34 +160,37 @@ pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads
         // then writes can fail with SQLITE_BUSY when another writer got in between.
         Database::Sqlite(p, ..) => {
-            let gate = db.write_lock().await;
-            Box::new(SqliteTx(
-                p.begin_with("BEGIN IMMEDIATE").await?,
-                Vec::new(),
-                gate,
-            ))
+            let gate = db.background_write_lock().await;
+            Box::new(SqliteTx {
+                tx: p.begin_with("BEGIN IMMEDIATE").await?,
+                pending: Pending::default(),
+                _gate: gate,
+            })
         }
-        Database::Postgres(p) => Box::new(PgTx(p.begin().await?, Vec::new())),
+        Database::Postgres(p) => Box::new(PgTx {
+            tx: p.begin().await?,
+            pending: Pending::default(),
+        }),
     })
 }
 
 const COLS: &str = "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
 
 macro_rules! store_tx_impl {
-    ($ty:ty, $lock_sql:expr, $status_sql:expr, $feed_lock_sql:expr) => {
+    ($ty:ty, $lock_sql:expr, $status_sql:expr, $status_suffix:expr, $feed_lock_sql:expr) => {
         #[async_trait]
         impl StoreTx for $ty {
             async fn lock(&mut self, key: &str) -> Result<(), sqlx::Error> {
                 let sql: Option<&str> = $lock_sql;
                 if let Some(sql) = sql {
-                    sqlx::query(sql).bind(key).execute(&mut *self.0).await?;
+                    sqlx::query(sql).bind(key).execute(&mut *self.tx).await?;
                 }
                 Ok(())
             }
 
             async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error> {
                 let sql = format!("SELECT {COLS} FROM {} WHERE id = $1", kind.table());
-                sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.0).await
+                sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.tx).await
             }
 
             async fn put(&mut self, kind: Kind, r: &EntityRow) -> Result<(), sqlx::Error> {
@@ -172,7 +211,7 @@ macro_rules! store_tx_impl {
                     .bind(&r.organization_id)
                     .bind(&r.data)
                     .bind(r.synced_at)
-                    .execute(&mut *self.0)
+                    .execute(&mut *self.tx)
                     .await
                     .map(|_| ())
             }
@@ -191,7 +230,7 @@ macro_rules! store_tx_impl {
                 sqlx::query_as(&sql)
                     .bind(value)
                     .bind(false)
-                    .fetch_all(&mut *self.0)
+                    .fetch_all(&mut *self.tx)
                     .await
             }
 
@@ -199,7 +238,7 @@ macro_rules! store_tx_impl {
                 for t in ["user_emails", "user_phones", "user_external_accounts"] {
                     sqlx::query(&format!("DELETE FROM {t} WHERE user_id = $1"))
                         .bind(user_id)
-                        .execute(&mut *self.0)
+                        .execute(&mut *self.tx)
                         .await?;
                 }
                 for (id, addr, primary) in &c.emails {
@@ -211,7 +250,7 @@ macro_rules! store_tx_impl {
                     .bind(id)
                     .bind(addr)
                     .bind(*primary)
-                    .execute(&mut *self.0)
+                    .execute(&mut *self.tx)
                     .await?;
                 }
                 for (id, number, primary) in &c.phones {
@@ -223,7 +262,7 @@ macro_rules! store_tx_impl {
                     .bind(id)
                     .bind(number)
                     .bind(*primary)
-                    .execute(&mut *self.0)
+                    .execute(&mut *self.tx)
                     .await?;
                 }
                 for (id, provider, email) in &c.external_accounts {
@@ -235,7 +274,7 @@ macro_rules! store_tx_impl {
                     .bind(id)
                     .bind(provider)
                     .bind(email)
-                    .execute(&mut *self.0)
+                    .execute(&mut *self.tx)
                     .await?;
                 }
                 Ok(())
@@ -253,31 +292,27 @@ macro_rules! store_tx_impl {
                 .bind(r.version)
                 .bind(&r.data)
                 .bind(at)
-                .execute(&mut *self.0)
+                .execute(&mut *self.tx)
                 .await
                 .map(|_| ())
             }
 
             async fn audit(&mut self, a: &AuditRow<'_>) -> Result<(), sqlx::Error> {
-                sqlx::query(
-                    "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(a.svix_id)
-                .bind(a.kind.as_str())
-                .bind(a.entity_id)
-                .bind(a.user_id)
-                .bind(a.operation)
-                .bind(&a.changes)
-                .bind(a.version)
-                .bind(a.at)
-                .execute(&mut *self.0)
-                .await
-                .map(|_| ())
+                self.pending.audit.push(PendingAudit {
+                    svix_id: a.svix_id.to_string(),
+                    kind: a.kind,
+                    entity_id: a.entity_id.to_string(),
+                    user_id: a.user_id.map(str::to_string),
+                    operation: a.operation.to_string(),
+                    changes: a.changes.clone(),
+                    version: a.version,
+                    at: a.at,
+                });
+                Ok(())
             }
 
             async fn feed(&mut self, f: &FeedRow<'_>) -> Result<(), sqlx::Error> {
-                self.1.push(PendingFeed {
+                self.pending.feed.push(PendingFeed {
                     kind: f.kind,
                     entity_id: f.entity_id.to_string(),
                     operation: f.operation.to_string(),
@@ -290,50 +325,98 @@ macro_rules! store_tx_impl {
             }
 
             async fn inbox_status(&mut self, seq: i64) -> Result<Option<String>, sqlx::Error> {
+                if let Some(st) = self.pending.statuses.get(&seq) {
+                    return Ok(Some(st.clone()));
+                }
                 sqlx::query_scalar($status_sql)
                     .bind(seq)
-                    .fetch_optional(&mut *self.0)
+                    .fetch_optional(&mut *self.tx)
                     .await
             }
 
+            async fn prefetch_statuses(&mut self, seqs: &[i64]) -> Result<(), sqlx::Error> {
+                if seqs.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = QueryBuilder::new("SELECT seq, status FROM inbox WHERE seq IN (");
+                let mut list = qb.separated(", ");
+                for s in seqs {
+                    list.push_bind(*s);
+                }
+                qb.push(")");
+                qb.push($status_suffix);
+                let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *self.tx).await?;
+                self.pending.statuses.extend(rows);
+                Ok(())
+            }
+
             async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), sqlx::Error> {
-                sqlx::query(
-                    "UPDATE inbox SET status = 'done', processed_at = $2, duration_us = $3, \
-                     leased_until = NULL, attempts = attempts + 1 WHERE seq = $1",
-                )
-                .bind(seq)
-                .bind(at)
-                .bind(duration_us)
-                .execute(&mut *self.0)
-                .await
-                .map(|_| ())
+                self.pending.done.push((seq, at, duration_us));
+                self.pending.statuses.insert(seq, "done".into());
+                Ok(())
             }
 
             async fn commit(mut self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error> {
-                let feed = std::mem::take(&mut self.1);
-                if !feed.is_empty() {
+                let pending = std::mem::take(&mut self.pending);
+                for chunk in pending.done.chunks(500) {
+                    let mut qb = QueryBuilder::new(
+                        "UPDATE inbox SET status = 'done', leased_until = NULL, attempts = attempts + 1, \
+                         processed_at = CASE seq",
+                    );
+                    for (seq, at, _) in chunk {
+                        qb.push(" WHEN ").push_bind(*seq).push(" THEN ").push_bind(*at);
+                    }
+                    qb.push(" END, duration_us = CASE seq");
+                    for (seq, _, us) in chunk {
+                        qb.push(" WHEN ").push_bind(*seq).push(" THEN ").push_bind(*us);
+                    }
+                    qb.push(" END WHERE seq IN (");
+                    let mut list = qb.separated(", ");
+                    for (seq, _, _) in chunk {
+                        list.push_bind(*seq);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *self.tx).await?;
+                }
+                for chunk in pending.audit.chunks(500) {
+                    let mut qb = QueryBuilder::new(
+                        "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) ",
+                    );
+                    qb.push_values(chunk, |mut b, a| {
+                        b.push_bind(&a.svix_id)
+                            .push_bind(a.kind.as_str())
+                            .push_bind(&a.entity_id)
+                            .push_bind(&a.user_id)
+                            .push_bind(&a.operation)
+                            .push_bind(&a.changes)
+                            .push_bind(a.version)
+                            .push_bind(a.at);
+                    });
+                    qb.build().execute(&mut *self.tx).await?;
+                }
+                if !pending.feed.is_empty() {
                     let feed_lock: Option<&str> = $feed_lock_sql;
                     if let Some(sql) = feed_lock {
-                        sqlx::query(sql).execute(&mut *self.0).await?;
-                    }
-                    for f in &feed {
-                        sqlx::query(
-                            "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        )
-                        .bind(f.kind.as_str())
-                        .bind(&f.entity_id)
-                        .bind(&f.operation)
-                        .bind(&f.changed_fields)
-                        .bind(f.version)
-                        .bind(&f.svix_id)
-                        .bind(f.committed_at)
-                        .execute(&mut *self.0)
-                        .await?;
+                        sqlx::query(sql).execute(&mut *self.tx).await?;
                     }
                 }
-                self.0.commit().await?;
-                Ok(feed.into_iter().map(|f| (f.kind, f.entity_id)).collect())
+                for chunk in pending.feed.chunks(500) {
+                    let mut qb = QueryBuilder::new(
+                        "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, f| {
+                        b.push_bind(f.kind.as_str())
+                            .push_bind(&f.entity_id)
+                            .push_bind(&f.operation)
+                            .push_bind(&f.changed_fields)
+                            .push_bind(f.version)
+                            .push_bind(&f.svix_id)
+                            .push_bind(f.committed_at);
+                    });
+                    qb.build().execute(&mut *self.tx).await?;
+                }
+                self.tx.commit().await?;
+                Ok(pending.feed.into_iter().map(|f| (f.kind, f.entity_id)).collect())
             }
         }
     };
@@ -344,6 +427,7 @@ store_tx_impl!(
     SqliteTx,
     None,
     "SELECT status FROM inbox WHERE seq = $1",
+    "",
     None
 );
 // FOR UPDATE: if a lease expired and two workers hold the same event, the second
@@ -352,6 +436,7 @@ store_tx_impl!(
     PgTx,
     Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"),
     "SELECT status FROM inbox WHERE seq = $1 FOR UPDATE",
+    " FOR UPDATE",
     // A BIGSERIAL is handed out at insert, not at commit: two transactions could
     // commit their feed rows out of sequence order and a consumer that has read
     // past a gap would never see the row that fills it. Holding this lock from

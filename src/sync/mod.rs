@@ -258,7 +258,16 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
         record(tx, ctx, c.kind, &row, op, &changes).await?;
     }
     if let Some(user) = &c.user {
-        tx.replace_contacts(&user.id, &contacts(user)).await?;
+        // Most user updates leave emails and phones alone: rewrite the contact
+        // rows only when they differ from the stored record's.
+        let old = before
+            .as_ref()
+            .and_then(|m| serde_json::from_value::<User>(Value::Object(m.clone())).ok())
+            .map(|u| contacts(&u));
+        let new = contacts(user);
+        if old.as_ref() != Some(&new) && !(old.is_none() && new.is_empty()) {
+            tx.replace_contacts(&user.id, &new).await?;
+        }
         refresh_memberships(tx, ctx, user).await?;
     }
     Ok(())
