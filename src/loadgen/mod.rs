@@ -11,6 +11,7 @@
 //! random key and are counted apart), or let sending change what was generated:
 //! `--dry-run` with the same flags writes exactly the files a real run writes.
 
+pub mod check;
 pub mod expect;
 pub mod generate;
 pub mod ids;
@@ -126,6 +127,15 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Instead of sending: compare the server's read API (at the root of --url)
+    /// with this --expect file; prints matches/total and fails on any mismatch.
+    #[arg(long, value_name = "FILE")]
+    pub check: Option<PathBuf>,
+
+    /// Bearer token for the read API (--check), when the server sets CLERKSYNC_API_TOKEN.
+    #[arg(long, env = "CLERKSYNC_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
     /// No progress lines on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -157,6 +167,10 @@ pub enum LoadgenError {
     Expect(#[from] expect::ExpectError),
     #[error("the generator task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Check(#[from] check::CheckError),
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// The in-flight bound for the open loop has to fit a semaphore permit count.
@@ -265,6 +279,15 @@ pub async fn run(args: LoadgenArgs) -> Result<String, LoadgenError> {
         url: args.url.clone(),
         source,
     })?;
+    if let Some(file) = &args.check {
+        let base = format!("{}://{}", url.scheme(), url.authority());
+        let report = check::check(file, &base, args.api_token.clone()).await?;
+        return if report.mismatches.is_empty() {
+            Ok(report.to_string())
+        } else {
+            Err(LoadgenError::Mismatch(report.to_string()))
+        };
+    }
     // Check the secret before spending seconds on generation; a dry run signs
     // nothing and needs none.
     let secret = if args.dry_run {
