@@ -425,3 +425,64 @@ async fn read_api_token_pagination_and_bad_params() {
         400
     );
 }
+
+#[derive(clap::Parser)]
+struct LoadgenCli {
+    #[command(flatten)]
+    args: clerksync::loadgen::LoadgenArgs,
+}
+
+fn loadgen_args(argv: &[&str]) -> clerksync::loadgen::LoadgenArgs {
+    use clap::Parser;
+    LoadgenCli::parse_from(std::iter::once("loadgen").chain(argv.iter().copied())).args
+}
+
+/// A disordered (10%) and duplicated (5%) loadgen stream through the HTTP
+/// ingress reaches exactly the `--expect` state.
+async fn loadgen_stream_converges(s: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let expect = dir.path().join("expect.json");
+    let url = s.url("/webhooks/clerk");
+    let secret = crate::helpers::whsec(crate::helpers::TEST_KEY);
+    let expect_s = expect.display().to_string();
+    let send = loadgen_args(&[
+        "--url",
+        &url,
+        "--secret",
+        &secret,
+        "--events",
+        "1500",
+        "--seed",
+        "5",
+        "--out-of-order",
+        "0.1",
+        "--duplicates",
+        "0.05",
+        "--connections",
+        "8",
+        "-q",
+        "--expect",
+        &expect_s,
+    ]);
+    clerksync::loadgen::run(send)
+        .await
+        .expect("every delivery acknowledged");
+    s.settle().await;
+    let check = loadgen_args(&["--url", &url, "--check", &expect_s]);
+    let report = clerksync::loadgen::run(check)
+        .await
+        .expect("store matches --expect");
+    assert!(report.contains("entities match"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_stream_converges_sqlite() {
+    loadgen_stream_converges(&sqlite_server(|_| {}).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_stream_converges_postgres() {
+    if let Some(s) = postgres_server(|_| {}).await {
+        loadgen_stream_converges(&s).await;
+    }
+}
