@@ -206,3 +206,52 @@ impl FeedConsumer for CacheConsumer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: i64) -> Cached {
+        Cached::Row(Arc::new(EntityRow {
+            id: "user_1".into(),
+            version: v,
+            version_key: String::new(),
+            deleted: false,
+            user_id: None,
+            organization_id: None,
+            data: None,
+            synced_at: 0,
+        }))
+    }
+
+    fn version(c: Option<Cached>) -> Option<i64> {
+        match c {
+            Some(Cached::Row(r)) => Some(r.version),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_that_raced_an_invalidation_cannot_fill_the_old_record() {
+        let c = EntityCache::new(100, Strategy::WriteThrough, Invalidation::Precise);
+        // Reader: stamp, then reads v1 from the store...
+        let stamp = c.stamp();
+        // ...meanwhile v2 commits and is invalidated...
+        c.invalidate("user:user_1").await;
+        // ...then the reader tries to fill with v1: refused.
+        c.fill("user:user_1", row(1), stamp).await;
+        assert_eq!(version(c.get("user:user_1").await), None);
+        // A reader that started after the invalidation fills normally.
+        let stamp = c.stamp();
+        c.fill("user:user_1", row(2), stamp).await;
+        assert_eq!(version(c.get("user:user_1").await), Some(2));
+    }
+
+    #[tokio::test]
+    async fn invalidations_are_published() {
+        let c = EntityCache::new(100, Strategy::WriteBehind, Invalidation::Precise);
+        let mut rx = c.invalidations.subscribe();
+        c.invalidate("organization:org_1").await;
+        assert_eq!(rx.recv().await.unwrap(), "organization:org_1");
+    }
+}

@@ -97,7 +97,7 @@ pub async fn replay_into(
     if progress {
         eprintln!("replay: copied {copied} deliveries; applying");
     }
-    let report = processor(target, clock, config).drain(progress).await?;
+    let report = apply_everything(processor(target, clock, config), progress).await?;
     Ok((copied, report))
 }
 
@@ -119,6 +119,45 @@ pub async fn replay_since(
     .await
     .map(|r| r.rows_affected()))?;
     drop(gate);
-    let report = processor(db, clock, config).drain(progress).await?;
+    let report = apply_everything(processor(db, clock, config), progress).await?;
     Ok((queued, report))
+}
+
+/// Applies every due event: with one worker in arrival order (`drain`), or with
+/// the parallel pool when `max_concurrent` > 1, stopping once nothing is pending.
+/// The second form is also how the processor's scaling is measured.
+async fn apply_everything(p: Processor, progress: bool) -> Result<DrainReport, sqlx::Error> {
+    if p.config.max_concurrent <= 1 {
+        return p.drain(progress).await;
+    }
+    let started = std::time::Instant::now();
+    let before = crate::store::inbox_counts(&p.db).await?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let db = p.db.clone();
+    let run = tokio::spawn(p.run(cancel.clone()));
+    let mut last_report = started;
+    let counts = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let c = crate::store::inbox_counts(&db).await?;
+        if c.pending == 0 && c.failed == 0 {
+            break c;
+        }
+        if progress && last_report.elapsed() >= std::time::Duration::from_secs(3) {
+            last_report = std::time::Instant::now();
+            let done = c.processed - before.processed;
+            eprintln!(
+                "replay: {done} applied, {} pending, {:.0} events/s",
+                c.pending,
+                done as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    };
+    let elapsed = started.elapsed();
+    cancel.cancel();
+    let _ = run.await;
+    Ok(DrainReport {
+        applied: (counts.processed - before.processed).max(0) as u64,
+        failed: (counts.dead - before.dead).max(0) as u64,
+        elapsed,
+    })
 }

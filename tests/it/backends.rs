@@ -98,12 +98,12 @@ pub struct Server {
     pub db: Database,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _keep: Box<dyn std::any::Any + Send>,
+    _keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
 pub async fn start(
     url: &str,
-    keep: Box<dyn std::any::Any + Send>,
+    keep: Box<dyn std::any::Any + Send + Sync>,
     tweak: impl FnOnce(&mut Config),
 ) -> Server {
     let mut config = Config::for_tests(&whsec(TEST_KEY), url);
