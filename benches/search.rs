@@ -148,7 +148,7 @@ fn user_json(rng: &mut StdRng, n: usize, p: &Person) -> String {
 
 /// Fills the users table of a fresh store, in transactions of 10,000 rows.
 async fn fill_store(db: &Database, n: usize) -> Vec<Person> {
-    let Database::Sqlite(pool) = db else {
+    let Database::Sqlite(pool, ..) = db else {
         unreachable!("the bench uses SQLite")
     };
     let mut rng = StdRng::seed_from_u64(5);

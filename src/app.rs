@@ -246,5 +246,6 @@ pub fn router(state: AppState) -> Router {
         .merge(api::read::routes(state.clone()))
         .merge(api::search::routes(state.clone()))
         .merge(api::admin::routes(state.clone()))
+        .merge(api::dashboard::routes(state.clone()))
         .with_state(state)
 }

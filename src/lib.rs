@@ -10,6 +10,7 @@ pub mod app;
 pub mod clerk;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod feed;
 pub mod loadgen;
 pub mod processor;

@@ -27,6 +27,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/events/{svix_id}", get(show))
         .route("/admin/events/{svix_id}/retry", post(retry))
         .route("/admin/events/{svix_id}/discard", post(discard))
+        .route("/admin/entities/{id}", get(entity))
         .layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -147,4 +148,94 @@ async fn retry_dead(State(s): State<AppState>) -> Result<Json<Value>, ApiError> 
         .map_err(ApiError::internal)?;
     s.inbox_committed.notify_one();
     Ok(Json(json!({ "queued": n })))
+}
+
+#[derive(Deserialize)]
+struct EntityParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// One user or organization for the dashboard's entity page: the stored record
+/// (tombstones included, which `/v1` answers with 410) and its audit history,
+/// oldest first. Behind the admin token, so the dashboard never needs the read
+/// API's token as well.
+async fn entity(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<EntityParams>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::clerk::model::Kind;
+    use crate::store::read;
+    let kind = if id.starts_with("user_") {
+        Kind::User
+    } else if id.starts_with("org_") {
+        Kind::Organization
+    } else {
+        return Err(ApiError::BadRequest(
+            "entity id must start with user_ or org_".into(),
+        ));
+    };
+    if id.len() > 128 {
+        return Err(ApiError::BadRequest("invalid id".into()));
+    }
+    let limit = p.limit.unwrap_or(200);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".into(),
+        ));
+    }
+    let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => B64URL
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?,
+        None => 0,
+    };
+    let row = read::get(&s.db, kind, &id)
+        .await
+        .map_err(ApiError::internal)?;
+    let audit = read::audit(&s.db, &id, after, limit + 1)
+        .await
+        .map_err(ApiError::internal)?;
+    if row.is_none() && audit.is_empty() && after == 0 {
+        return Err(ApiError::NotFound);
+    }
+    let more = audit.len() as i64 > limit;
+    let audit = &audit[..audit.len().min(limit as usize)];
+    let next = if more {
+        audit.last().map(|a| B64URL.encode(a.seq.to_string()))
+    } else {
+        None
+    };
+    let record = row.as_ref().filter(|r| !r.deleted).map(|r| match kind {
+        Kind::User => crate::api::read::user_json(r),
+        _ => r
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(Value::Null),
+    });
+    let history: Vec<Value> = audit
+        .iter()
+        .map(|a| {
+            json!({
+                "seq": a.seq, "svix_id": a.svix_id, "operation": a.operation,
+                "version": a.version, "at": a.at,
+                "changes": serde_json::from_str::<Value>(&a.changes).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": id,
+        "kind": kind.as_str(),
+        "deleted": row.as_ref().is_some_and(|r| r.deleted),
+        "version": row.as_ref().map(|r| r.version),
+        "synced_at": row.as_ref().map(|r| r.synced_at),
+        "record": record,
+        "audit": history,
+        "next_cursor": next,
+    })))
 }

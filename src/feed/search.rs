@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 use tantivy::collector::TopDocs;
-use tantivy::directory::MmapDirectory;
+use tantivy::directory::{MmapDirectory, INDEX_WRITER_LOCK};
 use tantivy::query::{
     BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
 };
@@ -42,7 +42,7 @@ use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
     TokenizerManager,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{Directory, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// The consumer's name: the key of its checkpoint in `feed_checkpoints`.
@@ -67,6 +67,13 @@ const MAX_FUZZY_CHARS: usize = 32;
 const REBUILD_PAGE: i64 = 1000;
 /// Phone numbers also match by their trailing digits (no country code), from this many on.
 const MIN_PHONE_SUFFIX: usize = 7;
+/// Word prefixes of these lengths are indexed as terms of their own (edge
+/// n-grams), so "what you have typed so far" is one posting list. A prefix
+/// automaton instead visits every term it matches: on a million users a
+/// three-letter prefix matches tens of thousands of unique email words
+/// (p99 48 ms in the bench, against 10 ms allowed). One letter is no search.
+const MIN_PREFIX_CHARS: usize = 2;
+const MAX_PREFIX_CHARS: usize = 16;
 /// An exact email, username, slug or phone number outranks any word match.
 const EXACT_BOOST: f32 = 20.0;
 
@@ -170,6 +177,8 @@ struct Fields {
     handle: Field,
     /// Raw lowercased emails, username, slug, org name, phone digits.
     exact: Field,
+    /// Prefixes (edge n-grams) of every word of `name` and `handle`.
+    prefix: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -187,6 +196,7 @@ fn schema() -> (Schema, Fields) {
         name: b.add_text_field("name", words.clone()),
         handle: b.add_text_field("handle", words),
         exact: b.add_text_field("exact", STRING),
+        prefix: b.add_text_field("prefix", STRING),
     };
     (b.build(), fields)
 }
@@ -341,6 +351,15 @@ impl SearchIndex {
                 };
                 let index = match open() {
                     Err(SearchError::Index(tantivy::TantivyError::SchemaError(_))) => {
+                        // Only wipe a directory no other process is writing.
+                        let d = MmapDirectory::open(path).map_err(|e| SearchError::Dir {
+                            path: path.to_path_buf(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                        drop(
+                            d.acquire_lock(&INDEX_WRITER_LOCK)
+                                .map_err(|_| SearchError::Locked(path.to_path_buf()))?,
+                        );
                         tracing::warn!(path = %path.display(), "search index has an older schema; recreating it");
                         std::fs::remove_dir_all(path).map_err(dir_err)?;
                         std::fs::create_dir_all(path).map_err(dir_err)?;
@@ -384,7 +403,9 @@ impl SearchIndex {
                 writer,
                 gen: committed.map_or(0, |p| p.gen),
                 committed,
-                last_commit: Instant::now() - opts.commit_interval,
+                last_commit: Instant::now()
+                    .checked_sub(opts.commit_interval)
+                    .unwrap_or_else(Instant::now),
             })),
             opts,
             location,
@@ -515,6 +536,23 @@ impl SearchIndex {
                 }
             }
             _ => return None,
+        }
+        let mut prefixes = HashSet::new();
+        for text in name
+            .iter()
+            .copied()
+            .chain(handle.iter().map(String::as_str))
+        {
+            for word in words_of(text) {
+                let ends = word.char_indices().map(|(i, _)| i).skip(MIN_PREFIX_CHARS);
+                let ends = ends.chain(std::iter::once(word.len()));
+                for end in ends.take(MAX_PREFIX_CHARS + 1 - MIN_PREFIX_CHARS) {
+                    prefixes.insert(word[..end].to_string());
+                }
+            }
+        }
+        for p in prefixes {
+            doc.add_text(f.prefix, p);
         }
         for n in name {
             doc.add_text(f.name, n);
@@ -758,12 +796,34 @@ impl SearchIndex {
             }
         }
         if last {
-            for (field, boost) in [(f.name, 1.5), (f.handle, 1.2)] {
-                let q = FuzzyTermQuery::new_prefix(Term::from_field_text(field, word), 0, true);
-                any.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
-            }
+            any.extend(self.prefix_query(word, 1.5).map(|q| (Occur::Should, q)));
         }
         Box::new(BooleanQuery::new(any))
+    }
+
+    /// Words that start with `word` (constant score: a prefix says nothing of
+    /// how well the rest matches). Short ones from the indexed prefixes; longer
+    /// ones by automaton, which is cheap there since few terms share a long prefix.
+    fn prefix_query(&self, word: &str, boost: f32) -> Option<Box<dyn Query>> {
+        let f = self.fields;
+        let n = word.chars().count();
+        if n < MIN_PREFIX_CHARS {
+            return None;
+        }
+        let q: Box<dyn Query> = if n <= MAX_PREFIX_CHARS {
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.prefix, word),
+                IndexRecordOption::Basic,
+            ))
+        } else {
+            let mut any: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            for field in [f.name, f.handle] {
+                let q = FuzzyTermQuery::new_prefix(Term::from_field_text(field, word), 0, true);
+                any.push((Occur::Should, Box::new(q)));
+            }
+            Box::new(BooleanQuery::new(any))
+        };
+        Some(Box::new(ConstScoreQuery::new(q, boost)))
     }
 
     fn build_query(&self, q: &ParsedQuery, kind: Option<Kind>) -> Box<dyn Query> {
@@ -777,11 +837,7 @@ impl SearchIndex {
                 Occur::Should,
                 Self::term_query(f.exact, d, IndexRecordOption::Basic, EXACT_BOOST),
             ));
-            let prefix = FuzzyTermQuery::new_prefix(Term::from_field_text(f.handle, d), 0, true);
-            any.push((
-                Occur::Should,
-                Box::new(BoostQuery::new(Box::new(prefix), 2.0)),
-            ));
+            any.extend(self.prefix_query(d, 2.0).map(|q| (Occur::Should, q)));
         }
         if let Some(last) = q.words.len().checked_sub(1) {
             // Every word must match (in some form): more words, fewer results.

@@ -1,0 +1,340 @@
+//! The dashboard (`GET /admin` and its assets), the admin entity endpoint it
+//! reads, and `clerksync demo` run as a real process.
+//!
+//! Black box over HTTP: what a browser is served (and that it carries no token
+//! or data), and what the page's script gets from `/admin/entities/{id}`.
+
+use crate::backends::{sqlite_server, Server};
+use clerksync::config::Token;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "dash-admin-token-7f3a9c";
+
+async fn with_admin() -> Server {
+    sqlite_server(|c| c.admin_token = Some(Token::new(TOKEN))).await
+}
+
+/// Status, content type, CSP and body of a plain GET (no Authorization header,
+/// as a browser navigation sends it).
+async fn fetch(s: &Server, path: &str) -> (u16, String, String, String) {
+    let r = s.client.get(s.url(path)).send().await.unwrap();
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (ct, csp) = (h("content-type"), h("content-security-policy"));
+    (r.status().as_u16(), ct, csp, r.text().await.unwrap())
+}
+
+fn user(id: &str, first_name: &str, updated_at: i64) -> Value {
+    json!({"type": "user.updated", "object": "event", "timestamp": updated_at,
+           "data": {"id": id, "object": "user", "first_name": first_name, "updated_at": updated_at,
+                    "email_addresses": [{"id": "idn_1", "email_address": "ada@example.com"}],
+                    "primary_email_address_id": "idn_1"}})
+}
+
+#[tokio::test]
+async fn dashboard_is_404_without_an_admin_token_configured() {
+    let s = sqlite_server(|_| {}).await;
+    for path in [
+        "/admin",
+        "/admin/",
+        "/admin/dashboard.js",
+        "/admin/dashboard.css",
+        "/admin/entities/user_1",
+    ] {
+        assert_eq!(fetch(&s, path).await.0, 404, "{path}");
+    }
+    assert_eq!(
+        s.get_json("/admin/entities/user_1", Some("anything"))
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn dashboard_page_and_assets_are_served_without_data_or_token() {
+    let s = with_admin().await;
+    let (st, ct, csp, html) = fetch(&s, "/admin").await;
+    assert_eq!(st, 200);
+    assert!(ct.starts_with("text/html"), "{ct}");
+    assert!(
+        html.contains("<script src=\"/admin/dashboard.js\""),
+        "{html}"
+    );
+    assert!(html.contains("href=\"/admin/dashboard.css\""));
+    // No inline script: the CSP allows same-origin files only.
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+
+    let (st, ct, _, js) = fetch(&s, "/admin/dashboard.js").await;
+    assert_eq!(st, 200);
+    assert!(ct.starts_with("text/javascript"), "{ct}");
+    // The script talks to the admin API with a bearer header and reads the fragment.
+    assert!(js.contains("/admin/stats"));
+    assert!(js.contains("/admin/entities/"));
+    assert!(js.contains("'Bearer '"));
+    assert!(js.contains("location.hash"));
+    let (st, ct, _, css) = fetch(&s, "/admin/dashboard.css").await;
+    assert_eq!(st, 200);
+    assert!(ct.starts_with("text/css"), "{ct}");
+
+    // A delivery is stored, and still nothing of it (nor the token) is in what
+    // the browser gets without the token.
+    assert_eq!(
+        s.post("msg_dash_1", &user("user_dash1", "Ada", 1)).await,
+        200
+    );
+    s.settle().await;
+    for (path, body) in [
+        ("/admin", fetch(&s, "/admin").await.3),
+        ("js", js),
+        ("css", css),
+    ] {
+        assert!(!body.contains(TOKEN), "{path} contains the admin token");
+        assert!(!body.contains("user_dash1"), "{path} contains data");
+        assert!(!body.contains("msg_dash_1"), "{path} contains data");
+    }
+}
+
+#[tokio::test]
+async fn entity_endpoint_needs_the_token_and_returns_record_and_audit() {
+    let s = with_admin().await;
+    assert_eq!(s.post("msg_e1", &user("user_ent1", "Ada", 10)).await, 200);
+    assert_eq!(s.post("msg_e2", &user("user_ent1", "Grace", 20)).await, 200);
+    let org = json!({"type": "organization.created", "object": "event", "timestamp": 5,
+                     "data": {"id": "org_ent1", "object": "organization", "name": "Acme",
+                              "slug": "acme", "updated_at": 5}});
+    assert_eq!(s.post("msg_o1", &org).await, 200);
+    s.settle().await;
+
+    let path = "/admin/entities/user_ent1";
+    let (st, body) = s.get_json(path, None).await;
+    assert_eq!(st, 401);
+    assert!(!body.to_string().contains(TOKEN));
+    assert_eq!(s.get_json(path, Some("wrong")).await.0, 401);
+
+    let (st, e) = s.get_json(path, Some(TOKEN)).await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(e["kind"], "user");
+    assert_eq!(e["id"], "user_ent1");
+    assert_eq!(e["deleted"], false);
+    assert_eq!(e["version"], 20);
+    assert_eq!(e["record"]["first_name"], "Grace");
+    // The same shape as the read API's user.
+    assert_eq!(e["record"]["primary_email_address"], "ada@example.com");
+    let audit = e["audit"].as_array().unwrap();
+    assert_eq!(audit.len(), 2, "{e}");
+    assert_eq!(audit[0]["svix_id"], "msg_e1");
+    assert_eq!(audit[1]["svix_id"], "msg_e2");
+    assert_eq!(audit[1]["changes"]["first_name"]["before"], "Ada");
+    assert_eq!(audit[1]["changes"]["first_name"]["after"], "Grace");
+    assert_eq!(audit[0]["changes"]["first_name"]["before"], Value::Null);
+
+    // Paging through the history.
+    let (_, p1) = s.get_json(&format!("{path}?limit=1"), Some(TOKEN)).await;
+    assert_eq!(p1["audit"].as_array().unwrap().len(), 1);
+    let cursor = p1["next_cursor"].as_str().expect("a next cursor");
+    let (_, p2) = s
+        .get_json(&format!("{path}?limit=1&cursor={cursor}"), Some(TOKEN))
+        .await;
+    assert_eq!(p2["audit"][0]["svix_id"], "msg_e2");
+    assert_eq!(p2["next_cursor"], Value::Null);
+
+    let (st, o) = s.get_json("/admin/entities/org_ent1", Some(TOKEN)).await;
+    assert_eq!(st, 200, "{o}");
+    assert_eq!(
+        (o["kind"].as_str(), o["record"]["name"].as_str()),
+        (Some("organization"), Some("Acme"))
+    );
+
+    // A deletion: the record is gone, the history (with the delete) stays.
+    let del = json!({"type": "user.deleted", "object": "event", "timestamp": 30,
+                     "data": {"id": "user_ent1", "object": "user", "deleted": true}});
+    assert_eq!(s.post("msg_e3", &del).await, 200);
+    s.settle().await;
+    let (st, e) = s.get_json(path, Some(TOKEN)).await;
+    assert_eq!(st, 200);
+    assert_eq!(e["deleted"], true);
+    assert_eq!(e["record"], Value::Null);
+    let audit = e["audit"].as_array().unwrap();
+    assert_eq!(audit.last().unwrap()["operation"], "delete");
+
+    let t = Some(TOKEN);
+    assert_eq!(s.get_json("/admin/entities/user_never", t).await.0, 404);
+    assert_eq!(s.get_json("/admin/entities/orgmem_1", t).await.0, 400);
+    assert_eq!(s.get_json(&format!("{path}?limit=0"), t).await.0, 400);
+    assert_eq!(s.get_json(&format!("{path}?cursor=%%%"), t).await.0, 400);
+}
+
+/// The demo's poisoned shape dead-letters on the first attempt with an error
+/// naming the field, so the dashboard's dead-letter panel has it at once.
+#[tokio::test]
+async fn a_wrongly_typed_field_dead_letters_with_its_error() {
+    let s = with_admin().await;
+    let poison = json!({"type": "user.updated", "object": "event", "timestamp": 1,
+                        "data": {"id": "user_poison1", "object": "user", "first_name": 42}});
+    assert_eq!(s.post("msg_poison", &poison).await, 200);
+    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'dead'", 1)
+        .await;
+    let (_, dead) = s.get_json("/admin/events?status=dead", Some(TOKEN)).await;
+    assert_eq!(dead["data"][0]["svix_id"], "msg_poison");
+    assert_eq!(dead["data"][0]["attempts"], 1);
+    let err = dead["data"][0]["last_error"].as_str().unwrap();
+    assert!(err.contains("first_name"), "{err}");
+    // Nothing was stored, so the entity page has nothing to show.
+    assert_eq!(
+        s.get_json("/admin/entities/user_poison1", Some(TOKEN))
+            .await
+            .0,
+        404
+    );
+}
+
+/// `clerksync demo` as a newcomer runs it: it prints the dashboard address with
+/// its token, the stream and the poisoned events arrive, SIGTERM stops it.
+#[tokio::test]
+async fn demo_prints_a_working_dashboard_address_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
+    cmd.args([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        "demo",
+        "--events",
+        "200",
+        "--rate",
+        "1000",
+    ])
+    .current_dir(dir.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn clerksync demo");
+    let stdout = child.stdout.take().unwrap();
+    // The rest of stdout is collected by a thread, so the demo never blocks on it.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = Vec::new();
+    let url = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "no dashboard line; stdout: {printed:?}; stderr: {}",
+                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+                )
+            });
+        printed.push(line.clone());
+        if let Some(u) = line.trim().strip_prefix("Dashboard:") {
+            break u.trim().to_string();
+        }
+    };
+    let (page, token) = url.split_once("#token=").expect("token in the fragment");
+    assert!(
+        page.starts_with("http://127.0.0.1:") && page.ends_with("/admin"),
+        "{url}"
+    );
+    let base = page.trim_end_matches("/admin").to_string();
+    let client = reqwest::Client::new();
+
+    let html = client.get(page).send().await.unwrap();
+    assert_eq!(html.status(), 200);
+    assert!(!html.text().await.unwrap().contains(token));
+
+    // The whole stream and the three poisoned deliveries land.
+    let stats = loop {
+        let s: Value = client
+            .get(format!("{base}/admin/stats"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["dead"] == 3 && s["pending"] == 0 && s["received"].as_i64() >= Some(203) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "stats never settled: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stats["failed"], 0, "{stats}");
+    assert!(stats["processed"].as_i64().unwrap() >= 200, "{stats}");
+    let wrong = client
+        .get(format!("{base}/admin/stats"))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(term.success());
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("demo did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    // The child is gone, so its stdout ends and the reader thread hangs up.
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        rest.push(line);
+    }
+    assert!(rest.iter().any(|l| l.contains("demo stopped")), "{rest:?}");
+    assert!(dir.path().join("demo/clerksync.db").exists());
+}
+
+#[test]
+fn demo_on_a_taken_port_says_so() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clerksync"))
+        .args(["demo", "--listen", &addr])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run clerksync demo");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&addr) && stderr.contains("already in use"),
+        "{stderr}"
+    );
+    // It stopped before making its data directory.
+    assert!(!dir.path().join("demo-data").exists());
+    drop(taken);
+}
