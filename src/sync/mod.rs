@@ -221,6 +221,8 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
             return Ok(()); // stale
         }
     }
+    // The live parent user, if any: its public data is copied onto memberships.
+    let mut parent_user: Option<EntityRow> = None;
     for (pk, pid) in parents(&c) {
         if let Some(parent) = tx.get(pk, pid).await? {
             if parent.deleted {
@@ -230,15 +232,17 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
                 let refs = (c.user_id.clone(), c.organization_id.clone());
                 return delete(tx, ctx, c.kind, &c.id, c.version, refs).await;
             }
+            if pk == Kind::User {
+                parent_user = Some(parent);
+            }
         }
     }
     let mut data = c.data;
-    if c.kind == Kind::Membership {
-        if let Some(uid) = c.user_id.as_deref() {
-            if let Some(user) = live_user(tx, uid).await? {
-                refresh_public_user_data(&mut data, &user);
-            }
-        }
+    if let Some(user) = parent_user
+        .and_then(|r| r.data)
+        .and_then(|d| serde_json::from_str::<User>(&d).ok())
+    {
+        refresh_public_user_data(&mut data, &user);
     }
     let before = cur.as_ref().and_then(|r| parse_map(r.data.as_deref()));
     let changes = diff(before.as_ref(), &data);
@@ -289,16 +293,6 @@ async fn bump_tombstone(
         tx.put(kind, &row).await?;
     }
     Ok(())
-}
-
-async fn live_user(tx: &mut dyn StoreTx, uid: &str) -> Result<Option<User>, sqlx::Error> {
-    Ok(match tx.get(Kind::User, uid).await? {
-        Some(r) if !r.deleted => r
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<User>(d).ok()),
-        _ => None,
-    })
 }
 
 fn refresh_public_user_data(data: &mut Map<String, Value>, user: &User) {
