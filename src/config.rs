@@ -173,6 +173,48 @@ pub struct Settings {
     /// Directory of the search index (default: <data dir>/search).
     #[arg(long, global = true, env = "CLERKSYNC_SEARCH_DIR")]
     pub search_dir: Option<PathBuf>,
+    /// PEM public key that verifies Clerk session tokens (/v1/realtime).
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_CLERK_JWT_KEY",
+        hide_env_values = true
+    )]
+    pub clerk_jwt_key: Option<String>,
+    /// JWKS file (Clerk's /.well-known/jwks.json) that verifies session tokens.
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_JWKS_FILE")]
+    pub clerk_jwks_file: Option<PathBuf>,
+    /// Allowed session-token issuers (`iss`), comma-separated; any when unset.
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_ISSUERS")]
+    pub clerk_issuers: Option<String>,
+    /// Allowed session-token parties (`azp`, your origins), comma-separated; any when unset.
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_AUTHORIZED_PARTIES")]
+    pub clerk_authorized_parties: Option<String>,
+    /// Most realtime connections per token (per user for session tokens).
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_TOKEN"
+    )]
+    pub realtime_max_connections_per_token: Option<usize>,
+    /// Messages a realtime connection may have waiting before it counts as too slow.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_QUEUE")]
+    pub realtime_queue: Option<usize>,
+    /// Largest message a realtime client may send, in bytes.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_MAX_MESSAGE_BYTES")]
+    pub realtime_max_message_bytes: Option<usize>,
+    /// Seconds between realtime pings (a missing pong closes the connection).
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_PING_SECS")]
+    pub realtime_ping_secs: Option<u64>,
+    /// Seconds a realtime connection may hold no subscription.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_IDLE_SECS")]
+    pub realtime_idle_secs: Option<u64>,
+    /// Days back a realtime client may resume (`since`).
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_RETENTION_DAYS")]
+    pub realtime_retention_days: Option<f64>,
+    /// Most feed entries a realtime resume may reach back.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_RETENTION_ENTRIES")]
+    pub realtime_retention_entries: Option<i64>,
 }
 
 impl Settings {
@@ -194,6 +236,27 @@ impl Settings {
             cache_invalidation: self.cache_invalidation.or(lower.cache_invalidation),
             cache_max_entries: self.cache_max_entries.or(lower.cache_max_entries),
             search_dir: self.search_dir.or(lower.search_dir),
+            clerk_jwt_key: self.clerk_jwt_key.or(lower.clerk_jwt_key),
+            clerk_jwks_file: self.clerk_jwks_file.or(lower.clerk_jwks_file),
+            clerk_issuers: self.clerk_issuers.or(lower.clerk_issuers),
+            clerk_authorized_parties: self
+                .clerk_authorized_parties
+                .or(lower.clerk_authorized_parties),
+            realtime_max_connections_per_token: self
+                .realtime_max_connections_per_token
+                .or(lower.realtime_max_connections_per_token),
+            realtime_queue: self.realtime_queue.or(lower.realtime_queue),
+            realtime_max_message_bytes: self
+                .realtime_max_message_bytes
+                .or(lower.realtime_max_message_bytes),
+            realtime_ping_secs: self.realtime_ping_secs.or(lower.realtime_ping_secs),
+            realtime_idle_secs: self.realtime_idle_secs.or(lower.realtime_idle_secs),
+            realtime_retention_days: self
+                .realtime_retention_days
+                .or(lower.realtime_retention_days),
+            realtime_retention_entries: self
+                .realtime_retention_entries
+                .or(lower.realtime_retention_entries),
         }
     }
 
@@ -235,6 +298,8 @@ pub struct Config {
     pub cache_max_entries: u64,
     /// The search index's directory; None keeps it in memory (tests, embedding).
     pub search_dir: Option<PathBuf>,
+    /// `/v1/realtime`: session-token keys, limits, resume window.
+    pub realtime: crate::api::realtime::RealtimeConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -242,13 +307,18 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 pub const DEFAULT_ARCHIVE_RETENTION_DAYS: f64 = 30.0;
 
-/// Default worker count: applying is mostly waiting on the database, so a few
-/// per core keeps it busy without thrashing SQLite's single writer.
-pub fn default_max_concurrent() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get() * 2)
-        .unwrap_or(4)
-        .clamp(2, 16)
+/// Default worker count. SQLite has one writer: extra workers only split the
+/// batches (measured: 2 workers applied about half as fast as 1), so it gets one
+/// worker with large batches. On PostgreSQL applying is mostly waiting on round
+/// trips, so several per core keep it busy.
+pub fn default_max_concurrent(db: &DatabaseUrl) -> usize {
+    match db {
+        DatabaseUrl::Sqlite(_) => 1,
+        DatabaseUrl::Postgres(_) => std::thread::available_parallelism()
+            .map(|n| n.get() * 4)
+            .unwrap_or(8)
+            .clamp(4, 32),
+    }
 }
 
 impl Config {
@@ -277,6 +347,7 @@ impl Config {
     /// Validates everything but the secret (for commands that never verify a
     /// delivery: migrate, events, replay). The secret set is a random placeholder.
     pub fn without_secret(s: Settings) -> Result<Config, ConfigError> {
+        let realtime = crate::api::realtime::RealtimeConfig::from_settings(&s)?;
         let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_s
             .trim()
@@ -305,7 +376,9 @@ impl Config {
                 })
             }
         };
-        let max_concurrent = s.max_concurrent.unwrap_or_else(default_max_concurrent);
+        let max_concurrent = s
+            .max_concurrent
+            .unwrap_or_else(|| default_max_concurrent(&database_url));
         if max_concurrent == 0 || max_concurrent > 1024 {
             return Err(ConfigError::BadValue {
                 name: "CLERKSYNC_MAX_CONCURRENT",
@@ -363,6 +436,7 @@ impl Config {
             cache_invalidation,
             cache_max_entries,
             search_dir: Some(search_dir),
+            realtime,
         })
     }
 

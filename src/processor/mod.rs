@@ -50,7 +50,13 @@ impl ProcessorConfig {
             max_concurrent: c.max_concurrent,
             max_attempts: c.max_attempts,
             lease: Duration::from_secs(60),
-            batch_max: 128,
+            // On SQLite a batch holds the one write lock that webhook acks also
+            // need: small batches keep an ack's wait short. PostgreSQL writers
+            // do not block each other, so bigger batches save round trips.
+            batch_max: match c.database_url {
+                crate::config::DatabaseUrl::Sqlite(_) => 32,
+                crate::config::DatabaseUrl::Postgres(_) => 128,
+            },
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             archive_retention: c.archive_retention,
