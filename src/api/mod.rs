@@ -9,4 +9,5 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod read;
+pub mod realtime;
 pub mod search;

@@ -55,7 +55,9 @@ impl ProcessorConfig {
             // do not block each other, so bigger batches save round trips.
             batch_max: match c.database_url {
                 crate::config::DatabaseUrl::Sqlite(_) => 32,
-                crate::config::DatabaseUrl::Postgres(_) => 128,
+                // Smaller than round trips alone would suggest: a batch holds its
+                // entity locks until commit, and a deadlock costs the whole batch.
+                crate::config::DatabaseUrl::Postgres(_) => 32,
             },
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),

@@ -84,6 +84,8 @@ pub trait StoreTx: Send {
     /// Serializes transactions touching `key` (PostgreSQL advisory lock; SQLite's
     /// `BEGIN IMMEDIATE` already serializes writers).
     async fn lock(&mut self, key: &str) -> Result<(), sqlx::Error>;
+    /// Like `lock`, but shared with other shared holders of `key`.
+    async fn lock_shared(&mut self, key: &str) -> Result<(), sqlx::Error>;
     async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error>;
     async fn put(&mut self, kind: Kind, row: &EntityRow) -> Result<(), sqlx::Error>;
     /// Live (not deleted) rows of `kind` whose `by` column is `value`.
@@ -184,6 +186,15 @@ macro_rules! store_tx_impl {
                 let sql: Option<&str> = $lock_sql;
                 if let Some(sql) = sql {
                     sqlx::query(sql).bind(key).execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn lock_shared(&mut self, key: &str) -> Result<(), sqlx::Error> {
+                let sql: Option<&str> = $lock_sql;
+                if let Some(sql) = sql {
+                    let sql = sql.replace("pg_advisory_xact_lock(", "pg_advisory_xact_lock_shared(");
+                    sqlx::query(&sql).bind(key).execute(&mut *self.tx).await?;
                 }
                 Ok(())
             }

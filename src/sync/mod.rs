@@ -99,16 +99,23 @@ pub async fn apply(tx: &mut dyn StoreTx, d: &Delivery, now_ms: i64) -> Result<Ou
 }
 
 /// Events of different partitions meet at users and organizations (a user
-/// deletion cascades into memberships applied on organization partitions), so
-/// both sides lock the ids they touch, in a fixed order.
+/// deletion cascades into memberships applied on organization partitions; a
+/// user update refreshes copies held on memberships). An event takes its own
+/// entity exclusively and the parents it depends on shared: memberships of one
+/// organization apply side by side, while a change to the organization or user
+/// itself waits for them (and they for it). Keys go in a fixed order.
 async fn lock_for(tx: &mut dyn StoreTx, c: &Change) -> Result<(), sqlx::Error> {
-    let mut keys: Vec<&str> = vec![c.id.as_str()];
-    keys.extend(c.user_id.as_deref());
-    keys.extend(c.organization_id.as_deref());
+    let mut keys: Vec<(&str, bool)> = vec![(c.id.as_str(), true)];
+    keys.extend(c.user_id.as_deref().map(|u| (u, false)));
+    keys.extend(c.organization_id.as_deref().map(|o| (o, false)));
     keys.sort_unstable();
-    keys.dedup();
-    for k in keys {
-        tx.lock(k).await?;
+    keys.dedup_by(|a, b| a.0 == b.0);
+    for (k, exclusive) in keys {
+        if exclusive || k == c.id {
+            tx.lock(k).await?;
+        } else {
+            tx.lock_shared(k).await?;
+        }
     }
     Ok(())
 }

@@ -437,22 +437,36 @@
       openEntityId = null;
       $('entity').hidden = true;
       $('search-msg').textContent = err.status === 404
-        ? 'Nothing synced yet for ' + id + '.'
+        ? 'Nothing received for ' + id + '.'
         : 'Cannot load ' + id + ': ' + err.message;
     }
   }
 
   async function refreshEntity(id, first) {
     const path = encodeURIComponent(id);
+    // An entity whose every delivery failed is not in the store (404) but its
+    // deliveries are what the operator came for: show those.
     const [ent, evs] = await Promise.all([
-      api('/admin/entities/' + path + '?limit=500'),
+      api('/admin/entities/' + path + '?limit=500').catch((e) => {
+        if (e instanceof ApiError && e.status === 404) return null;
+        throw e;
+      }),
       api('/admin/events?limit=20&entity=' + path),
     ]);
+    if (ent === null && !(evs.data || []).length) throw new ApiError(404, 'not found');
     // The panel may have been closed or switched while this was in flight.
     if (openEntityId !== id) return;
     const key = JSON.stringify([ent, evs]);
     if (!first && key === lastEntityKey) return;
     lastEntityKey = key;
+    if (ent === null) {
+      $('entity-title').textContent = (id.startsWith('org_') ? 'organization ' : 'user ') + id;
+      $('entity-meta').textContent = 'not in the store: none of its deliveries has applied';
+      $('entity-record').textContent = '(no record)';
+      renderAudit([]);
+      renderEntityEvents(evs.data || []);
+      return;
+    }
     $('entity-title').textContent = ent.kind + ' ' + ent.id + (ent.deleted ? ' (deleted)' : '');
     $('entity-meta').textContent = [
       typeof ent.version === 'number' ? 'version ' + ent.version : 'not in the store',
@@ -463,7 +477,11 @@
       ? (ent.deleted ? '(deleted: only a tombstone is kept)' : '(no record)')
       : json(ent.record);
     renderAudit(ent.audit || []);
-    $('entity-events').replaceChildren(...(evs.data || []).map((r) => el('tr', {}, [
+    renderEntityEvents(evs.data || []);
+  }
+
+  function renderEntityEvents(rows) {
+    $('entity-events').replaceChildren(...rows.map((r) => el('tr', {}, [
       el('td', { text: fmtTime(r.received_at), title: fmtFull(r.received_at) }),
       deliveryCell(r.svix_id),
       el('td', { text: r.event_type, cls: 'mono' }),

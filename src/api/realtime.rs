@@ -1,0 +1,965 @@
+//! `GET /v1/realtime`: the WebSocket change stream.
+//!
+//! Owns: authenticating a connection (the server's API token, or a Clerk session
+//! JWT verified locally against the configured public key), what each principal
+//! may subscribe to, the client protocol (subscribe / unsubscribe / resume), and
+//! each connection's two tasks: a controller that reads client frames and keeps
+//! the heartbeat, and a writer that alone writes to the socket (queued frames,
+//! replays, close frames). Must never: let a session see a topic it is not
+//! entitled to (its own user; organizations it is a live member of, re-checked
+//! when a membership is deleted), make a network call to verify a token, block
+//! the hub on a slow socket, or echo a token in an error.
+//!
+//! Protocol (text frames, JSON):
+//! - connect with `Authorization: Bearer <token>` or `?token=<token>` (browsers
+//!   cannot set headers on a WebSocket). A bad or missing token is refused with
+//!   HTTP 401 before the upgrade, too many connections for one token with 429.
+//!   With neither `CLERKSYNC_API_TOKEN` nor a Clerk key configured the stream is
+//!   open, like the read API.
+//! - server: `{"type":"ready","user_id":..|null,"seq":N}` once connected.
+//! - client: `{"type":"subscribe","topic":"user:ID"|"org:ID"|"*","since":SEQ?}`
+//!   → `{"type":"subscribed","topic":..,"seq":N}` (live after N), or with `since`
+//!   `{"type":"subscribed","topic":..,"since":SEQ}`, the missed changes, then
+//!   `{"type":"replayed","topic":..,"seq":N,"count":C}` and live changes after N;
+//!   a `since` outside the resume window gets `{"type":"resync",..}` (reload
+//!   the topic's state from the read API) and the subscription goes on live.
+//!   Denied: `{"type":"error","topic":..,"error":".."}`.
+//! - client: `{"type":"unsubscribe","topic":..}` → `{"type":"unsubscribed",..}`;
+//!   `{"type":"ping"}` → `{"type":"pong"}`.
+//! - changes: `{"seq","topic","type","kind","id","changed_fields","committed_at","data"}`.
+//! - a deleted membership ends the session's `org:` subscription with
+//!   `{"type":"unsubscribed","topic":..,"reason":"membership deleted"}`.
+//! - too slow (queue full): `{"type":"resync","reason":..}` and close 4008; the
+//!   client may reconnect and resume each topic from the last `seq` it saw.
+//!
+//! The session token is checked when the connection opens; what it may see is
+//! then enforced from the synced store, not from the token's lifetime.
+
+use crate::api::error::ApiError;
+use crate::api::extract::Query;
+use crate::app::AppState;
+use crate::config::{ConfigError, Settings};
+use crate::feed::realtime::{
+    check_resume, control, is_member, replay_page, Connection, HubError, Outbound, RealtimeHub,
+    ResumeWindow, Topic, Viewer,
+};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::json;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_MAX_CONNECTIONS_PER_TOKEN: usize = 100;
+pub const DEFAULT_QUEUE: usize = 1024;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
+pub const DEFAULT_PING_SECS: u64 = 25;
+pub const DEFAULT_IDLE_SECS: u64 = 60;
+pub const DEFAULT_RETENTION_DAYS: f64 = 7.0;
+pub const DEFAULT_RETENTION_ENTRIES: i64 = 100_000;
+/// Clock skew tolerated on `exp` and `nbf` (Clerk's own SDKs allow 5 s).
+pub const LEEWAY_SECS: i64 = 5;
+/// Subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// Longest one socket write may take before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection's writer may take to flush what is queued.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Feed entries read per replay page.
+const REPLAY_PAGE: i64 = 500;
+
+/// Close codes (4000-4999 are the application's).
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const TOO_BIG: u16 = 1009;
+    pub const IDLE: u16 = 4000;
+    pub const NO_PONG: u16 = 4002;
+    pub const TOO_SLOW: u16 = 4008;
+}
+
+// ---------------------------------------------------------------------------
+// Configuration.
+
+/// Public keys that verify Clerk session tokens: a PEM key and/or a JWKS file.
+#[derive(Clone)]
+pub struct SessionKeys {
+    /// (key id, key); a PEM key has no id and is tried for any token.
+    keys: Vec<(Option<String>, DecodingKey)>,
+}
+
+impl fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<&str> = self
+            .keys
+            .iter()
+            .map(|(k, _)| k.as_deref().unwrap_or("pem"))
+            .collect();
+        write!(f, "SessionKeys({ids:?})")
+    }
+}
+
+impl SessionKeys {
+    /// An RSA public key in PEM (`-----BEGIN PUBLIC KEY-----`, as the Clerk
+    /// dashboard shows it, or PKCS#1). A literal `\n` in an env value counts as
+    /// a line break.
+    pub fn from_pem(pem: &str) -> Result<Self, jsonwebtoken::errors::Error> {
+        let pem = pem.trim().replace("\\n", "\n");
+        Ok(Self {
+            keys: vec![(None, DecodingKey::from_rsa_pem(pem.as_bytes())?)],
+        })
+    }
+
+    /// The RSA keys of a JWKS document (Clerk's `/.well-known/jwks.json`).
+    pub fn from_jwks(json: &str) -> Result<Self, String> {
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let keys: Vec<_> = set
+            .keys
+            .iter()
+            .filter(|k| matches!(k.algorithm, jsonwebtoken::jwk::AlgorithmParameters::RSA(_)))
+            .filter_map(|k| Some((k.common.key_id.clone(), DecodingKey::from_jwk(k).ok()?)))
+            .collect();
+        if keys.is_empty() {
+            return Err("the JWKS document has no RSA key".into());
+        }
+        Ok(Self { keys })
+    }
+
+    fn merge(mut self, other: SessionKeys) -> Self {
+        self.keys.extend(other.keys);
+        self
+    }
+}
+
+/// The realtime endpoint's settings, validated at start-up.
+#[derive(Debug, Clone)]
+pub struct RealtimeConfig {
+    /// None: session tokens are not accepted.
+    pub session_keys: Option<SessionKeys>,
+    /// Allowed `iss` values; empty: any.
+    pub issuers: Vec<String>,
+    /// Allowed `azp` values (your frontend origins); empty: any. As in Clerk's
+    /// SDKs, a token without `azp` passes.
+    pub authorized_parties: Vec<String>,
+    pub max_connections_per_token: usize,
+    /// Frames one connection may have waiting (and buffer during a resume).
+    pub queue: usize,
+    /// Largest client message accepted; a larger one closes the connection.
+    pub max_message_bytes: usize,
+    pub ping_interval: Duration,
+    /// A connection holding no subscription this long is closed.
+    pub idle_timeout: Duration,
+    pub resume: ResumeWindow,
+}
+
+fn list(s: Option<&str>) -> Vec<String> {
+    s.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn bad(name: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        name,
+        message: message.into(),
+    }
+}
+
+impl RealtimeConfig {
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        let pem = match s.clerk_jwt_key.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(p) => Some(SessionKeys::from_pem(p).map_err(|e| {
+                bad(
+                    "CLERKSYNC_CLERK_JWT_KEY",
+                    format!("not an RSA public key in PEM form ({e}): paste the PEM public key from the Clerk dashboard's API keys page"),
+                )
+            })?),
+        };
+        let jwks = match &s.clerk_jwks_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    bad(
+                        "CLERKSYNC_CLERK_JWKS_FILE",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(SessionKeys::from_jwks(&text).map_err(|e| {
+                    bad(
+                        "CLERKSYNC_CLERK_JWKS_FILE",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?)
+            }
+        };
+        let session_keys = match (pem, jwks) {
+            (Some(a), Some(b)) => Some(a.merge(b)),
+            (a, b) => a.or(b),
+        };
+        let positive = |v: Option<u64>, default: u64, name: &'static str| match v {
+            Some(0) => Err(bad(name, "must be at least 1")),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let days = s.realtime_retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        if !(days.is_finite() && days >= 0.0) {
+            return Err(bad(
+                "CLERKSYNC_REALTIME_RETENTION_DAYS",
+                "must be a non-negative number of days",
+            ));
+        }
+        let max_message_bytes = s
+            .realtime_max_message_bytes
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if max_message_bytes < 256 {
+            return Err(bad(
+                "CLERKSYNC_REALTIME_MAX_MESSAGE_BYTES",
+                "must be at least 256",
+            ));
+        }
+        Ok(Self {
+            session_keys,
+            issuers: list(s.clerk_issuers.as_deref()),
+            authorized_parties: list(s.clerk_authorized_parties.as_deref()),
+            max_connections_per_token: positive(
+                s.realtime_max_connections_per_token.map(|v| v as u64),
+                DEFAULT_MAX_CONNECTIONS_PER_TOKEN as u64,
+                "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_TOKEN",
+            )? as usize,
+            queue: positive(
+                s.realtime_queue.map(|v| v as u64),
+                DEFAULT_QUEUE as u64,
+                "CLERKSYNC_REALTIME_QUEUE",
+            )? as usize,
+            max_message_bytes,
+            ping_interval: Duration::from_secs(positive(
+                s.realtime_ping_secs,
+                DEFAULT_PING_SECS,
+                "CLERKSYNC_REALTIME_PING_SECS",
+            )?),
+            idle_timeout: Duration::from_secs(positive(
+                s.realtime_idle_secs,
+                DEFAULT_IDLE_SECS,
+                "CLERKSYNC_REALTIME_IDLE_SECS",
+            )?),
+            resume: ResumeWindow {
+                max_age: Duration::from_secs_f64(days * 86400.0),
+                max_entries: s
+                    .realtime_retention_entries
+                    .unwrap_or(DEFAULT_RETENTION_ENTRIES)
+                    .max(0),
+            },
+        })
+    }
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self::from_settings(&Settings::default()).expect("the defaults are valid")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Authentication.
+
+/// Who opened a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The API token, or anyone on a server with no token configured.
+    Service,
+    /// A Clerk session of this user (`sub`).
+    User(String),
+}
+
+impl Principal {
+    /// The connection-limit key: one per token identity (a user's sessions and
+    /// tabs share one).
+    fn key(&self) -> String {
+        match self {
+            Principal::Service => "service".into(),
+            Principal::User(sub) => format!("user:{sub}"),
+        }
+    }
+
+    fn viewer(&self) -> Viewer {
+        match self {
+            Principal::Service => Viewer::Service,
+            Principal::User(sub) => Viewer::User(sub.clone()),
+        }
+    }
+}
+
+/// Why a token was refused. Messages name the problem, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token: send Authorization: Bearer <token> or ?token=<token>")]
+    Missing,
+    #[error("invalid token")]
+    Invalid,
+    #[error("malformed session token")]
+    Malformed,
+    #[error("session token signature does not verify")]
+    BadSignature,
+    #[error("session token key id is not among the configured keys")]
+    UnknownKey,
+    #[error("session token must be signed with RS256")]
+    WrongAlgorithm,
+    #[error("session token has expired")]
+    Expired,
+    #[error("session token is not valid yet")]
+    NotYetValid,
+    #[error("session token has no {0} claim")]
+    MissingClaim(&'static str),
+    #[error("session token issuer is not allowed")]
+    IssuerNotAllowed,
+    #[error("session token authorized party (azp) is not allowed")]
+    PartyNotAllowed,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    iss: Option<String>,
+    azp: Option<String>,
+}
+
+/// Who `token` is. `now` is in seconds (the app's injectable clock).
+pub fn authenticate(
+    config: &crate::config::Config,
+    token: Option<&str>,
+    now: i64,
+) -> Result<Principal, AuthError> {
+    let rt = &config.realtime;
+    if config.api_token.is_none() && rt.session_keys.is_none() {
+        return Ok(Principal::Service);
+    }
+    let token = token.map(str::trim).filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err(AuthError::Missing);
+    };
+    if config.api_token.as_ref().is_some_and(|t| t.matches(token)) {
+        return Ok(Principal::Service);
+    }
+    match &rt.session_keys {
+        Some(keys) => verify_session(rt, keys, token, now).map(Principal::User),
+        // No key to verify a session with: a JWT is as unknown as any string.
+        None => Err(AuthError::Invalid),
+    }
+}
+
+/// Verifies a Clerk session token; returns its `sub`.
+pub fn verify_session(
+    rt: &RealtimeConfig,
+    keys: &SessionKeys,
+    token: &str,
+    now: i64,
+) -> Result<String, AuthError> {
+    use jsonwebtoken::errors::ErrorKind;
+    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+    if header.alg != Algorithm::RS256 {
+        return Err(AuthError::WrongAlgorithm);
+    }
+    // Times and claims are checked below with the app's clock; the library
+    // checks only the signature.
+    let mut v = Validation::new(Algorithm::RS256);
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    let candidates: Vec<&DecodingKey> = keys
+        .keys
+        .iter()
+        .filter(|(kid, _)| match (kid, &header.kid) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        })
+        .map(|(_, k)| k)
+        .collect();
+    if candidates.is_empty() {
+        return Err(AuthError::UnknownKey);
+    }
+    let mut err = AuthError::BadSignature;
+    let mut claims = None;
+    for key in candidates {
+        match jsonwebtoken::decode::<Claims>(token, key, &v) {
+            Ok(d) => {
+                claims = Some(d.claims);
+                break;
+            }
+            Err(e) => {
+                err = match e.kind() {
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::Crypto(_)
+                    | ErrorKind::InvalidRsaKey(_) => AuthError::BadSignature,
+                    ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
+                    _ => AuthError::Malformed,
+                };
+                if err != AuthError::BadSignature {
+                    break;
+                }
+            }
+        }
+    }
+    let c = claims.ok_or(err)?;
+    let exp = c.exp.ok_or(AuthError::MissingClaim("exp"))?;
+    if now > exp.saturating_add(LEEWAY_SECS) {
+        return Err(AuthError::Expired);
+    }
+    if c.nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS))
+    {
+        return Err(AuthError::NotYetValid);
+    }
+    if !rt.issuers.is_empty() {
+        let iss = c.iss.as_deref().ok_or(AuthError::MissingClaim("iss"))?;
+        if !rt.issuers.iter().any(|i| i == iss) {
+            return Err(AuthError::IssuerNotAllowed);
+        }
+    }
+    if let Some(azp) = c.azp.as_deref() {
+        if !rt.authorized_parties.is_empty() && !rt.authorized_parties.iter().any(|p| p == azp) {
+            return Err(AuthError::PartyNotAllowed);
+        }
+    }
+    match c.sub {
+        Some(sub) if !sub.is_empty() => Ok(sub),
+        _ => Err(AuthError::MissingClaim("sub")),
+    }
+}
+
+/// Why a connection was refused before the upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum RealtimeError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Hub(#[from] HubError),
+    #[error("not a WebSocket request: {0}")]
+    NotWebSocket(String),
+}
+
+impl IntoResponse for RealtimeError {
+    fn into_response(self) -> Response {
+        match self {
+            RealtimeError::Auth(e) => ApiError::Unauthorized(e.to_string()).into_response(),
+            // ApiError has no 429; the body has its shape.
+            RealtimeError::Hub(e @ HubError::TooManyConnections(_)) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"error": e.to_string()})),
+            )
+                .into_response(),
+            RealtimeError::Hub(e) => ApiError::internal(e).into_response(),
+            RealtimeError::NotWebSocket(m) => {
+                ApiError::BadRequest(format!("not a WebSocket request: {m}")).into_response()
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The endpoint.
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/realtime", get(connect))
+}
+
+#[derive(Deserialize)]
+struct ConnectParams {
+    token: Option<String>,
+}
+
+fn header_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+async fn connect(
+    State(state): State<AppState>,
+    Query(p): Query<ConnectParams>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, RealtimeError> {
+    // Authenticate before looking at the upgrade: a refused client learns why
+    // (HTTP 401 with a JSON body) and costs no socket task.
+    let token = header_token(&headers).or(p.token.as_deref());
+    let principal = authenticate(&state.config, token, state.clock.now_secs())?;
+    let ws = ws.map_err(|e| RealtimeError::NotWebSocket(e.body_text()))?;
+    let rt = &state.config.realtime;
+    let (conn, tx, rx) = state.realtime.connect(
+        principal.key(),
+        principal.viewer(),
+        rt.max_connections_per_token,
+    )?;
+    let limit = rt.max_message_bytes;
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| serve(socket, state, principal, conn, tx, rx)))
+}
+
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    principal: Principal,
+    conn: Connection,
+    tx: mpsc::Sender<Outbound>,
+    rx: mpsc::Receiver<Outbound>,
+) {
+    let hub = state.realtime.clone();
+    let (sink, stream) = socket.split();
+    let abort = CancellationToken::new();
+    let writer_done = CancellationToken::new();
+    let writer = Writer {
+        sink,
+        rx,
+        hub: hub.clone(),
+        conn: conn.id,
+        viewer: principal.viewer(),
+        too_slow: conn.too_slow.clone(),
+        abort: abort.clone(),
+    };
+    let done = writer_done.clone();
+    let writer = tokio::spawn(async move {
+        writer.run().await;
+        done.cancel();
+    });
+    let user_id = match &principal {
+        Principal::User(sub) => Some(sub.clone()),
+        Principal::Service => None,
+    };
+    let _ = tx.try_send(control(
+        json!({"type": "ready", "user_id": user_id, "seq": hub.position()}),
+    ));
+    let mut ctl = Controller {
+        state: &state,
+        hub: &hub,
+        conn: conn.id,
+        principal: &principal,
+        tx: &tx,
+    };
+    if let Some((code, reason)) = ctl.run(stream, &writer_done).await {
+        let _ = tx.try_send(Outbound::Close { code, reason });
+    }
+    drop(tx);
+    // The hub lets go of its sender too: the writer's queue ends after what is
+    // already in it.
+    drop(conn);
+    if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+        abort.cancel();
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Subscribe { topic: String, since: Option<i64> },
+    Unsubscribe { topic: String },
+    Ping,
+}
+
+/// Reads client frames, answers them, keeps the heartbeat and the idle limit.
+struct Controller<'a> {
+    state: &'a AppState,
+    hub: &'a Arc<RealtimeHub>,
+    conn: u64,
+    principal: &'a Principal,
+    tx: &'a mpsc::Sender<Outbound>,
+}
+
+/// A reason to close: (code, reason).
+type Close = (u16, String);
+
+impl Controller<'_> {
+    /// Runs until the client or the writer ends the connection; returns the
+    /// close frame to send, if any.
+    async fn run(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        writer_done: &CancellationToken,
+    ) -> Option<Close> {
+        let rt = &self.state.config.realtime;
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + rt.ping_interval, rt.ping_interval);
+        let mut awaiting_pong = false;
+        // When the connection was last seen holding a subscription.
+        let mut busy_at = Instant::now();
+        loop {
+            let idle_check = busy_at + rt.idle_timeout;
+            tokio::select! {
+                _ = writer_done.cancelled() => return None,
+                _ = self.hub.shutdown().cancelled() => return None,
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        return Some((close_code::NO_PONG, format!("no pong within {} s", rt.ping_interval.as_secs())));
+                    }
+                    awaiting_pong = true;
+                    // A full queue means the hub is about to drop this connection anyway.
+                    let _ = self.tx.try_send(Outbound::Ping);
+                }
+                _ = tokio::time::sleep_until(idle_check) => {
+                    if self.hub.subscription_count(self.conn) > 0 {
+                        busy_at = Instant::now();
+                    } else {
+                        return Some((close_code::IDLE, format!("idle: no subscription for {} s", rt.idle_timeout.as_secs())));
+                    }
+                }
+                msg = stream.next() => {
+                    // Any frame proves the client is alive.
+                    awaiting_pong = false;
+                    match msg {
+                        None | Some(Ok(Message::Close(_))) => return None,
+                        Some(Err(e)) => return Some(read_error(&e, rt.max_message_bytes)),
+                        Some(Ok(Message::Text(t))) => {
+                            if let Err(close) = self.handle(&t).await {
+                                return Some(close);
+                            }
+                            if self.hub.subscription_count(self.conn) > 0 {
+                                busy_at = Instant::now();
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            let m = json!({"type": "error", "error": "binary messages are not supported: send JSON text"});
+                            if let Err(close) = self.reply(m).await {
+                                return Some(close);
+                            }
+                        }
+                        // Pings are answered by the WebSocket layer.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues an answer; a client that does not read its answers is closed.
+    async fn reply(&self, v: serde_json::Value) -> Result<(), Close> {
+        self.queue(control(v)).await
+    }
+
+    async fn queue(&self, out: Outbound) -> Result<(), Close> {
+        let wait = self.state.config.realtime.ping_interval;
+        match tokio::time::timeout(wait, self.tx.send(out)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err((
+                close_code::TOO_SLOW,
+                "too slow: answers are not being read".into(),
+            )),
+        }
+    }
+
+    async fn handle(&mut self, text: &str) -> Result<(), Close> {
+        let msg = match serde_json::from_str::<ClientMessage>(text) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .reply(json!({"type": "error", "error": format!("malformed message: {e}")}))
+                    .await
+            }
+        };
+        match msg {
+            ClientMessage::Ping => self.reply(json!({"type": "pong"})).await,
+            ClientMessage::Unsubscribe { topic } => match Topic::parse(&topic) {
+                Ok(t) if self.hub.unsubscribe(self.conn, &t) => {
+                    self.reply(
+                        json!({"type": "unsubscribed", "topic": topic, "reason": "requested"}),
+                    )
+                    .await
+                }
+                Ok(_) => {
+                    self.reply(json!({"type": "error", "topic": topic, "error": "not subscribed"}))
+                        .await
+                }
+                Err(e) => {
+                    self.reply(json!({"type": "error", "topic": topic, "error": e.to_string()}))
+                        .await
+                }
+            },
+            ClientMessage::Subscribe { topic, since } => self.subscribe(topic, since).await,
+        }
+    }
+
+    async fn subscribe(&mut self, raw: String, since: Option<i64>) -> Result<(), Close> {
+        let deny = |error: String| json!({"type": "error", "topic": raw, "error": error});
+        let topic = match Topic::parse(&raw) {
+            Ok(t) => t,
+            Err(e) => return self.reply(deny(e.to_string())).await,
+        };
+        if let Principal::User(me) = self.principal {
+            let refusal = match &topic {
+                Topic::All => Some("topic * needs the API token"),
+                Topic::User(id) if id != me => {
+                    Some("not allowed: a session may subscribe only to its own user")
+                }
+                _ => None,
+            };
+            if let Some(r) = refusal {
+                return self.reply(deny(r.into())).await;
+            }
+        }
+        if since.is_some_and(|s| s < 0) {
+            return self
+                .reply(deny("since must be a sequence number >= 0".into()))
+                .await;
+        }
+        // Registered first, checked second: a membership deleted between the
+        // check and the registration would otherwise never revoke it. Until
+        // `go_live`, its live frames wait in the hub.
+        let start = match self.hub.begin(self.conn, &topic, MAX_SUBSCRIPTIONS) {
+            Ok(p) => p,
+            Err(e) => return self.reply(deny(e.to_string())).await,
+        };
+        if let (Principal::User(me), Topic::Org(org)) = (self.principal, &topic) {
+            let refusal = match is_member(&self.state.db, me, org).await {
+                Ok(true) => None,
+                Ok(false) => Some("not allowed: not a member of this organization".to_string()),
+                Err(e) => {
+                    tracing::error!(error = %e, "realtime: membership check failed");
+                    Some("internal error".to_string())
+                }
+            };
+            if let Some(r) = refusal {
+                self.hub.unsubscribe(self.conn, &topic);
+                return self.reply(deny(r)).await;
+            }
+        }
+        let Some(since) = since else {
+            self.reply(json!({"type": "subscribed", "topic": raw, "seq": start}))
+                .await?;
+            // NotSubscribed: revoked in the meantime; its notice is queued.
+            let _ = self.hub.go_live(self.conn, &topic, start);
+            return Ok(());
+        };
+        let now = self.state.clock.now_ms();
+        match check_resume(
+            &self.state.db,
+            since,
+            now,
+            &self.state.config.realtime.resume,
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                self.reply(json!({"type": "subscribed", "topic": raw, "since": since}))
+                    .await?;
+                // The writer replays, then lets the buffered live frames through.
+                self.queue(Outbound::Replay { topic, since }).await
+            }
+            Ok(Err(refused)) => {
+                self.reply(json!({"type": "resync", "topic": raw, "reason": refused.to_string()}))
+                    .await?;
+                self.reply(json!({"type": "subscribed", "topic": raw, "seq": start}))
+                    .await?;
+                let _ = self.hub.go_live(self.conn, &topic, start);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "realtime: resume check failed");
+                self.hub.unsubscribe(self.conn, &topic);
+                self.reply(deny("internal error".into())).await
+            }
+        }
+    }
+}
+
+/// The close for a failed read: too big (the limit), or a protocol error.
+fn read_error(e: &axum::Error, limit: usize) -> Close {
+    // axum wraps tungstenite's error without exposing its type; its capacity
+    // error reads "Space limit exceeded: Message too long: N > M".
+    if e.to_string().contains("Space limit exceeded") {
+        (
+            close_code::TOO_BIG,
+            format!("message too big: the limit is {limit} bytes"),
+        )
+    } else {
+        (close_code::PROTOCOL_ERROR, "protocol error".into())
+    }
+}
+
+/// The one task that writes to the socket.
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    rx: mpsc::Receiver<Outbound>,
+    hub: Arc<RealtimeHub>,
+    conn: u64,
+    viewer: Viewer,
+    too_slow: CancellationToken,
+    abort: CancellationToken,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        loop {
+            let out = tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => return,
+                _ = self.too_slow.cancelled() => return self.close_too_slow().await,
+                _ = self.hub.shutdown().cancelled() => {
+                    return self.close(close_code::GOING_AWAY, "server shutting down").await
+                }
+                out = self.rx.recv() => out,
+            };
+            let ok = match out {
+                None => {
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, self.sink.close()).await;
+                    return;
+                }
+                Some(Outbound::Frame(t)) => self.put(Message::Text(t)).await,
+                Some(Outbound::Ping) => self.put(Message::Ping(Default::default())).await,
+                Some(Outbound::Close { code, reason }) => return self.close(code, &reason).await,
+                Some(Outbound::Replay { topic, since }) => self.replay(topic, since).await,
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    /// Writes one message, flushing when nothing else is queued (so bursts go
+    /// out in few syscalls). False: the socket is gone or stuck.
+    async fn put(&mut self, m: Message) -> bool {
+        let flush = self.rx.is_empty();
+        let write = async {
+            if flush {
+                self.sink.send(m).await
+            } else {
+                self.sink.feed(m).await
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => false,
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => matches!(r, Ok(Ok(()))),
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        let _ =
+            tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await;
+    }
+
+    async fn close_too_slow(&mut self) {
+        let reason = format!(
+            "too slow: more than {} messages waiting; reconnect and resume from the last seq you saw",
+            self.hub.queue_capacity()
+        );
+        let resync = json!({"type": "resync", "reason": reason}).to_string();
+        if self.put(Message::Text(resync.into())).await {
+            self.close(close_code::TOO_SLOW, "too slow").await;
+        }
+    }
+
+    /// Sends `topic`'s changes after `since` straight from the feed, then lets
+    /// the live frames the hub buffered meanwhile through (those after what the
+    /// replay covered): no gap, no duplicate. False: the socket is gone.
+    async fn replay(&mut self, topic: Topic, since: i64) -> bool {
+        let mut after = since;
+        let mut count = 0u64;
+        loop {
+            // Unsubscribed, revoked or dropped as too slow meanwhile.
+            if !self.hub.is_subscribed(self.conn, &topic) {
+                return true;
+            }
+            let page = match replay_page(self.hub.db(), &topic, &self.viewer, after, REPLAY_PAGE)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "realtime: replay failed");
+                    self.hub.unsubscribe(self.conn, &topic);
+                    let m = json!({"type": "error", "topic": topic.to_string(), "error": "replay failed: subscribe again"});
+                    return self.put(Message::Text(m.to_string().into())).await;
+                }
+            };
+            for f in page.frames {
+                if !self.put(Message::Text(f.text)).await {
+                    return false;
+                }
+                count += 1;
+                // The session's own membership ended in the replayed history:
+                // if it is still not a member, the subscription ends here.
+                if let (Some(org), Viewer::User(me)) = (&f.ends_membership_in, &self.viewer) {
+                    if topic == Topic::Org(org.clone())
+                        && !is_member(self.hub.db(), me, org).await.unwrap_or(false)
+                    {
+                        self.hub.revoke(self.conn, &topic);
+                        return true;
+                    }
+                }
+            }
+            after = page.covered;
+            if page.done {
+                break;
+            }
+        }
+        let done =
+            json!({"type": "replayed", "topic": topic.to_string(), "seq": after, "count": count});
+        if !self.put(Message::Text(done.to_string().into())).await {
+            return false;
+        }
+        let _ = self.hub.go_live(self.conn, &topic, after);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_trimmed() {
+        assert_eq!(list(Some(" a, ,b ")), vec!["a", "b"]);
+        assert!(list(None).is_empty());
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        let e = RealtimeConfig::from_settings(&Settings {
+            clerk_jwt_key: Some("not a key".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("CLERKSYNC_CLERK_JWT_KEY"), "{e}");
+        let e = RealtimeConfig::from_settings(&Settings {
+            realtime_queue: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("CLERKSYNC_REALTIME_QUEUE"), "{e}");
+    }
+
+    #[test]
+    fn tokens_that_are_not_jwts_are_malformed() {
+        let keys = SessionKeys { keys: Vec::new() };
+        let rt = RealtimeConfig::default();
+        assert_eq!(
+            verify_session(&rt, &keys, "abc", 0),
+            Err(AuthError::Malformed)
+        );
+    }
+}
