@@ -8,6 +8,7 @@ use crate::api;
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::feed::cache::{CacheConsumer, EntityCache};
+use crate::feed::realtime::RealtimeHub;
 use crate::feed::search::{IndexOptions, SearchError, SearchIndex};
 use crate::processor::{Processor, ProcessorConfig};
 use crate::queue::GroupCommitter;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub cache: Arc<EntityCache>,
     /// Search index over users and organizations, fed by the change feed.
     pub search: Arc<SearchIndex>,
+    /// WebSocket fan-out of committed changes (`/v1/realtime`).
+    pub realtime: Arc<RealtimeHub>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,12 @@ impl App {
             config.search_dir.as_deref(),
             IndexOptions::default(),
         )?);
+        // Realtime is live-only plus resume: it starts at today's feed head.
+        let realtime = Arc::new(RealtimeHub::new(
+            db.clone(),
+            crate::feed::last_seq(&db).await.map_err(DbError::from)?,
+            config.realtime.queue,
+        ));
         let mut metrics = Metrics::new();
         metrics.register_cache(&cache.hits, &cache.misses);
         let metrics = Arc::new(metrics);
@@ -116,6 +125,7 @@ impl App {
             applied,
             cache,
             search,
+            realtime,
         };
         let router = router(state.clone());
         Ok(App {
@@ -227,6 +237,19 @@ fn spawn_consumers(state: &AppState, cancel: CancellationToken) -> Vec<JoinHandl
             ))
         })
         .collect();
+    // Realtime keeps its position in memory, not in a checkpoint (feed/realtime.rs).
+    let realtime_lag = state
+        .metrics
+        .consumer_lag
+        .get_or_create(&ConsumerLabels {
+            consumer: crate::feed::realtime::CONSUMER.to_string(),
+        })
+        .clone();
+    handles.push(tokio::spawn(state.realtime.clone().run(
+        state.applied.clone(),
+        realtime_lag,
+        cancel.clone(),
+    )));
     // The search consumer first reconciles its checkpoint with the index directory.
     handles.push(tokio::spawn(crate::feed::search::run(
         state.search.clone(),
@@ -245,6 +268,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::health::routes())
         .merge(api::read::routes(state.clone()))
         .merge(api::search::routes(state.clone()))
+        .merge(api::realtime::routes())
         .merge(api::admin::routes(state.clone()))
         .merge(api::dashboard::routes(state.clone()))
         .with_state(state)

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub mod cache;
+pub mod realtime;
 pub mod search;
 
 /// One committed change.

@@ -390,11 +390,12 @@ impl SearchIndex {
             .load_metas()?
             .payload
             .and_then(|p| serde_json::from_str::<Payload>(&p).ok());
-        // Manual: the writer reloads right after each commit, so a search that
-        // follows a handled batch sees it (no file watcher, works in memory too).
+        // The writer also reloads right after each commit, so a search that
+        // follows a handled batch sees it; the watcher picks up what background
+        // merges produce (fewer segments, faster queries) when no commit follows.
         let reader = index
             .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
             .try_into()?;
         Ok(SearchIndex {
             reader,
@@ -423,6 +424,11 @@ impl SearchIndex {
     /// Documents in the last committed state (a gauge for metrics).
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+
+    /// Segments searched per query (background merges bring it down).
+    pub fn segment_count(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
     }
 
     /// The feed position the last commit recorded; None for a never-committed index.
@@ -788,9 +794,13 @@ impl SearchIndex {
             ),
         ];
         let n = word.chars().count();
-        if (4..=MAX_FUZZY_CHARS).contains(&n) {
-            let distance = if n >= 8 { 2 } else { 1 };
-            for (field, boost) in [(f.name, 1.0), (f.handle, 0.8)] {
+        // Typos are forgiven in words, not in numbers (`lovelace1984` is an id,
+        // not a misspelling). Handles (emails, usernames) are nearly one unique
+        // word per user, so an automaton over them is the costliest part of a
+        // query: one edit there, up to two in names.
+        if (4..=MAX_FUZZY_CHARS).contains(&n) && !word.chars().any(|c| c.is_ascii_digit()) {
+            let name_distance = if n >= 8 { 2 } else { 1 };
+            for (field, distance, boost) in [(f.name, name_distance, 1.0), (f.handle, 1, 0.8)] {
                 let q = FuzzyTermQuery::new(Term::from_field_text(field, word), distance, true);
                 any.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
             }

@@ -16,4 +16,5 @@ mod helpers;
 mod ingress;
 mod limits;
 mod process;
+mod realtime;
 mod search;
