@@ -7,7 +7,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
 use crate::app::AppState;
 use crate::clerk::model::{normalize_role, Kind, User};
-use crate::feed::cache::{entity_key, Cached};
+use crate::feed::cache::{entity_key, org_members_key, Cached, Invalidation};
 use crate::store::read;
 use crate::store::tx::{EntityRow, RefCol};
 use axum::extract::{Request, State};
@@ -237,12 +237,37 @@ async fn page(
     filter: Option<(RefCol, &str)>,
     p: &PageParams,
     render: fn(&EntityRow) -> Value,
+    cache_key: Option<String>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(p)?;
     let after = decode_cursor(p.cursor.as_deref())?;
-    let rows = read::list_live(&s.db, kind, filter, after.as_deref(), limit + 1)
-        .await
-        .map_err(ApiError::internal)?;
+    // With group invalidation a list's key is dropped whenever one of its
+    // members changes, so its default first page can be cached like an entity.
+    let cache_key = cache_key.filter(|_| {
+        s.cache.invalidation == Invalidation::Group && p.cursor.is_none() && p.limit.is_none()
+    });
+    let cached = match &cache_key {
+        Some(k) => match s.cache.get(k).await {
+            Some(Cached::Rows(rows)) => Some(rows),
+            _ => None,
+        },
+        None => None,
+    };
+    let rows = match cached {
+        Some(rows) => rows,
+        None => {
+            let stamp = s.cache.stamp();
+            let rows = Arc::new(
+                read::list_live(&s.db, kind, filter, after.as_deref(), limit + 1)
+                    .await
+                    .map_err(ApiError::internal)?,
+            );
+            if let Some(k) = &cache_key {
+                s.cache.fill(k, Cached::Rows(rows.clone()), stamp).await;
+            }
+            rows
+        }
+    };
     let more = rows.len() as i64 > limit;
     let rows = &rows[..rows.len().min(limit as usize)];
     let next = if more {
@@ -260,16 +285,21 @@ async fn list_users(
     State(s): State<AppState>,
     Query(p): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    page(&s, Kind::User, None, &p, user_json).await
+    page(&s, Kind::User, None, &p, user_json, None).await
 }
 
 async fn list_orgs(
     State(s): State<AppState>,
     Query(p): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    page(&s, Kind::Organization, None, &p, |r| {
-        Value::Object(data_map(r))
-    })
+    page(
+        &s,
+        Kind::Organization,
+        None,
+        &p,
+        |r| Value::Object(data_map(r)),
+        None,
+    )
     .await
 }
 
@@ -294,6 +324,7 @@ async fn org_memberships(
         Some((RefCol::OrganizationId, &id)),
         &p,
         membership_json,
+        Some(org_members_key(&id)),
     )
     .await
 }

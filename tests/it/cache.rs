@@ -117,3 +117,66 @@ async fn write_behind_precise_is_never_stale() {
 async fn write_behind_group_is_never_stale() {
     never_stale(Strategy::WriteBehind, Invalidation::Group).await;
 }
+
+/// Group invalidation caches an organization's member list and drops it when a
+/// membership changes (without the drop the list would stay stale forever).
+#[tokio::test]
+async fn group_invalidation_refreshes_member_lists() {
+    let s = sqlite_server(|c| c.cache_invalidation = Invalidation::Group).await;
+    let org = json!({"type": "organization.created", "data": {"id": "org_g", "name": "G", "slug": "g", "updated_at": 1}});
+    let mem = |role: &str, v: i64| {
+        json!({"type": "organizationMembership.updated", "data": {"id": "orgmem_g", "role": role, "updated_at": v,
+            "organization": {"id": "org_g"}, "public_user_data": {"user_id": "user_g"}}})
+    };
+    s.post("msg_g0", &org).await;
+    s.post("msg_g1", &mem("org:member", 1)).await;
+    s.settle().await;
+    let first = s
+        .get_json("/v1/organizations/org_g/memberships", None)
+        .await
+        .1;
+    assert_eq!(first["data"][0]["role"], "org:member");
+    let hits_before = metric(&s, "clerksync_cache_hits_total").await;
+    let again = s
+        .get_json("/v1/organizations/org_g/memberships", None)
+        .await
+        .1;
+    assert_eq!(again, first);
+    assert!(
+        metric(&s, "clerksync_cache_hits_total").await > hits_before,
+        "the list was served from the cache"
+    );
+    s.post("msg_g2", &mem("org:admin", 2)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = s
+            .get_json("/v1/organizations/org_g/memberships", None)
+            .await
+            .1;
+        if now["data"][0]["role"] == "org:admin" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member list never refreshed: {now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn metric(s: &Server, name: &str) -> f64 {
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
