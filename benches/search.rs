@@ -257,6 +257,20 @@ fn bench(c: &mut Criterion) {
         report.users as f64 / report.seconds
     );
     assert_eq!(index.num_docs() as usize, n);
+    // Measure the steady state: let background merges finish first (a search
+    // visits every segment), as they would a while after a reindex.
+    let t = Instant::now();
+    let (mut segments, mut since) = (index.segment_count(), Instant::now());
+    while since.elapsed() < Duration::from_secs(15) && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_secs(1));
+        if index.segment_count() != segments {
+            (segments, since) = (index.segment_count(), Instant::now());
+        }
+    }
+    eprintln!(
+        "merges: {segments} segments after {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
 
     // Latency distributions: 2,000 different queries of each kind, after a warm-up.
     let mut rng = StdRng::seed_from_u64(7);

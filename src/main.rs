@@ -43,8 +43,15 @@ enum Command {
         #[command(subcommand)]
         action: EventsAction,
     },
-    /// Rebuild the search index from the store (see `reindex --help`).
-    #[command(long_about = None)]
+    /// Rebuild the search index from the store.
+    ///
+    /// With --url, the running server at that address rebuilds its own index
+    /// (`POST /admin/reindex`, with CLERKSYNC_ADMIN_TOKEN) and this command
+    /// follows the progress: the server keeps serving, and search answers from
+    /// the current index until the rebuild commits. Without --url, this command
+    /// rebuilds the index directory (CLERKSYNC_SEARCH_DIR, default
+    /// <data dir>/search) itself: the server must be stopped, because an index
+    /// directory admits one writer (the command says so when it is in use).
     Reindex(ReindexArgs),
     /// Rebuild a store from the stored event log.
     Replay {
@@ -63,15 +70,7 @@ enum Command {
     },
 }
 
-/// Rebuild the search index from the store.
-///
-/// With --url, the running server at that address rebuilds its own index
-/// (`POST /admin/reindex`, with CLERKSYNC_ADMIN_TOKEN) and this command follows
-/// the progress: the server keeps serving, and search answers from the current
-/// index until the rebuild commits. Without --url, this command rebuilds the
-/// index directory (CLERKSYNC_SEARCH_DIR, default <data dir>/search) itself: the
-/// server must be stopped, because an index directory admits one writer (the
-/// command says so when the directory is in use).
+/// Arguments of `clerksync reindex` (its help is on `Command::Reindex`).
 #[derive(clap::Args)]
 struct ReindexArgs {
     #[command(flatten)]
