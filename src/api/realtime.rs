@@ -17,8 +17,11 @@
 //!   With neither `CLERKSYNC_API_TOKEN` nor a Clerk key configured the stream is
 //!   open, like the read API.
 //! - server: `{"type":"ready","user_id":..|null,"seq":N}` once connected.
-//! - client: `{"type":"subscribe","topic":"user:ID"|"org:ID"|"*","since":SEQ?}`
-//!   → `{"type":"subscribed","topic":..,"seq":N}` (live after N), or with `since`
+//! - client: `{"type":"subscribe","topic":"user:ID"|"org:ID"|"*","since":SEQ?,"snapshot":bool?}`
+//!   → `{"type":"subscribed","topic":..,"seq":N}` (live after N); with
+//!   `snapshot` then `{"type":"snapshot","topic":..,"seq":N,"data":{"user"|"organization":..,
+//!   "memberships":[..],"truncated":bool}}` (a browser cannot call the read API
+//!   with a session token; live changes after N follow); with `since`
 //!   `{"type":"subscribed","topic":..,"since":SEQ}`, the missed changes, then
 //!   `{"type":"replayed","topic":..,"seq":N,"count":C}` and live changes after N;
 //!   a `since` outside the resume window gets `{"type":"resync",..}` (reload
@@ -574,8 +577,15 @@ async fn serve(
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
-    Subscribe { topic: String, since: Option<i64> },
-    Unsubscribe { topic: String },
+    Subscribe {
+        topic: String,
+        since: Option<i64>,
+        #[serde(default)]
+        snapshot: bool,
+    },
+    Unsubscribe {
+        topic: String,
+    },
     Ping,
 }
 
@@ -602,6 +612,9 @@ impl Controller<'_> {
         let rt = &self.state.config.realtime;
         let mut ping =
             tokio::time::interval_at(Instant::now() + rt.ping_interval, rt.ping_interval);
+        // After a stall (a slow answer), the next ping is one interval later, not
+        // a burst of two that would count the first as unanswered.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut awaiting_pong = false;
         // When the connection was last seen holding a subscription.
         let mut busy_at = Instant::now();
@@ -696,11 +709,20 @@ impl Controller<'_> {
                         .await
                 }
             },
-            ClientMessage::Subscribe { topic, since } => self.subscribe(topic, since).await,
+            ClientMessage::Subscribe {
+                topic,
+                since,
+                snapshot,
+            } => self.subscribe(topic, since, snapshot).await,
         }
     }
 
-    async fn subscribe(&mut self, raw: String, since: Option<i64>) -> Result<(), Close> {
+    async fn subscribe(
+        &mut self,
+        raw: String,
+        since: Option<i64>,
+        snapshot: bool,
+    ) -> Result<(), Close> {
         let deny = |error: String| json!({"type": "error", "topic": raw, "error": error});
         let topic = match Topic::parse(&raw) {
             Ok(t) => t,
@@ -718,15 +740,19 @@ impl Controller<'_> {
                 return self.reply(deny(r.into())).await;
             }
         }
-        if since.is_some_and(|s| s < 0) {
-            return self
-                .reply(deny("since must be a sequence number >= 0".into()))
-                .await;
+        let bad_request = match (since, snapshot, &topic) {
+            (Some(s), _, _) if s < 0 => Some("since must be a sequence number >= 0"),
+            (Some(_), true, _) => Some("since and snapshot exclude each other"),
+            (None, true, Topic::All) => Some("snapshot is for user: and org: topics"),
+            _ => None,
+        };
+        if let Some(r) = bad_request {
+            return self.reply(deny(r.into())).await;
         }
         // Registered first, checked second: a membership deleted between the
         // check and the registration would otherwise never revoke it. Until
         // `go_live`, its live frames wait in the hub.
-        let start = match self.hub.begin(self.conn, &topic, MAX_SUBSCRIPTIONS) {
+        let (start, sub) = match self.hub.begin(self.conn, &topic, MAX_SUBSCRIPTIONS) {
             Ok(p) => p,
             Err(e) => return self.reply(deny(e.to_string())).await,
         };
@@ -744,11 +770,48 @@ impl Controller<'_> {
                 return self.reply(deny(r)).await;
             }
         }
+        let frame = |v: serde_json::Value| Utf8Bytes::from(v.to_string());
+        if snapshot {
+            // Read after registering: the live frames meanwhile are buffered
+            // and follow the snapshot, so nothing falls between the two.
+            let state = match crate::feed::realtime::snapshot(
+                &self.state.db,
+                &topic,
+                &self.principal.viewer(),
+            )
+            .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "realtime: snapshot failed");
+                    self.hub.unsubscribe(self.conn, &topic);
+                    return self.reply(deny("internal error".into())).await;
+                }
+            };
+            let _ = self.hub.go_live(
+                self.conn,
+                &topic,
+                sub,
+                start,
+                vec![
+                    frame(json!({"type": "subscribed", "topic": raw, "seq": start})),
+                    frame(json!({"type": "snapshot", "topic": raw, "seq": start, "data": state})),
+                ],
+            );
+            return Ok(());
+        }
         let Some(since) = since else {
-            self.reply(json!({"type": "subscribed", "topic": raw, "seq": start}))
-                .await?;
-            // NotSubscribed: revoked in the meantime; its notice is queued.
-            let _ = self.hub.go_live(self.conn, &topic, start);
+            // The ack goes out with the switch to live, under the hub's lock: a
+            // revocation in the meantime sends its notice instead (NotSubscribed).
+            let _ = self.hub.go_live(
+                self.conn,
+                &topic,
+                sub,
+                start,
+                vec![frame(
+                    json!({"type": "subscribed", "topic": raw, "seq": start}),
+                )],
+            );
             return Ok(());
         };
         let now = self.state.clock.now_ms();
@@ -761,17 +824,28 @@ impl Controller<'_> {
         .await
         {
             Ok(Ok(())) => {
-                self.reply(json!({"type": "subscribed", "topic": raw, "since": since}))
-                    .await?;
-                // The writer replays, then lets the buffered live frames through.
-                self.queue(Outbound::Replay { topic, since }).await
+                // The writer acks, replays, then lets the buffered live frames through.
+                let ack = json!({"type": "subscribed", "topic": raw, "since": since});
+                self.queue(Outbound::Replay {
+                    topic,
+                    sub,
+                    since,
+                    ack: Utf8Bytes::from(ack.to_string()),
+                })
+                .await
             }
             Ok(Err(refused)) => {
                 self.reply(json!({"type": "resync", "topic": raw, "reason": refused.to_string()}))
                     .await?;
-                self.reply(json!({"type": "subscribed", "topic": raw, "seq": start}))
-                    .await?;
-                let _ = self.hub.go_live(self.conn, &topic, start);
+                let _ = self.hub.go_live(
+                    self.conn,
+                    &topic,
+                    sub,
+                    start,
+                    vec![frame(
+                        json!({"type": "subscribed", "topic": raw, "seq": start}),
+                    )],
+                );
                 Ok(())
             }
             Err(e) => {
@@ -828,7 +902,12 @@ impl Writer {
                 Some(Outbound::Frame(t)) => self.put(Message::Text(t)).await,
                 Some(Outbound::Ping) => self.put(Message::Ping(Default::default())).await,
                 Some(Outbound::Close { code, reason }) => return self.close(code, &reason).await,
-                Some(Outbound::Replay { topic, since }) => self.replay(topic, since).await,
+                Some(Outbound::Replay {
+                    topic,
+                    sub,
+                    since,
+                    ack,
+                }) => self.replay(topic, sub, since, ack).await,
             };
             if !ok {
                 return;
@@ -877,12 +956,18 @@ impl Writer {
     /// Sends `topic`'s changes after `since` straight from the feed, then lets
     /// the live frames the hub buffered meanwhile through (those after what the
     /// replay covered): no gap, no duplicate. False: the socket is gone.
-    async fn replay(&mut self, topic: Topic, since: i64) -> bool {
+    async fn replay(&mut self, topic: Topic, sub: u64, since: i64, ack: Utf8Bytes) -> bool {
+        if !self.hub.is_subscribed(self.conn, &topic, sub) {
+            return true;
+        }
+        if !self.put(Message::Text(ack)).await {
+            return false;
+        }
         let mut after = since;
         let mut count = 0u64;
         loop {
             // Unsubscribed, revoked or dropped as too slow meanwhile.
-            if !self.hub.is_subscribed(self.conn, &topic) {
+            if !self.hub.is_subscribed(self.conn, &topic, sub) {
                 return true;
             }
             let page = match replay_page(self.hub.db(), &topic, &self.viewer, after, REPLAY_PAGE)
@@ -891,7 +976,9 @@ impl Writer {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "realtime: replay failed");
-                    self.hub.unsubscribe(self.conn, &topic);
+                    if self.hub.is_subscribed(self.conn, &topic, sub) {
+                        self.hub.unsubscribe(self.conn, &topic);
+                    }
                     let m = json!({"type": "error", "topic": topic.to_string(), "error": "replay failed: subscribe again"});
                     return self.put(Message::Text(m.to_string().into())).await;
                 }
@@ -907,7 +994,7 @@ impl Writer {
                     if topic == Topic::Org(org.clone())
                         && !is_member(self.hub.db(), me, org).await.unwrap_or(false)
                     {
-                        self.hub.revoke(self.conn, &topic);
+                        self.hub.revoke(self.conn, &topic, sub);
                         return true;
                     }
                 }
@@ -917,12 +1004,16 @@ impl Writer {
                 break;
             }
         }
+        // The marker goes ahead of the buffered live frames, through the queue.
         let done =
             json!({"type": "replayed", "topic": topic.to_string(), "seq": after, "count": count});
-        if !self.put(Message::Text(done.to_string().into())).await {
-            return false;
-        }
-        let _ = self.hub.go_live(self.conn, &topic, after);
+        let _ = self.hub.go_live(
+            self.conn,
+            &topic,
+            sub,
+            after,
+            vec![Utf8Bytes::from(done.to_string())],
+        );
         true
     }
 }

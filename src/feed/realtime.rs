@@ -371,6 +371,54 @@ pub async fn is_member(db: &Database, user_id: &str, org_id: &str) -> Result<boo
     }
 }
 
+/// Members listed in a snapshot at most (`truncated` says when there are more).
+pub const SNAPSHOT_MAX_MEMBERS: usize = 1000;
+
+/// A topic's current state, for a client that has none yet (a browser cannot
+/// call the read API with a session token): `{"user"|"organization": record,
+/// "memberships": [...], "truncated": bool}`, public fields only for a session.
+/// Applying the live frames that follow it (each carries its entity's current
+/// record) converges on the store's state, even for changes the snapshot
+/// already shows.
+pub async fn snapshot(db: &Database, topic: &Topic, viewer: &Viewer) -> Result<Value, sqlx::Error> {
+    let (kind, id, by) = match topic {
+        Topic::User(id) => (Kind::User, id, RefCol::UserId),
+        Topic::Org(id) => (Kind::Organization, id, RefCol::OrganizationId),
+        Topic::All => return Ok(Value::Null),
+    };
+    let view = |kind: Kind, v: Value| match viewer {
+        Viewer::Service => v,
+        Viewer::User(_) => public_data(kind, &v),
+    };
+    let record = view(kind, current_data(db, kind, id).await?);
+    let mut memberships = Vec::new();
+    let mut after: Option<String> = None;
+    let truncated = loop {
+        let rows =
+            read::list_live(db, Kind::Membership, Some((by, id)), after.as_deref(), 200).await?;
+        let full_page = rows.len() == 200;
+        after = rows.last().map(|r| r.id.clone());
+        for r in rows {
+            if memberships.len() == SNAPSHOT_MAX_MEMBERS {
+                break;
+            }
+            memberships.push(view(Kind::Membership, membership_json(&r)));
+        }
+        if memberships.len() == SNAPSHOT_MAX_MEMBERS {
+            break full_page || after.is_some();
+        }
+        if !full_page {
+            break false;
+        }
+    };
+    let key = if kind == Kind::User {
+        "user"
+    } else {
+        "organization"
+    };
+    Ok(json!({ key: record, "memberships": memberships, "truncated": truncated }))
+}
+
 // ---------------------------------------------------------------------------
 // Resume.
 
@@ -510,8 +558,14 @@ pub enum Outbound {
     Frame(Utf8Bytes),
     /// A WebSocket ping.
     Ping,
-    /// Replays `topic` after `since`, then lets its buffered live frames through.
-    Replay { topic: Topic, since: i64 },
+    /// Sends `ack`, replays `topic` after `since`, then lets the subscription's
+    /// buffered live frames through; skipped if subscription `sub` is gone.
+    Replay {
+        topic: Topic,
+        sub: u64,
+        since: i64,
+        ack: Utf8Bytes,
+    },
     /// Sends a close frame and ends the connection.
     Close { code: u16, reason: String },
 }
@@ -544,6 +598,14 @@ enum SubState {
     Live { floor: i64 },
 }
 
+/// One subscription of one connection. `id` tells it apart from an earlier
+/// subscription to the same topic (unsubscribe, subscribe again) whose replay
+/// may still be queued.
+struct Sub {
+    id: u64,
+    state: SubState,
+}
+
 struct ConnSlot {
     tx: mpsc::Sender<Outbound>,
     viewer: Viewer,
@@ -555,10 +617,11 @@ struct ConnSlot {
 #[derive(Default)]
 struct Registry {
     next_id: u64,
+    next_sub: u64,
     /// The last feed `seq` fanned out (or skipped for lack of subscribers).
     position: i64,
     conns: HashMap<u64, ConnSlot>,
-    topics: HashMap<Topic, HashMap<u64, SubState>>,
+    topics: HashMap<Topic, HashMap<u64, Sub>>,
     per_key: HashMap<String, usize>,
 }
 
@@ -604,7 +667,7 @@ impl Registry {
             let Some(subs) = topics.get_mut(topic) else {
                 continue;
             };
-            for (id, state) in subs.iter_mut() {
+            for (id, sub) in subs.iter_mut() {
                 let Some(c) = conns.get(id) else {
                     continue;
                 };
@@ -615,19 +678,19 @@ impl Registry {
                         None => continue,
                     },
                 };
-                match state {
-                    SubState::Live { floor } if seq > *floor => {
-                        if c.tx.try_send(Outbound::Frame(frame)).is_err() {
-                            slow.push(*id);
-                        }
+                let kept_up = match &mut sub.state {
+                    SubState::Live { floor } => {
+                        seq <= *floor || c.tx.try_send(Outbound::Frame(frame)).is_ok()
                     }
-                    SubState::Pending { after, buffer } if seq > *after => {
-                        buffer.push((seq, frame));
-                        if buffer.len() > capacity {
-                            slow.push(*id);
+                    SubState::Pending { after, buffer } => {
+                        if seq > *after {
+                            buffer.push((seq, frame));
                         }
+                        buffer.len() <= capacity
                     }
-                    _ => {}
+                };
+                if !kept_up {
+                    slow.push(*id);
                 }
             }
         }
@@ -790,10 +853,12 @@ impl RealtimeHub {
     }
 
     /// Registers a pending subscription (its live frames are buffered until
-    /// [`Self::go_live`]); returns the position it starts after.
-    pub fn begin(&self, conn: u64, topic: &Topic, max_subs: usize) -> Result<i64, HubError> {
+    /// [`Self::go_live`]); returns the position it starts after and its id.
+    pub fn begin(&self, conn: u64, topic: &Topic, max_subs: usize) -> Result<(i64, u64), HubError> {
         let mut reg = self.lock();
         let position = reg.position;
+        reg.next_sub += 1;
+        let sub = reg.next_sub;
         let Some(c) = reg.conns.get_mut(&conn) else {
             return Err(HubError::NotSubscribed);
         };
@@ -806,30 +871,52 @@ impl RealtimeHub {
         c.topics.insert(topic.clone());
         reg.topics.entry(topic.clone()).or_default().insert(
             conn,
-            SubState::Pending {
-                after: position,
-                buffer: Vec::new(),
+            Sub {
+                id: sub,
+                state: SubState::Pending {
+                    after: position,
+                    buffer: Vec::new(),
+                },
             },
         );
-        Ok(position)
+        Ok((position, sub))
     }
 
-    /// Ends a pending subscription's buffering: frames after `covered` (what a
-    /// replay delivered, or the start position) go to the queue, in order, and
-    /// later ones follow directly. Frames at or before `covered` are dropped:
-    /// the replay already sent them.
-    pub fn go_live(&self, conn: u64, topic: &Topic, covered: i64) -> Result<(), HubError> {
+    /// Ends a pending subscription's buffering: the `ack` frames first, then the frames
+    /// after `covered` (what a replay delivered, or the start position), in
+    /// order; later ones follow directly. Frames at or before `covered` are
+    /// dropped: the replay already sent them. Under the hub's lock, so a
+    /// revocation notice comes either instead of the ack or after it.
+    pub fn go_live(
+        &self,
+        conn: u64,
+        topic: &Topic,
+        sub: u64,
+        covered: i64,
+        ack: Vec<Utf8Bytes>,
+    ) -> Result<(), HubError> {
         let mut reg = self.lock();
-        let Some(state) = reg.topics.get_mut(topic).and_then(|s| s.get_mut(&conn)) else {
+        let Some(s) = reg
+            .topics
+            .get_mut(topic)
+            .and_then(|s| s.get_mut(&conn))
+            .filter(|s| s.id == sub)
+        else {
             return Err(HubError::NotSubscribed);
         };
-        let (floor, buffered) = match state {
+        let (floor, buffered) = match &mut s.state {
             SubState::Pending { after, buffer } => ((*after).max(covered), std::mem::take(buffer)),
             SubState::Live { floor } => (*floor, Vec::new()),
         };
-        *state = SubState::Live { floor };
-        for (seq, frame) in buffered {
-            if seq > floor && !reg.offer(conn, frame) {
+        s.state = SubState::Live { floor };
+        let frames = ack.into_iter().chain(
+            buffered
+                .into_iter()
+                .filter(|(seq, _)| *seq > floor)
+                .map(|(_, f)| f),
+        );
+        for frame in frames {
+            if !reg.offer(conn, frame) {
                 reg.too_slow(conn);
                 break;
             }
@@ -846,17 +933,24 @@ impl RealtimeHub {
         self.lock().conns.get(&conn).map_or(0, |c| c.topics.len())
     }
 
-    pub fn is_subscribed(&self, conn: u64, topic: &Topic) -> bool {
+    /// Is subscription `sub` still there?
+    pub fn is_subscribed(&self, conn: u64, topic: &Topic, sub: u64) -> bool {
         self.lock()
             .topics
             .get(topic)
-            .is_some_and(|s| s.contains_key(&conn))
+            .and_then(|s| s.get(&conn))
+            .is_some_and(|s| s.id == sub)
     }
 
-    /// Ends one subscription because its membership is gone, telling the client.
-    pub fn revoke(&self, conn: u64, topic: &Topic) {
+    /// Ends subscription `sub` because its membership is gone, telling the client.
+    pub fn revoke(&self, conn: u64, topic: &Topic, sub: u64) {
         let mut reg = self.lock();
-        if reg.drop_sub(conn, topic) && !reg.offer(conn, revoked_frame(topic)) {
+        let current = reg
+            .topics
+            .get(topic)
+            .and_then(|s| s.get(&conn))
+            .is_some_and(|s| s.id == sub);
+        if current && reg.drop_sub(conn, topic) && !reg.offer(conn, revoked_frame(topic)) {
             reg.too_slow(conn);
         }
     }
