@@ -212,10 +212,13 @@ fn query_kinds() -> Vec<(&'static str, QueryGen)> {
 }
 
 fn bench(c: &mut Criterion) {
+    // `cargo test --all-targets` runs benches once, without `--bench`, as a
+    // smoke test: a small index keeps that quick; `cargo bench` gets the full size.
+    let full = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("SEARCH_BENCH_USERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(if full { 1_000_000 } else { 2_000 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
