@@ -31,7 +31,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 
-async fn require_admin(
+/// 404 while no admin token is configured, else the bearer token must match.
+pub(crate) async fn require_admin(
     State(state): State<AppState>,
     req: Request,
     next: Next,

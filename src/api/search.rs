@@ -9,16 +9,15 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::Query;
-use crate::api::read::{bearer, require_api_token, user_json};
+use crate::api::read::{require_api_token, user_json};
 use crate::app::AppState;
 use crate::clerk::model::Kind;
 use crate::feed::search::{parse_query, BadQuery, SearchError};
 use crate::store::read;
 use crate::store::tx::EntityRow;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::{from_fn_with_state, Next};
-use axum::response::Response;
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -36,7 +35,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .layer(from_fn_with_state(state.clone(), require_api_token));
     let admin = Router::new()
         .route("/admin/reindex", get(reindex_status).post(start_reindex))
-        .layer(from_fn_with_state(state, require_admin));
+        .layer(from_fn_with_state(state, crate::api::admin::require_admin));
     v1.merge(admin)
 }
 
@@ -53,24 +52,6 @@ impl From<SearchError> for ApiError {
             e => ApiError::internal(e),
         }
     }
-}
-
-/// Same rule as `/admin/*` in `api::admin`: 404 while no admin token is
-/// configured, else the bearer token must match.
-async fn require_admin(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(token) = &state.config.admin_token else {
-        return Err(ApiError::NotFound);
-    };
-    if !bearer(&req).is_some_and(|t| token.matches(t)) {
-        return Err(ApiError::Unauthorized(
-            "missing or invalid admin bearer token".into(),
-        ));
-    }
-    Ok(next.run(req).await)
 }
 
 #[derive(Deserialize)]
