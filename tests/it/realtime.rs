@@ -552,9 +552,26 @@ async fn resume_case(s: Server, n: i64) {
     let s = std::sync::Arc::new(s);
     post(&s, "msg_r_a0", &user("user_a", 1, "a0")).await;
     s.settle().await;
-    let mut a = connect(&s, Some(&session("user_a"))).await.unwrap();
-    let sub = a.subscribe("user:user_a").await;
-    let first = sub["seq"].as_i64().expect("subscribed at a seq");
+    // The hub learns of the first change asynchronously: subscribe once it has,
+    // so the stream and the feed query below start at the same point.
+    let created = s
+        .scalar("SELECT COALESCE(MAX(seq), 0) FROM change_feed WHERE entity_id = 'user_a'")
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut a, first) = loop {
+        let mut a = connect(&s, Some(&session("user_a"))).await.unwrap();
+        let sub = a.subscribe("user:user_a").await;
+        let first = sub["seq"].as_i64().expect("subscribed at a seq");
+        if first >= created {
+            break (a, first);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never caught up"
+        );
+        drop(a);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let mut last = first;
     // Two writers: the watched user and another one interleaved in the feed.
     let writer = {
