@@ -308,16 +308,9 @@ async fn org_memberships(
     Path(id): Path<String>,
     Query(p): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    get_entity(
-        &s,
-        Kind::Organization,
-        &id,
-        &GetParams {
-            wait_ms: None,
-            min_updated_at: None,
-        },
-    )
-    .await?;
+    // The parent must exist (404/410 otherwise); a plain read, through the cache.
+    valid_id(&id)?;
+    cached_entity(&s, Kind::Organization, &id).await?;
     page(
         &s,
         Kind::Membership,
@@ -334,16 +327,9 @@ async fn user_organizations(
     Path(id): Path<String>,
     Query(p): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    get_entity(
-        &s,
-        Kind::User,
-        &id,
-        &GetParams {
-            wait_ms: None,
-            min_updated_at: None,
-        },
-    )
-    .await?;
+    // The parent must exist (404/410 otherwise); a plain read, through the cache.
+    valid_id(&id)?;
+    cached_entity(&s, Kind::User, &id).await?;
     let limit = limit(&p)?;
     let after = decode_cursor(p.cursor.as_deref())?;
     let rows = read::list_live(
