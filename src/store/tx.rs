@@ -86,6 +86,10 @@ pub trait StoreTx: Send {
     async fn lock(&mut self, key: &str) -> Result<(), sqlx::Error>;
     /// Like `lock`, but shared with other shared holders of `key`.
     async fn lock_shared(&mut self, key: &str) -> Result<(), sqlx::Error>;
+    /// Takes many locks at once, in the order given ((key, exclusive) pairs, one
+    /// global order for every caller); later `lock`/`lock_shared` calls for keys
+    /// held are free.
+    async fn lock_all(&mut self, keys: &[(String, bool)]) -> Result<(), sqlx::Error>;
     async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error>;
     async fn put(&mut self, kind: Kind, row: &EntityRow) -> Result<(), sqlx::Error>;
     /// Live (not deleted) rows of `kind` whose `by` column is `value`.
@@ -148,6 +152,8 @@ struct Pending {
     /// (seq, processed_at, duration_us)
     done: Vec<(i64, i64, i64)>,
     statuses: std::collections::HashMap<i64, String>,
+    /// Advisory locks held by this transaction: key -> exclusive.
+    locks: std::collections::HashMap<String, bool>,
 }
 
 pub struct SqliteTx {
@@ -186,13 +192,17 @@ pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
 const COLS: &str = "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
 
 macro_rules! store_tx_impl {
-    ($ty:ty, $lock_sql:expr, $status_sql:expr, $status_suffix:expr, $feed_lock_sql:expr) => {
+    ($ty:ty, $lock_sql:expr, $lock_all_fn:ident, $status_sql:expr, $status_suffix:expr, $feed_lock_sql:expr) => {
         #[async_trait]
         impl StoreTx for $ty {
             async fn lock(&mut self, key: &str) -> Result<(), sqlx::Error> {
                 let sql: Option<&str> = $lock_sql;
                 if let Some(sql) = sql {
+                    if self.pending.locks.get(key) == Some(&true) {
+                        return Ok(());
+                    }
                     sqlx::query(sql).bind(key).execute(&mut *self.tx).await?;
+                    self.pending.locks.insert(key.to_string(), true);
                 }
                 Ok(())
             }
@@ -200,10 +210,18 @@ macro_rules! store_tx_impl {
             async fn lock_shared(&mut self, key: &str) -> Result<(), sqlx::Error> {
                 let sql: Option<&str> = $lock_sql;
                 if let Some(sql) = sql {
+                    if self.pending.locks.contains_key(key) {
+                        return Ok(());
+                    }
                     let sql = sql.replace("pg_advisory_xact_lock(", "pg_advisory_xact_lock_shared(");
                     sqlx::query(&sql).bind(key).execute(&mut *self.tx).await?;
+                    self.pending.locks.insert(key.to_string(), false);
                 }
                 Ok(())
+            }
+
+            async fn lock_all(&mut self, keys: &[(String, bool)]) -> Result<(), sqlx::Error> {
+                $lock_all_fn(&mut self.tx, &mut self.pending.locks, keys).await
             }
 
             async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error> {
@@ -452,10 +470,55 @@ macro_rules! store_tx_impl {
     };
 }
 
+/// SQLite: `BEGIN IMMEDIATE` already made this transaction the only writer.
+async fn sqlite_lock_all(
+    _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    _held: &mut std::collections::HashMap<String, bool>,
+    _keys: &[(String, bool)],
+) -> Result<(), sqlx::Error> {
+    Ok(())
+}
+
+/// PostgreSQL: every advisory lock of a batch in one round trip.
+async fn pg_lock_all(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    held: &mut std::collections::HashMap<String, bool>,
+    keys: &[(String, bool)],
+) -> Result<(), sqlx::Error> {
+    let todo: Vec<&(String, bool)> = keys
+        .iter()
+        .filter(|(k, x)| match held.get(k) {
+            Some(exclusive) => *x && !*exclusive,
+            None => true,
+        })
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = todo.iter().map(|(k, _)| k.as_str()).collect();
+    let exclusive: Vec<bool> = todo.iter().map(|(_, x)| *x).collect();
+    // unnest yields its rows in array order, so the locks are taken in the
+    // caller's order.
+    sqlx::query(
+        "SELECT CASE WHEN x THEN pg_advisory_xact_lock(hashtextextended(k, 0)) \
+         ELSE pg_advisory_xact_lock_shared(hashtextextended(k, 0)) END \
+         FROM unnest($1::text[], $2::bool[]) AS t(k, x)",
+    )
+    .bind(&names)
+    .bind(&exclusive)
+    .execute(&mut **tx)
+    .await?;
+    for (k, x) in todo {
+        held.insert(k.clone(), *x);
+    }
+    Ok(())
+}
+
 // SQLite has one writer at a time, so feed sequence numbers follow commit order.
 store_tx_impl!(
     SqliteTx,
     None,
+    sqlite_lock_all,
     "SELECT status FROM inbox WHERE seq = $1",
     "",
     None
@@ -465,6 +528,7 @@ store_tx_impl!(
 store_tx_impl!(
     PgTx,
     Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"),
+    pg_lock_all,
     "SELECT status FROM inbox WHERE seq = $1 FOR UPDATE",
     " FOR UPDATE",
     // A BIGSERIAL is handed out at insert, not at commit: two transactions could

@@ -103,18 +103,43 @@ pub async fn apply(tx: &mut dyn StoreTx, d: &Delivery, now_ms: i64) -> Result<Ou
 /// user update refreshes copies held on memberships). An event takes its own
 /// entity exclusively and the parents it depends on shared: memberships of one
 /// organization apply side by side, while a change to the organization or user
-/// itself waits for them (and they for it). Keys go in a fixed order.
+/// itself waits for them (and they for it).
+fn lock_keys(c: &Change) -> Vec<(String, bool)> {
+    let mut keys = vec![(c.id.clone(), true)];
+    keys.extend(c.user_id.iter().map(|u| (u.clone(), false)));
+    keys.extend(c.organization_id.iter().map(|o| (o.clone(), false)));
+    keys
+}
+
+/// The locks of a whole batch, in the one global order (by key; exclusive wins
+/// over shared). A batch takes them all before it applies anything, so two
+/// workers can never each hold a key the other waits for: taken event by event,
+/// a worker holding user A shared (a membership) and waiting for user B could
+/// meet one holding B exclusively (a user update) and waiting for A.
+pub fn batch_lock_keys(deliveries: &[&Delivery]) -> Vec<(String, bool)> {
+    let mut all: std::collections::BTreeMap<String, bool> = Default::default();
+    for d in deliveries {
+        // An event that does not parse takes no lock; it fails on its own in apply.
+        if let Ok(Parsed::Change(c)) = parse_event(&d.event_type, &d.body, d.svix_timestamp) {
+            for (k, exclusive) in lock_keys(&c) {
+                *all.entry(k).or_insert(false) |= exclusive;
+            }
+        }
+    }
+    all.into_iter().collect()
+}
+
+/// Takes the event's locks (no-ops for those its batch already holds), keys in
+/// the global order.
 async fn lock_for(tx: &mut dyn StoreTx, c: &Change) -> Result<(), sqlx::Error> {
-    let mut keys: Vec<(&str, bool)> = vec![(c.id.as_str(), true)];
-    keys.extend(c.user_id.as_deref().map(|u| (u, false)));
-    keys.extend(c.organization_id.as_deref().map(|o| (o, false)));
+    let mut keys = lock_keys(c);
     keys.sort_unstable();
     keys.dedup_by(|a, b| a.0 == b.0);
     for (k, exclusive) in keys {
         if exclusive || k == c.id {
-            tx.lock(k).await?;
+            tx.lock(&k).await?;
         } else {
-            tx.lock_shared(k).await?;
+            tx.lock_shared(&k).await?;
         }
     }
     Ok(())
