@@ -4,6 +4,7 @@
 //! the shutdown order. Must never: bind a port or install a signal handler itself
 //! (the caller passes a bound listener and a shutdown future).
 
+use crate::alerts::{AlertSender, Alerter};
 use crate::api;
 use crate::clock::{self, Clock};
 use crate::config::Config;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub search: Arc<SearchIndex>,
     /// WebSocket fan-out of committed changes (`/v1/realtime`).
     pub realtime: Arc<RealtimeHub>,
+    /// Operator alerts (a no-op without an alert URL).
+    pub alerts: Arc<Alerter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,8 @@ pub enum BuildError {
     Listener(std::io::Error),
     #[error(transparent)]
     Search(#[from] SearchError),
+    #[error(transparent)]
+    Cache(#[from] crate::feed::cache::CacheError),
 }
 
 pub struct App {
@@ -64,6 +69,7 @@ pub struct App {
     state: AppState,
     writer: JoinHandle<()>,
     processor: Processor,
+    alert_sender: Option<AlertSender>,
     cancel: CancellationToken,
 }
 
@@ -85,11 +91,13 @@ impl App {
         let inbox_committed = Arc::new(Notify::new());
         let (committer, writer) = GroupCommitter::start(db.clone(), inbox_committed.clone());
         let (applied_tx, applied) = watch::channel(0u64);
-        let cache = Arc::new(EntityCache::new(
+        let cache = EntityCache::open(
+            &config.cache_backend,
             config.cache_max_entries,
             config.cache_strategy,
             config.cache_invalidation,
-        ));
+        )
+        .await?;
         let search = Arc::new(SearchIndex::open(
             config.search_dir.as_deref(),
             IndexOptions::default(),
@@ -101,8 +109,13 @@ impl App {
             config.realtime.queue,
         ));
         let mut metrics = Metrics::new();
-        metrics.register_cache(&cache.hits, &cache.misses);
+        metrics.register_cache(&cache.hits, &cache.misses, &cache.errors);
         let metrics = Arc::new(metrics);
+        let (alerts, alert_sender) =
+            Alerter::new(config.alerts.clone(), metrics.clone(), clock.clone());
+        // The alerter hears of dead letters (and applied lag) as the processor's observer.
+        let observer: Option<Arc<dyn crate::processor::EventObserver>> =
+            alerts.enabled().then(|| alerts.clone() as _);
         let processor = Processor {
             db: db.clone(),
             clock: clock.clone(),
@@ -110,7 +123,7 @@ impl App {
             config: ProcessorConfig::from_config(&config),
             wake: inbox_committed.clone(),
             applied: applied_tx,
-            observer: None,
+            observer,
             cache: Some(cache.clone()),
         };
         let state = AppState {
@@ -126,6 +139,7 @@ impl App {
             cache,
             search,
             realtime,
+            alerts,
         };
         let router = router(state.clone());
         Ok(App {
@@ -135,6 +149,7 @@ impl App {
             state,
             writer,
             processor,
+            alert_sender,
             cancel: CancellationToken::new(),
         })
     }
@@ -160,10 +175,21 @@ impl App {
             state,
             writer,
             processor,
+            alert_sender,
             cancel,
             ..
         } = self;
         let processing = tokio::spawn(processor.run(cancel.child_token()));
+        // Alert delivery and the lag check stop with the app (queued alerts are dropped).
+        let mut alerting = vec![tokio::spawn(
+            state
+                .alerts
+                .clone()
+                .watch_lag(state.db.clone(), cancel.child_token()),
+        )];
+        if let Some(sender) = alert_sender {
+            alerting.push(tokio::spawn(sender.run(cancel.child_token())));
+        }
         let consumers = spawn_consumers(&state, cancel.child_token());
         let signal = cancel.clone();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -191,7 +217,7 @@ impl App {
         let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
         // Workers finish the batch in hand and give back what is queued.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, processing).await;
-        for c in consumers {
+        for c in consumers.into_iter().chain(alerting) {
             let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
         }
         db.close().await;

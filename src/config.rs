@@ -158,9 +158,15 @@ pub struct Settings {
     /// Attempts before a failing event is dead-lettered.
     #[arg(long, global = true, env = "CLERKSYNC_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
+    /// Most events applied in one transaction (1 = one transaction per event).
+    #[arg(long, global = true, env = "CLERKSYNC_BATCH_MAX")]
+    pub batch_max: Option<usize>,
     /// Days a deleted entity's archived record (and its personal data in audit rows) is kept.
     #[arg(long, global = true, env = "CLERKSYNC_ARCHIVE_RETENTION_DAYS")]
     pub archive_retention_days: Option<f64>,
+    /// Days change-feed entries are kept once every feed consumer has read them.
+    #[arg(long, global = true, env = "CLERKSYNC_FEED_RETENTION_DAYS")]
+    pub feed_retention_days: Option<f64>,
     /// Cache strategy: write-through (read-your-writes) or write-behind (batched, async).
     #[arg(long, global = true, env = "CLERKSYNC_CACHE_STRATEGY")]
     pub cache_strategy: Option<String>,
@@ -170,9 +176,50 @@ pub struct Settings {
     /// Most entries the in-process cache holds.
     #[arg(long, global = true, env = "CLERKSYNC_CACHE_MAX_ENTRIES")]
     pub cache_max_entries: Option<u64>,
+    /// Cache backend: moka (in-process) or redis (shared, with a small local layer).
+    #[arg(long, global = true, env = "CLERKSYNC_CACHE_BACKEND")]
+    pub cache_backend: Option<String>,
+    /// Redis for the redis cache backend (default redis://127.0.0.1:6379).
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel the cache uses.
+    #[arg(long, global = true, env = "CLERKSYNC_CACHE_REDIS_PREFIX")]
+    pub cache_redis_prefix: Option<String>,
+    /// Seconds a value (or an invalidation marker) lives in Redis.
+    #[arg(long, global = true, env = "CLERKSYNC_CACHE_TTL_SECS")]
+    pub cache_ttl_secs: Option<u64>,
+    /// Redis backend: most entries each node's local (moka) layer holds.
+    #[arg(long, global = true, env = "CLERKSYNC_CACHE_LOCAL_MAX_ENTRIES")]
+    pub cache_local_max_entries: Option<u64>,
     /// Directory of the search index (default: <data dir>/search).
     #[arg(long, global = true, env = "CLERKSYNC_SEARCH_DIR")]
     pub search_dir: Option<PathBuf>,
+    /// Alert webhook (Slack-compatible `{"text": ...}`); alerts are off when unset.
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_ALERT_WEBHOOK_URL",
+        hide_env_values = true
+    )]
+    pub alert_webhook_url: Option<String>,
+    /// Signature failures per minute above which an alert is sent.
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_ALERT_SIGNATURE_FAILURES_PER_MINUTE"
+    )]
+    pub alert_signature_failures_per_minute: Option<u32>,
+    /// Sync lag (oldest pending event, or receipt -> applied) above which an alert is sent.
+    #[arg(long, global = true, env = "CLERKSYNC_ALERT_LAG_SECONDS")]
+    pub alert_lag_seconds: Option<u64>,
+    /// At most one alert of each kind per this many seconds.
+    #[arg(long, global = true, env = "CLERKSYNC_ALERT_MIN_INTERVAL_SECS")]
+    pub alert_min_interval_secs: Option<u64>,
     /// PEM public key that verifies Clerk session tokens (/v1/realtime).
     #[arg(
         long,
@@ -190,6 +237,9 @@ pub struct Settings {
     /// Allowed session-token parties (`azp`, your origins), comma-separated; any when unset.
     #[arg(long, global = true, env = "CLERKSYNC_CLERK_AUTHORIZED_PARTIES")]
     pub clerk_authorized_parties: Option<String>,
+    /// Clock skew tolerated on session-token `exp`/`nbf`, in seconds (default 5).
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_LEEWAY_SECS")]
+    pub clerk_leeway_secs: Option<u64>,
     /// Most realtime connections per token (per user for session tokens).
     #[arg(
         long,
@@ -231,17 +281,35 @@ impl Settings {
             log_format: self.log_format.or(lower.log_format),
             max_concurrent: self.max_concurrent.or(lower.max_concurrent),
             max_attempts: self.max_attempts.or(lower.max_attempts),
+            batch_max: self.batch_max.or(lower.batch_max),
             archive_retention_days: self.archive_retention_days.or(lower.archive_retention_days),
+            feed_retention_days: self.feed_retention_days.or(lower.feed_retention_days),
             cache_strategy: self.cache_strategy.or(lower.cache_strategy),
             cache_invalidation: self.cache_invalidation.or(lower.cache_invalidation),
             cache_max_entries: self.cache_max_entries.or(lower.cache_max_entries),
+            cache_backend: self.cache_backend.or(lower.cache_backend),
+            redis_url: self.redis_url.or(lower.redis_url),
+            cache_redis_prefix: self.cache_redis_prefix.or(lower.cache_redis_prefix),
+            cache_ttl_secs: self.cache_ttl_secs.or(lower.cache_ttl_secs),
+            cache_local_max_entries: self
+                .cache_local_max_entries
+                .or(lower.cache_local_max_entries),
             search_dir: self.search_dir.or(lower.search_dir),
+            alert_webhook_url: self.alert_webhook_url.or(lower.alert_webhook_url),
+            alert_signature_failures_per_minute: self
+                .alert_signature_failures_per_minute
+                .or(lower.alert_signature_failures_per_minute),
+            alert_lag_seconds: self.alert_lag_seconds.or(lower.alert_lag_seconds),
+            alert_min_interval_secs: self
+                .alert_min_interval_secs
+                .or(lower.alert_min_interval_secs),
             clerk_jwt_key: self.clerk_jwt_key.or(lower.clerk_jwt_key),
             clerk_jwks_file: self.clerk_jwks_file.or(lower.clerk_jwks_file),
             clerk_issuers: self.clerk_issuers.or(lower.clerk_issuers),
             clerk_authorized_parties: self
                 .clerk_authorized_parties
                 .or(lower.clerk_authorized_parties),
+            clerk_leeway_secs: self.clerk_leeway_secs.or(lower.clerk_leeway_secs),
             realtime_max_connections_per_token: self
                 .realtime_max_connections_per_token
                 .or(lower.realtime_max_connections_per_token),
@@ -292,20 +360,77 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_concurrent: usize,
     pub max_attempts: u32,
+    pub batch_max: usize,
     pub archive_retention: std::time::Duration,
+    /// Change-feed entries older than this, and read by every consumer, are pruned.
+    pub feed_retention: std::time::Duration,
     pub cache_strategy: crate::feed::cache::Strategy,
     pub cache_invalidation: crate::feed::cache::Invalidation,
     pub cache_max_entries: u64,
+    /// moka, or redis with its URL, prefix, TTL and local layer size.
+    pub cache_backend: crate::feed::cache::Backend,
     /// The search index's directory; None keeps it in memory (tests, embedding).
     pub search_dir: Option<PathBuf>,
     /// `/v1/realtime`: session-token keys, limits, resume window.
     pub realtime: crate::api::realtime::RealtimeConfig,
+    /// The alert webhook and its thresholds (alerts/mod.rs).
+    pub alerts: crate::alerts::AlertConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 pub const DEFAULT_ARCHIVE_RETENTION_DAYS: f64 = 30.0;
+/// Events per apply transaction. On SQLite a batch holds the one write lock that
+/// webhook acks also need, so it stays small; on PostgreSQL a batch holds its
+/// entity locks until commit. 32 amortizes the commit (and its fsync) well on both.
+pub const DEFAULT_BATCH_MAX: usize = 32;
+/// A week: a realtime client may resume after a weekend offline (its own window
+/// may be shorter), and an operator has days to notice a stuck consumer.
+pub const DEFAULT_FEED_RETENTION_DAYS: f64 = 7.0;
+
+/// The cache backend and, for redis, its settings.
+fn cache_backend(s: &Settings) -> Result<crate::feed::cache::Backend, ConfigError> {
+    use crate::feed::cache::{redis, Backend};
+    match s.cache_backend.as_deref().unwrap_or("moka") {
+        "moka" => Ok(Backend::Moka),
+        "redis" => {
+            let url = s
+                .redis_url
+                .clone()
+                .unwrap_or_else(|| redis::DEFAULT_URL.to_string());
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::BadValue {
+                    name: "CLERKSYNC_REDIS_URL",
+                    message: format!("'{}': use redis://host:port", redact_url(&url)),
+                });
+            }
+            let ttl_secs = s.cache_ttl_secs.unwrap_or(redis::DEFAULT_TTL_SECS);
+            // Shorter would expire invalidation markers while reads are in flight.
+            if ttl_secs < 10 {
+                return Err(ConfigError::BadValue {
+                    name: "CLERKSYNC_CACHE_TTL_SECS",
+                    message: "must be at least 10 seconds".into(),
+                });
+            }
+            Ok(Backend::Redis(redis::RedisOptions {
+                url,
+                prefix: s
+                    .cache_redis_prefix
+                    .clone()
+                    .unwrap_or_else(|| redis::DEFAULT_PREFIX.to_string()),
+                ttl_secs,
+                local_max_entries: s
+                    .cache_local_max_entries
+                    .unwrap_or(redis::DEFAULT_LOCAL_MAX_ENTRIES),
+            }))
+        }
+        other => Err(ConfigError::BadValue {
+            name: "CLERKSYNC_CACHE_BACKEND",
+            message: format!("'{other}': use moka or redis"),
+        }),
+    }
+}
 
 /// Default worker count. SQLite has one writer: extra workers only split the
 /// batches (measured: 2 workers applied about half as fast as 1), so it gets one
@@ -348,6 +473,8 @@ impl Config {
     /// delivery: migrate, events, replay). The secret set is a random placeholder.
     pub fn without_secret(s: Settings) -> Result<Config, ConfigError> {
         let realtime = crate::api::realtime::RealtimeConfig::from_settings(&s)?;
+        let cache_backend = cache_backend(&s)?;
+        let alerts = alert_config(&s)?;
         let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_s
             .trim()
@@ -386,6 +513,20 @@ impl Config {
             });
         }
         let max_attempts = s.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1);
+        let batch_max = s.batch_max.unwrap_or(DEFAULT_BATCH_MAX);
+        if !(1..=1000).contains(&batch_max) {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_BATCH_MAX",
+                message: "must be between 1 and 1000".into(),
+            });
+        }
+        let feed_days = s.feed_retention_days.unwrap_or(DEFAULT_FEED_RETENTION_DAYS);
+        if !(feed_days.is_finite() && feed_days >= 0.0) {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_FEED_RETENTION_DAYS",
+                message: "must be a non-negative number of days".into(),
+            });
+        }
         let days = s
             .archive_retention_days
             .unwrap_or(DEFAULT_ARCHIVE_RETENTION_DAYS);
@@ -431,12 +572,16 @@ impl Config {
             log_format,
             max_concurrent,
             max_attempts,
+            batch_max,
             archive_retention: std::time::Duration::from_secs_f64(days * 86400.0),
+            feed_retention: std::time::Duration::from_secs_f64(feed_days * 86400.0),
             cache_strategy,
             cache_invalidation,
             cache_max_entries,
+            cache_backend,
             search_dir: Some(search_dir),
             realtime,
+            alerts,
         })
     }
 
@@ -456,9 +601,98 @@ impl Config {
     }
 }
 
+/// The alert settings; the URL is never quoted in an error (its path is a token).
+fn alert_config(s: &Settings) -> Result<crate::alerts::AlertConfig, ConfigError> {
+    use crate::alerts::{self, AlertConfig, AlertUrl};
+    let url = match s.alert_webhook_url.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(u) => Some(AlertUrl::parse(u).map_err(|message| ConfigError::BadValue {
+            name: "CLERKSYNC_ALERT_WEBHOOK_URL",
+            message,
+        })?),
+    };
+    let per_minute = s
+        .alert_signature_failures_per_minute
+        .unwrap_or(alerts::DEFAULT_SIGNATURE_FAILURES_PER_MINUTE);
+    if per_minute == 0 {
+        return Err(ConfigError::BadValue {
+            name: "CLERKSYNC_ALERT_SIGNATURE_FAILURES_PER_MINUTE",
+            message: "must be at least 1".into(),
+        });
+    }
+    let lag = s.alert_lag_seconds.unwrap_or(alerts::DEFAULT_LAG_SECS);
+    if lag == 0 {
+        return Err(ConfigError::BadValue {
+            name: "CLERKSYNC_ALERT_LAG_SECONDS",
+            message: "must be at least 1".into(),
+        });
+    }
+    let interval = s
+        .alert_min_interval_secs
+        .unwrap_or(alerts::DEFAULT_MIN_INTERVAL_SECS);
+    Ok(AlertConfig {
+        url,
+        signature_failures_per_minute: per_minute,
+        lag: std::time::Duration::from_secs(lag),
+        min_interval: std::time::Duration::from_secs(interval),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alert_settings_are_layered_and_a_malformed_url_is_a_clear_error() {
+        let secret = || Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string());
+        let c = Config::from_settings(Settings {
+            webhook_secret: secret(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.alerts.url.is_none(), "alerts are off by default");
+        assert_eq!(c.alerts.min_interval.as_secs(), 300);
+        let cli = Settings {
+            alert_lag_seconds: Some(5),
+            ..Default::default()
+        };
+        let file = Settings {
+            webhook_secret: secret(),
+            alert_webhook_url: Some("https://hooks.example.com/services/T1/B2/tok3n".into()),
+            alert_lag_seconds: Some(99),
+            alert_min_interval_secs: Some(7),
+            ..Default::default()
+        };
+        let c = Config::from_settings(cli.or(file)).unwrap();
+        assert_eq!(c.alerts.lag.as_secs(), 5);
+        assert_eq!(c.alerts.min_interval.as_secs(), 7);
+        assert!(
+            !format!("{c:?}").contains("tok3n"),
+            "Debug hides the URL's path"
+        );
+        for bad in [
+            "hooks.example.com/tok3n",
+            "ftp://h/tok3n",
+            "not a url tok3n",
+        ] {
+            let e = Config::from_settings(Settings {
+                webhook_secret: secret(),
+                alert_webhook_url: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("CLERKSYNC_ALERT_WEBHOOK_URL"), "{e}");
+            assert!(!e.contains("tok3n"), "never echo the URL: {e}");
+        }
+        let e = Config::from_settings(Settings {
+            webhook_secret: secret(),
+            alert_signature_failures_per_minute: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("SIGNATURE_FAILURES_PER_MINUTE"));
+    }
 
     #[test]
     fn flags_win_over_file() {
@@ -503,6 +737,38 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("CLERKSYNC_DATABASE_URL"));
+    }
+
+    #[test]
+    fn cache_backend_settings() {
+        use crate::feed::cache::Backend;
+        let with = |backend: &str, url: Option<&str>| {
+            Config::from_settings(Settings {
+                webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+                cache_backend: Some(backend.into()),
+                redis_url: url.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        assert_eq!(with("moka", None).unwrap().cache_backend, Backend::Moka);
+        match with("redis", None).unwrap().cache_backend {
+            Backend::Redis(o) => {
+                assert_eq!(o.url, "redis://127.0.0.1:6379");
+                assert_eq!(o.prefix, "clerksync:");
+            }
+            Backend::Moka => panic!("redis expected"),
+        }
+        let e = with("memcached", None).unwrap_err().to_string();
+        assert!(e.contains("CLERKSYNC_CACHE_BACKEND"), "{e}");
+        let e = with("redis", Some("http://u:hunter2@x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CLERKSYNC_REDIS_URL") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let c = with("redis", Some("redis://u:hunter2@x:6379")).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! webhook -> inbox -> processor -> store -> change feed -> cache/search/realtime.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod clerk;

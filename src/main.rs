@@ -34,6 +34,8 @@ enum Command {
     },
     /// Generate a signed Clerk event stream and send it to a running server.
     Loadgen(clerksync::loadgen::LoadgenArgs),
+    /// Benchmark /v1/realtime: N WebSocket clients, webhooks at a rate, commit-to-receipt latency.
+    Wsbench(clerksync::loadgen::ws::WsBenchArgs),
     /// Try it: serve a fresh demo database fed with a live stream; prints the dashboard address.
     Demo(clerksync::demo::DemoArgs),
     /// Inspect and operate on stored events (works with the server stopped).
@@ -169,6 +171,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Loadgen(args) => {
             let report = clerksync::loadgen::run(args).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Wsbench(args) => {
+            let report = clerksync::loadgen::ws::run(args).await?;
             println!("{report}");
             Ok(())
         }

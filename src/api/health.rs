@@ -39,6 +39,18 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.failed.set(c.failed);
         state.metrics.dead.set(c.dead);
     }
+    let (size, idle) = crate::store::db::on_pool!(&state.db, |p| (p.size(), p.num_idle()));
+    // `size` and `idle` are read separately: a checkout between them must not go negative.
+    let idle = idle as i64;
+    state.metrics.db_pool_idle.set(idle);
+    state
+        .metrics
+        .db_pool_in_use
+        .set((i64::from(size) - idle).max(0));
+    state
+        .metrics
+        .search_index_documents
+        .set(state.search.num_docs() as i64);
     (
         [(
             header::CONTENT_TYPE,

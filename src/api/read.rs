@@ -7,7 +7,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
 use crate::app::AppState;
 use crate::clerk::model::{normalize_role, Kind, User};
-use crate::feed::cache::{entity_key, org_members_key, Cached, Invalidation};
+use crate::feed::cache::{entity_key, org_members_key, Cached, Invalidation, Lookup};
 use crate::store::read;
 use crate::store::tx::{EntityRow, RefCol};
 use axum::extract::{Request, State};
@@ -190,10 +190,13 @@ async fn get_entity(
 /// A plain read, through the cache.
 async fn cached_entity(state: &AppState, kind: Kind, id: &str) -> Result<EntityRow, ApiError> {
     let key = entity_key(kind, id);
-    let row = match state.cache.get(&key).await {
-        Some(Cached::Row(r)) => Some(r),
-        _ => {
-            let stamp = state.cache.stamp();
+    let row = match state.cache.lookup(&key).await {
+        Lookup::Hit(Cached::Row(r)) => Some(r),
+        Lookup::Hit(Cached::Rows(_)) => read::get(&state.db, kind, id)
+            .await
+            .map_err(ApiError::internal)?
+            .map(Arc::new),
+        Lookup::Miss(stamp) => {
             let row = read::get(&state.db, kind, id)
                 .await
                 .map_err(ApiError::internal)?
@@ -247,22 +250,22 @@ async fn page(
         s.cache.invalidation == Invalidation::Group && p.cursor.is_none() && p.limit.is_none()
     });
     let cached = match &cache_key {
-        Some(k) => match s.cache.get(k).await {
-            Some(Cached::Rows(rows)) => Some(rows),
-            _ => None,
+        Some(k) => match s.cache.lookup(k).await {
+            Lookup::Hit(Cached::Rows(rows)) => Ok(rows),
+            Lookup::Hit(Cached::Row(_)) => Err(None),
+            Lookup::Miss(stamp) => Err(Some(stamp)),
         },
-        None => None,
+        None => Err(None),
     };
     let rows = match cached {
-        Some(rows) => rows,
-        None => {
-            let stamp = s.cache.stamp();
+        Ok(rows) => rows,
+        Err(stamp) => {
             let rows = Arc::new(
                 read::list_live(&s.db, kind, filter, after.as_deref(), limit + 1)
                     .await
                     .map_err(ApiError::internal)?,
             );
-            if let Some(k) = &cache_key {
+            if let (Some(k), Some(stamp)) = (&cache_key, stamp) {
                 s.cache.fill(k, Cached::Rows(rows.clone()), stamp).await;
             }
             rows

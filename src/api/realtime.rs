@@ -34,18 +34,30 @@
 //!   `{"type":"unsubscribed","topic":..,"reason":"membership deleted"}`.
 //! - too slow (queue full): `{"type":"resync","reason":..}` and close 4008; the
 //!   client may reconnect and resume each topic from the last `seq` it saw.
+//! - session expiry: `ready` carries `expires_at` (the session token's `exp`,
+//!   unix seconds; null for the API token). Before then the client sends
+//!   `{"type":"auth","token":"<fresh session token>"}` (Clerk session tokens
+//!   live about a minute: send each refreshed one), verified exactly like the
+//!   connecting token and for the same `sub` →
+//!   `{"type":"authenticated","user_id":..,"expires_at":..}`; a refused one gets
+//!   `{"type":"error","error":"auth refused: .."}` and changes nothing. Past
+//!   `expires_at` + the leeway (`CLERKSYNC_CLERK_LEEWAY_SECS`) the connection is
+//!   closed with code 4001, reason "token expired"; reconnect with a fresh token
+//!   and resume with `since`.
 //!
-//! The session token is checked when the connection opens; what it may see is
-//! then enforced from the synced store, not from the token's lifetime.
+//! What a session may see is enforced from the synced store (memberships), and
+//! for no longer than its token (refreshed or not) is valid.
 
 use crate::api::error::ApiError;
 use crate::api::extract::Query;
 use crate::app::AppState;
+use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::feed::realtime::{
     check_resume, control, is_member, replay_page, Connection, HubError, Outbound, RealtimeHub,
     ResumeWindow, Topic, Viewer,
 };
+use crate::telemetry::metrics::{RealtimeMetrics, RejectReason};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -72,7 +84,7 @@ pub const DEFAULT_PING_SECS: u64 = 25;
 pub const DEFAULT_IDLE_SECS: u64 = 60;
 pub const DEFAULT_RETENTION_DAYS: f64 = 7.0;
 pub const DEFAULT_RETENTION_ENTRIES: i64 = 100_000;
-/// Clock skew tolerated on `exp` and `nbf` (Clerk's own SDKs allow 5 s).
+/// Clock skew tolerated on `exp` and `nbf` by default (Clerk's own SDKs allow 5 s).
 pub const LEEWAY_SECS: i64 = 5;
 /// Subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
@@ -89,6 +101,7 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const TOO_BIG: u16 = 1009;
     pub const IDLE: u16 = 4000;
+    pub const TOKEN_EXPIRED: u16 = 4001;
     pub const NO_PONG: u16 = 4002;
     pub const TOO_SLOW: u16 = 4008;
 }
@@ -157,6 +170,9 @@ pub struct RealtimeConfig {
     /// Allowed `azp` values (your frontend origins); empty: any. As in Clerk's
     /// SDKs, a token without `azp` passes.
     pub authorized_parties: Vec<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`; also how long an
+    /// open connection outlives its session token's `exp`.
+    pub leeway_secs: i64,
     pub max_connections_per_token: usize,
     /// Frames one connection may have waiting (and buffer during a resume).
     pub queue: usize,
@@ -240,6 +256,9 @@ impl RealtimeConfig {
             session_keys,
             issuers: list(s.clerk_issuers.as_deref()),
             authorized_parties: list(s.clerk_authorized_parties.as_deref()),
+            leeway_secs: s
+                .clerk_leeway_secs
+                .map_or(LEEWAY_SECS, |v| v.min(3600) as i64),
             max_connections_per_token: positive(
                 s.realtime_max_connections_per_token.map(|v| v as u64),
                 DEFAULT_MAX_CONNECTIONS_PER_TOKEN as u64,
@@ -344,28 +363,59 @@ struct Claims {
     azp: Option<String>,
 }
 
+impl AuthError {
+    /// The refusal metric's label.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            AuthError::Missing => RejectReason::missing_token,
+            AuthError::Expired => RejectReason::expired_token,
+            AuthError::IssuerNotAllowed | AuthError::PartyNotAllowed => RejectReason::not_allowed,
+            _ => RejectReason::invalid_token,
+        }
+    }
+}
+
 /// Who `token` is. `now` is in seconds (the app's injectable clock).
 pub fn authenticate(
     config: &crate::config::Config,
     token: Option<&str>,
     now: i64,
 ) -> Result<Principal, AuthError> {
+    authenticate_until(config, token, now).map(|(p, _)| p)
+}
+
+/// Who `token` is, and until when (a session token's `exp`, unix seconds;
+/// None for the API token and an open server).
+pub fn authenticate_until(
+    config: &crate::config::Config,
+    token: Option<&str>,
+    now: i64,
+) -> Result<(Principal, Option<i64>), AuthError> {
     let rt = &config.realtime;
     if config.api_token.is_none() && rt.session_keys.is_none() {
-        return Ok(Principal::Service);
+        return Ok((Principal::Service, None));
     }
     let token = token.map(str::trim).filter(|t| !t.is_empty());
     let Some(token) = token else {
         return Err(AuthError::Missing);
     };
     if config.api_token.as_ref().is_some_and(|t| t.matches(token)) {
-        return Ok(Principal::Service);
+        return Ok((Principal::Service, None));
     }
     match &rt.session_keys {
-        Some(keys) => verify_session(rt, keys, token, now).map(Principal::User),
+        Some(keys) => verify_session_claims(rt, keys, token, now)
+            .map(|s| (Principal::User(s.sub), Some(s.exp))),
         // No key to verify a session with: a JWT is as unknown as any string.
         None => Err(AuthError::Invalid),
     }
+}
+
+/// A verified session token's subject and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub sub: String,
+    /// Unix seconds.
+    pub exp: i64,
 }
 
 /// Verifies a Clerk session token; returns its `sub`.
@@ -375,6 +425,17 @@ pub fn verify_session(
     token: &str,
     now: i64,
 ) -> Result<String, AuthError> {
+    verify_session_claims(rt, keys, token, now).map(|s| s.sub)
+}
+
+/// Verifies a Clerk session token: signature, `exp`/`nbf` with the leeway,
+/// `iss` and `azp` allow-lists, a non-empty `sub`.
+pub fn verify_session_claims(
+    rt: &RealtimeConfig,
+    keys: &SessionKeys,
+    token: &str,
+    now: i64,
+) -> Result<Session, AuthError> {
     use jsonwebtoken::errors::ErrorKind;
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
     if header.alg != Algorithm::RS256 {
@@ -423,11 +484,11 @@ pub fn verify_session(
     }
     let c = claims.ok_or(err)?;
     let exp = c.exp.ok_or(AuthError::MissingClaim("exp"))?;
-    if now > exp.saturating_add(LEEWAY_SECS) {
+    if now > exp.saturating_add(rt.leeway_secs) {
         return Err(AuthError::Expired);
     }
     if c.nbf
-        .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS))
+        .is_some_and(|nbf| nbf > now.saturating_add(rt.leeway_secs))
     {
         return Err(AuthError::NotYetValid);
     }
@@ -443,7 +504,7 @@ pub fn verify_session(
         }
     }
     match c.sub {
-        Some(sub) if !sub.is_empty() => Ok(sub),
+        Some(sub) if !sub.is_empty() => Ok(Session { sub, exp }),
         _ => Err(AuthError::MissingClaim("sub")),
     }
 }
@@ -507,29 +568,58 @@ async fn connect(
     // Authenticate before looking at the upgrade: a refused client learns why
     // (HTTP 401 with a JSON body) and costs no socket task.
     let token = header_token(&headers).or(p.token.as_deref());
-    let principal = authenticate(&state.config, token, state.clock.now_secs())?;
+    let metrics = &state.metrics.realtime;
+    let (principal, expires_at) = authenticate_until(&state.config, token, state.clock.now_secs())
+        .inspect_err(|e| {
+            metrics.reject(e.reason());
+        })?;
     let ws = ws.map_err(|e| RealtimeError::NotWebSocket(e.body_text()))?;
     let rt = &state.config.realtime;
-    let (conn, tx, rx) = state.realtime.connect(
-        principal.key(),
-        principal.viewer(),
-        rt.max_connections_per_token,
-    )?;
+    let (conn, tx, rx) = state
+        .realtime
+        .connect(
+            principal.key(),
+            principal.viewer(),
+            rt.max_connections_per_token,
+        )
+        .inspect_err(|e| {
+            if matches!(e, HubError::TooManyConnections(_)) {
+                metrics.reject(RejectReason::too_many_connections);
+            }
+        })?;
     let limit = rt.max_message_bytes;
     Ok(ws
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| serve(socket, state, principal, conn, tx, rx)))
+        .on_upgrade(move |socket| serve(socket, state, principal, expires_at, conn, tx, rx)))
+}
+
+/// Counts an open connection while it lives.
+struct Open(RealtimeMetrics);
+
+impl Open {
+    fn new(m: &RealtimeMetrics) -> Self {
+        m.connections.inc();
+        Open(m.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
 }
 
 async fn serve(
     socket: WebSocket,
     state: AppState,
     principal: Principal,
+    expires_at: Option<i64>,
     conn: Connection,
     tx: mpsc::Sender<Outbound>,
     rx: mpsc::Receiver<Outbound>,
 ) {
+    let _open = Open::new(&state.metrics.realtime);
     let hub = state.realtime.clone();
     let (sink, stream) = socket.split();
     let abort = CancellationToken::new();
@@ -542,6 +632,8 @@ async fn serve(
         viewer: principal.viewer(),
         too_slow: conn.too_slow.clone(),
         abort: abort.clone(),
+        metrics: state.metrics.realtime.clone(),
+        clock: state.clock.clone(),
     };
     let done = writer_done.clone();
     let writer = tokio::spawn(async move {
@@ -553,7 +645,7 @@ async fn serve(
         Principal::Service => None,
     };
     let _ = tx.try_send(control(
-        json!({"type": "ready", "user_id": user_id, "seq": hub.position()}),
+        json!({"type": "ready", "user_id": user_id, "seq": hub.position(), "expires_at": expires_at}),
     ));
     let mut ctl = Controller {
         state: &state,
@@ -561,6 +653,7 @@ async fn serve(
         conn: conn.id,
         principal: &principal,
         tx: &tx,
+        expires_at,
     };
     if let Some((code, reason)) = ctl.run(stream, &writer_done).await {
         let _ = tx.try_send(Outbound::Close { code, reason });
@@ -586,6 +679,10 @@ enum ClientMessage {
     Unsubscribe {
         topic: String,
     },
+    /// A refreshed session token (same `sub`) that extends the connection.
+    Auth {
+        token: String,
+    },
     Ping,
 }
 
@@ -596,6 +693,8 @@ struct Controller<'a> {
     conn: u64,
     principal: &'a Principal,
     tx: &'a mpsc::Sender<Outbound>,
+    /// The session token's `exp` (unix seconds), moved on by `auth` messages.
+    expires_at: Option<i64>,
 }
 
 /// A reason to close: (code, reason).
@@ -620,9 +719,21 @@ impl Controller<'_> {
         let mut busy_at = Instant::now();
         loop {
             let idle_check = busy_at + rt.idle_timeout;
+            let expiry = self.expiry_check();
             tokio::select! {
                 _ = writer_done.cancelled() => return None,
                 _ = self.hub.shutdown().cancelled() => return None,
+                _ = async {
+                    match expiry {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if self.expired() {
+                        self.state.metrics.realtime.reject(RejectReason::session_expired);
+                        return Some((close_code::TOKEN_EXPIRED, "token expired".into()));
+                    }
+                }
                 _ = ping.tick() => {
                     if awaiting_pong {
                         return Some((close_code::NO_PONG, format!("no pong within {} s", rt.ping_interval.as_secs())));
@@ -666,6 +777,67 @@ impl Controller<'_> {
         }
     }
 
+    /// The last moment the session token is valid (`exp` + leeway, by the app's
+    /// clock), as a timer deadline; None for connections that do not expire.
+    fn expiry_check(&self) -> Option<Instant> {
+        let exp = self.expires_at?;
+        let leeway = self.state.config.realtime.leeway_secs;
+        // Expired once `now_secs > exp + leeway`, i.e. from the next whole second.
+        let end_ms = exp
+            .saturating_add(leeway)
+            .saturating_add(1)
+            .saturating_mul(1000);
+        let left = end_ms.saturating_sub(self.state.clock.now_ms()).max(0) as u64;
+        Some(Instant::now() + Duration::from_millis(left))
+    }
+
+    fn expired(&self) -> bool {
+        let leeway = self.state.config.realtime.leeway_secs;
+        self.expires_at
+            .is_some_and(|exp| self.state.clock.now_secs() > exp.saturating_add(leeway))
+    }
+
+    /// `{"type":"auth","token":..}`: a refreshed session token for the same user
+    /// moves the connection's expiry; anything else changes nothing.
+    async fn refresh(&mut self, token: &str) -> Result<(), Close> {
+        let metrics = &self.state.metrics.realtime;
+        let refuse =
+            |why: String| json!({"type": "error", "error": format!("auth refused: {why}")});
+        let Principal::User(me) = self.principal else {
+            metrics.reject(RejectReason::refresh_refused);
+            return self
+                .reply(refuse(
+                    "this connection does not expire: auth is for session tokens".into(),
+                ))
+                .await;
+        };
+        let rt = &self.state.config.realtime;
+        let Some(keys) = &rt.session_keys else {
+            metrics.reject(RejectReason::refresh_refused);
+            return self
+                .reply(refuse("session tokens are not configured".into()))
+                .await;
+        };
+        match verify_session_claims(rt, keys, token.trim(), self.state.clock.now_secs()) {
+            Err(e) => {
+                metrics.reject(e.reason());
+                self.reply(refuse(e.to_string())).await
+            }
+            Ok(s) if s.sub != *me => {
+                metrics.reject(RejectReason::refresh_refused);
+                self.reply(refuse(
+                    "the token is for another user: open a new connection".into(),
+                ))
+                .await
+            }
+            Ok(s) => {
+                self.expires_at = Some(s.exp);
+                self.reply(json!({"type": "authenticated", "user_id": me, "expires_at": s.exp}))
+                    .await
+            }
+        }
+    }
+
     /// Queues an answer; a client that does not read its answers is closed.
     async fn reply(&self, v: serde_json::Value) -> Result<(), Close> {
         self.queue(control(v)).await
@@ -675,10 +847,17 @@ impl Controller<'_> {
         let wait = self.state.config.realtime.ping_interval;
         match tokio::time::timeout(wait, self.tx.send(out)).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err((
+            Ok(Err(_)) => Err((
                 close_code::TOO_SLOW,
                 "too slow: answers are not being read".into(),
             )),
+            Err(_) => {
+                self.state.metrics.realtime.resyncs.inc();
+                Err((
+                    close_code::TOO_SLOW,
+                    "too slow: answers are not being read".into(),
+                ))
+            }
         }
     }
 
@@ -693,6 +872,7 @@ impl Controller<'_> {
         };
         match msg {
             ClientMessage::Ping => self.reply(json!({"type": "pong"})).await,
+            ClientMessage::Auth { token } => self.refresh(&token).await,
             ClientMessage::Unsubscribe { topic } => match Topic::parse(&topic) {
                 Ok(t) if self.hub.unsubscribe(self.conn, &t) => {
                     self.reply(
@@ -737,6 +917,10 @@ impl Controller<'_> {
                 _ => None,
             };
             if let Some(r) = refusal {
+                self.state
+                    .metrics
+                    .realtime
+                    .reject(RejectReason::topic_denied);
                 return self.reply(deny(r.into())).await;
             }
         }
@@ -759,7 +943,13 @@ impl Controller<'_> {
         if let (Principal::User(me), Topic::Org(org)) = (self.principal, &topic) {
             let refusal = match is_member(&self.state.db, me, org).await {
                 Ok(true) => None,
-                Ok(false) => Some("not allowed: not a member of this organization".to_string()),
+                Ok(false) => {
+                    self.state
+                        .metrics
+                        .realtime
+                        .reject(RejectReason::topic_denied);
+                    Some("not allowed: not a member of this organization".to_string())
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "realtime: membership check failed");
                     Some("internal error".to_string())
@@ -880,6 +1070,8 @@ struct Writer {
     viewer: Viewer,
     too_slow: CancellationToken,
     abort: CancellationToken,
+    metrics: RealtimeMetrics,
+    clock: Arc<dyn Clock>,
 }
 
 impl Writer {
@@ -900,6 +1092,16 @@ impl Writer {
                     return;
                 }
                 Some(Outbound::Frame(t)) => self.put(Message::Text(t)).await,
+                Some(Outbound::Change { text, committed_at }) => {
+                    let ok = self.put(Message::Text(text)).await;
+                    if ok {
+                        let lag_ms = self.clock.now_ms().saturating_sub(committed_at).max(0);
+                        self.metrics
+                            .delivery_lag_seconds
+                            .observe(lag_ms as f64 / 1000.0);
+                    }
+                    ok
+                }
                 Some(Outbound::Ping) => self.put(Message::Ping(Default::default())).await,
                 Some(Outbound::Close { code, reason }) => return self.close(code, &reason).await,
                 Some(Outbound::Replay {
@@ -918,6 +1120,9 @@ impl Writer {
     /// Writes one message, flushing when nothing else is queued (so bursts go
     /// out in few syscalls). False: the socket is gone or stuck.
     async fn put(&mut self, m: Message) -> bool {
+        if matches!(m, Message::Text(_)) {
+            self.metrics.messages_sent.inc();
+        }
         let flush = self.rx.is_empty();
         let write = async {
             if flush {
@@ -943,6 +1148,7 @@ impl Writer {
     }
 
     async fn close_too_slow(&mut self) {
+        self.metrics.resyncs.inc();
         let reason = format!(
             "too slow: more than {} messages waiting; reconnect and resume from the last seq you saw",
             self.hub.queue_capacity()

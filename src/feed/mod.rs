@@ -103,6 +103,24 @@ pub async fn load_checkpoint(db: &Database, consumer: &str) -> Result<i64, sqlx:
     .map(|v| v.unwrap_or(0))
 }
 
+/// Loads a consumer's checkpoint, first creating it at 0 for a consumer never
+/// seen: from then on the feed is not pruned past what it has read.
+async fn register(db: &Database, consumer: &str, now: i64) -> Result<i64, sqlx::Error> {
+    {
+        let _gate = db.write_lock().await;
+        on_pool!(db, |p| sqlx::query(
+            "INSERT INTO feed_checkpoints (consumer, seq, updated_at) VALUES ($1, 0, $2) \
+             ON CONFLICT (consumer) DO NOTHING"
+        )
+        .bind(consumer)
+        .bind(now)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+    }
+    load_checkpoint(db, consumer).await
+}
+
 pub async fn save_checkpoint(
     db: &Database,
     consumer: &str,
@@ -144,7 +162,7 @@ pub async fn run_consumer(
 ) {
     let name = consumer.name();
     let mut cp = loop {
-        match load_checkpoint(&db, name).await {
+        match register(&db, name, clock.now_ms()).await {
             Ok(cp) => break cp,
             Err(e) => {
                 tracing::warn!(consumer = name, error = %e, "loading feed checkpoint failed; retrying");

@@ -286,6 +286,8 @@ pub async fn current_data(db: &Database, kind: Kind, id: &str) -> Result<Value, 
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub seq: i64,
+    /// When the change committed (unix ms): the delivery-lag metric's start.
+    pub committed_at: i64,
     /// (topic, frame for the API token, frame for a session viewer). A session
     /// frame is None on `*` and when nothing it may see changed.
     pub frames: Vec<(Topic, Utf8Bytes, Option<Utf8Bytes>)>,
@@ -342,7 +344,11 @@ pub fn render(r: &Resolved, topics: &[Topic], data: &Value) -> Rendered {
             (t.clone(), f, p)
         })
         .collect();
-    Rendered { seq: e.seq, frames }
+    Rendered {
+        seq: e.seq,
+        committed_at: e.committed_at,
+        frames,
+    }
 }
 
 /// Is `user_id` a live member of `org_id` in the synced store?
@@ -438,8 +444,8 @@ pub enum ResumeRefused {
     Ahead,
 }
 
-/// Checks `since` against the window. The feed itself is never pruned today; if
-/// it ever is, the oldest kept `seq` must be checked here too.
+/// Checks `since` against the window and against what the feed still holds
+/// (entries past `feed_retention_days` are pruned).
 pub async fn check_resume(
     db: &Database,
     since: i64,
@@ -451,6 +457,12 @@ pub async fn check_resume(
         return Ok(Err(ResumeRefused::Ahead));
     }
     if head - since > window.max_entries {
+        return Ok(Err(ResumeRefused::TooOld));
+    }
+    // Entries after `since` were pruned (or never existed: a sequence gap; a
+    // needless resync is the safe side of that doubt).
+    let oldest = crate::store::maintenance::oldest_feed_seq(db).await?;
+    if oldest > 0 && since + 1 < oldest {
         return Ok(Err(ResumeRefused::TooOld));
     }
     // The first change the client missed: older than the window, and the client
@@ -554,8 +566,10 @@ pub async fn replay_page(
 /// What a connection's writer sends, in queue order.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A text frame (a change or a control message).
+    /// A text frame (a control message, or a replayed change).
     Frame(Utf8Bytes),
+    /// A live change's frame; `committed_at` (unix ms) times its delivery.
+    Change { text: Utf8Bytes, committed_at: i64 },
     /// A WebSocket ping.
     Ping,
     /// Sends `ack`, replays `topic` after `since`, then lets the subscription's
@@ -592,7 +606,7 @@ enum SubState {
     /// authorized and any replay is done (so nothing overtakes the replay).
     Pending {
         after: i64,
-        buffer: Vec<(i64, Utf8Bytes)>,
+        buffer: Vec<(i64, Outbound)>,
     },
     /// Frames with `seq > floor` go straight to the queue.
     Live { floor: i64 },
@@ -678,13 +692,15 @@ impl Registry {
                         None => continue,
                     },
                 };
+                let out = Outbound::Change {
+                    text: frame,
+                    committed_at: rendered.committed_at,
+                };
                 let kept_up = match &mut sub.state {
-                    SubState::Live { floor } => {
-                        seq <= *floor || c.tx.try_send(Outbound::Frame(frame)).is_ok()
-                    }
+                    SubState::Live { floor } => seq <= *floor || c.tx.try_send(out).is_ok(),
                     SubState::Pending { after, buffer } => {
                         if seq > *after {
-                            buffer.push((seq, frame));
+                            buffer.push((seq, out));
                         }
                         buffer.len() <= capacity
                     }
@@ -716,7 +732,7 @@ impl Registry {
         let mut slow = Vec::new();
         for id in ids {
             self.drop_sub(id, &topic);
-            if !self.offer(id, revoked_frame(&topic)) {
+            if !self.offer(id, Outbound::Frame(revoked_frame(&topic))) {
                 slow.push(id);
             }
         }
@@ -724,9 +740,9 @@ impl Registry {
     }
 
     /// Queues a frame without waiting; false if the connection is full or gone.
-    fn offer(&self, id: u64, frame: Utf8Bytes) -> bool {
+    fn offer(&self, id: u64, out: Outbound) -> bool {
         match self.conns.get(&id) {
-            Some(c) => c.tx.try_send(Outbound::Frame(frame)).is_ok(),
+            Some(c) => c.tx.try_send(out).is_ok(),
             None => false,
         }
     }
@@ -909,7 +925,7 @@ impl RealtimeHub {
             SubState::Live { floor } => (*floor, Vec::new()),
         };
         s.state = SubState::Live { floor };
-        let frames = ack.into_iter().chain(
+        let frames = ack.into_iter().map(Outbound::Frame).chain(
             buffered
                 .into_iter()
                 .filter(|(seq, _)| *seq > floor)
@@ -950,7 +966,10 @@ impl RealtimeHub {
             .get(topic)
             .and_then(|s| s.get(&conn))
             .is_some_and(|s| s.id == sub);
-        if current && reg.drop_sub(conn, topic) && !reg.offer(conn, revoked_frame(topic)) {
+        if current
+            && reg.drop_sub(conn, topic)
+            && !reg.offer(conn, Outbound::Frame(revoked_frame(topic)))
+        {
             reg.too_slow(conn);
         }
     }

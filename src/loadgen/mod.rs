@@ -5,6 +5,8 @@
 //! -> send -> report. The stages live in their own modules: [`generate`] (the
 //! events), [`plan`] (delivery order, duplicates, forgeries), [`expect`] (the
 //! state a correct sync must reach), `send` (HTTP, loops, histograms), [`report`].
+//! [`ws`] is `clerksync wsbench`: the same stream sent while WebSocket clients
+//! measure the realtime stream's commit-to-receipt latency.
 //!
 //! Must never: touch the server's database or internals (it is a client, like
 //! Svix), sign with anything but the configured secret (forged deliveries use a
@@ -18,6 +20,7 @@ pub mod ids;
 pub mod plan;
 pub mod report;
 mod send;
+pub mod ws;
 
 use crate::webhook::verify::{SecretError, WebhookSecret};
 use crate::webhook::SecretSet;

@@ -13,9 +13,9 @@ pub mod replay;
 
 use crate::clock::Clock;
 use crate::store::db::Database;
-use crate::store::maintenance::purge_expired;
+use crate::store::maintenance::{prune_feed, purge_expired};
 use crate::store::tx::begin;
-use crate::sync::{apply, Delivery, Outcome, SyncError};
+use crate::sync::{apply, batch_lock_keys, Delivery, Outcome, SyncError};
 use crate::telemetry::metrics::{event_type_label, EventLabels, Metrics};
 use futures::FutureExt;
 use std::hash::{Hash, Hasher};
@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
@@ -40,6 +41,7 @@ pub struct ProcessorConfig {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub archive_retention: Duration,
+    pub feed_retention: Duration,
     /// How often the retention job runs.
     pub purge_interval: Duration,
 }
@@ -50,18 +52,11 @@ impl ProcessorConfig {
             max_concurrent: c.max_concurrent,
             max_attempts: c.max_attempts,
             lease: Duration::from_secs(60),
-            // On SQLite a batch holds the one write lock that webhook acks also
-            // need: small batches keep an ack's wait short. PostgreSQL writers
-            // do not block each other, so bigger batches save round trips.
-            batch_max: match c.database_url {
-                crate::config::DatabaseUrl::Sqlite(_) => 32,
-                // Smaller than round trips alone would suggest: a batch holds its
-                // entity locks until commit, and a deadlock costs the whole batch.
-                crate::config::DatabaseUrl::Postgres(_) => 32,
-            },
+            batch_max: c.batch_max,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             archive_retention: c.archive_retention,
+            feed_retention: c.feed_retention,
             purge_interval: Duration::from_secs(60),
         }
     }
@@ -334,10 +329,27 @@ impl Processor {
     ) -> Result<Vec<Outcome>, SyncError> {
         let fut = async {
             let seqs: Vec<i64> = items.iter().map(|(d, _)| d.seq).collect();
+            if items.len() > 1 {
+                let ds: Vec<&Delivery> = items.iter().map(|(d, _)| d).collect();
+                tx.lock_all(&batch_lock_keys(&ds)).await?;
+            }
             tx.prefetch_statuses(&seqs).await?;
             let mut out = Vec::with_capacity(items.len());
             for (d, _) in items {
-                out.push(apply(tx.as_mut(), d, self.clock.now_ms()).await?);
+                // One span per apply: fields only, so it costs little per event.
+                let span = tracing::info_span!(
+                    "apply",
+                    svix_id = %d.svix_id,
+                    event_type = %d.event_type,
+                    entity_id = d.entity_key.as_deref().unwrap_or("")
+                );
+                let started = std::time::Instant::now();
+                let o = apply(tx.as_mut(), d, self.clock.now_ms())
+                    .instrument(span.clone())
+                    .await?;
+                self.metrics.applied_in(&d.event_type, started.elapsed());
+                span.in_scope(|| tracing::debug!(outcome = ?o, "applied"));
+                out.push(o);
             }
             let changed = tx.commit().await?;
             // Write-through: the cache forgets the old records before anyone is
@@ -382,6 +394,12 @@ impl Processor {
             .inc();
         let lag = (self.clock.now_ms() - d.received_at).max(0) as f64 / 1000.0;
         self.metrics.sync_lag_seconds.observe(lag);
+        if let Ok(Some(ts)) =
+            crate::clerk::envelope::parse_head(d.body.as_bytes()).map(|h| h.timestamp_ms)
+        {
+            let lag = (self.clock.now_ms() - ts).max(0) as f64 / 1000.0;
+            self.metrics.clerk_sync_lag_seconds.observe(lag);
+        }
         if let Some(obs) = &self.observer {
             obs.on_applied(d, o);
         }
@@ -444,10 +462,34 @@ impl Processor {
                     }
                 }
             }
+            self.prune_feed(&cancel).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.config.purge_interval) => {}
                 _ = cancel.cancelled() => return,
             }
+        }
+    }
+
+    /// Drops change-feed entries past their retention that every consumer has read,
+    /// in small batches so the write lock is never held for long.
+    async fn prune_feed(&self, cancel: &CancellationToken) {
+        let cutoff = self.clock.now_ms() - self.config.feed_retention.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            match prune_feed(&self.db, cutoff, 5000).await {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change-feed pruning failed; will retry");
+                    break;
+                }
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(entries = total, "change feed pruned");
         }
     }
 }

@@ -148,3 +148,10 @@ pub async fn retry_all_dead(db: &Database) -> Result<u64, sqlx::Error> {
     .map(|r| r.rows_affected())
     })
 }
+
+/// Received-at (ms) of the oldest pending event: by `seq`, so the inbox's
+/// (status, seq) index answers it without scanning a backlog.
+pub async fn oldest_pending_received_at(db: &Database) -> Result<Option<i64>, sqlx::Error> {
+    const Q: &str = "SELECT received_at FROM inbox WHERE status = 'pending' ORDER BY seq LIMIT 1";
+    on_pool!(db, |p| sqlx::query_scalar(Q).fetch_optional(p).await)
+}

@@ -86,3 +86,48 @@ pub async fn purge_expired(db: &Database, cutoff_ms: i64) -> Result<PurgeReport,
         Database::Postgres(p) => purge_impl!(p, cutoff_ms),
     }
 }
+
+/// Deletes up to `limit` change-feed entries committed before `cutoff_ms` that
+/// every consumer has already handled (its checkpoint is at or past them); returns
+/// how many. Entries a consumer still needs stay, however old: a consumer that
+/// stopped for a week resumes without a gap. A consumer removed for good should
+/// have its row deleted from `feed_checkpoints`, or it holds the feed forever.
+pub async fn prune_feed(db: &Database, cutoff_ms: i64, limit: i64) -> Result<u64, sqlx::Error> {
+    let oldest = oldest_feed_seq(db).await?;
+    let checkpoint: i64 = crate::store::db::on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT COALESCE(MIN(seq), 0) FROM feed_checkpoints"
+    )
+    .fetch_one(p)
+    .await)?;
+    let newest: i64 = crate::store::db::on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT COALESCE(MAX(seq), 0) FROM change_feed"
+    )
+    .fetch_one(p)
+    .await)?;
+    // A bounded seq range from the oldest entry: the delete never scans the
+    // whole feed, however long it is. The newest entry always stays: it is the
+    // feed's head, which realtime clients resume against.
+    let upper = checkpoint.min(oldest + limit - 1).min(newest - 1);
+    if oldest == 0 || upper < oldest {
+        return Ok(0);
+    }
+    let _gate = db.background_write_lock().await;
+    crate::store::db::on_pool!(db, |p| sqlx::query(
+        "DELETE FROM change_feed WHERE seq >= $1 AND seq <= $2 AND committed_at < $3"
+    )
+    .bind(oldest)
+    .bind(upper)
+    .bind(cutoff_ms)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+}
+
+/// The oldest change-feed entry still kept (0 when the feed is empty).
+pub async fn oldest_feed_seq(db: &Database) -> Result<i64, sqlx::Error> {
+    crate::store::db::on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT COALESCE(MIN(seq), 0) FROM change_feed"
+    )
+    .fetch_one(p)
+    .await)
+}

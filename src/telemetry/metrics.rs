@@ -29,6 +29,25 @@ pub struct ConsumerLabels {
     pub consumer: String,
 }
 
+/// One series per running binary: the crate version and the commit it was built
+/// from (`CLERKSYNC_GIT_SHA` at build time, else "unknown"), so two labels of
+/// bounded cardinality.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabels {
+    pub event_type: String,
+}
+
+/// 50 µs .. ~1.6 s: one event's statements inside its batch transaction.
+fn apply_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event_type: String,
@@ -37,11 +56,17 @@ pub struct EventLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// `/v1/realtime` (names used by dashboards: keep them).
+    pub realtime: RealtimeMetrics,
     pub deliveries: Family<OutcomeLabels, Counter>,
     pub ack_seconds: Histogram,
     pub events_processed: Family<EventLabels, Counter>,
-    pub apply_seconds: Histogram,
+    /// By `event_type` (see [`event_type_label`]).
+    pub apply_seconds: Family<EventTypeLabels, Histogram, fn() -> Histogram>,
     pub sync_lag_seconds: Histogram,
+    /// Clerk's event timestamp (envelope `timestamp`) -> committed: includes
+    /// Svix's delivery delay and retries, so its buckets reach a day.
+    pub clerk_sync_lag_seconds: Histogram,
     pub retries: Counter,
     /// Read at scrape time from the inbox.
     pub pending: Gauge,
@@ -49,6 +74,26 @@ pub struct Metrics {
     pub dead: Gauge,
     pub consumer_lag: Family<ConsumerLabels, Gauge>,
     pub cache_staleness_ms: Gauge,
+    /// Operator alerts (alerts/mod.rs).
+    pub alerts_sent: Counter,
+    pub alerts_failed: Counter,
+    pub alerts_suppressed: Counter,
+    /// Always 1; the labels carry the build.
+    pub build_info: Family<BuildLabels, Gauge>,
+    /// Read at scrape time from the database pool.
+    pub db_pool_in_use: Gauge,
+    pub db_pool_idle: Gauge,
+    /// Read at scrape time from the search index (live documents).
+    pub search_index_documents: Gauge,
+}
+
+/// The commit this binary was built from, when the build said (no build script:
+/// `CLERKSYNC_GIT_SHA=$(git rev-parse --short HEAD) cargo build`).
+pub fn git_commit() -> &'static str {
+    match option_env!("CLERKSYNC_GIT_SHA") {
+        Some(s) if !s.is_empty() => s,
+        _ => "unknown",
+    }
 }
 
 /// Event types are not a bounded set (Clerk adds new ones); unknown ones share a label.
@@ -106,10 +151,13 @@ impl Metrics {
             "Events applied, by type and final status",
             events_processed.clone(),
         );
-        let apply_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        let apply_seconds =
+            Family::<EventTypeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                apply_histogram,
+            );
         registry.register(
             "apply_duration_seconds",
-            "Time to apply one event (its share of a batch transaction)",
+            "Time to apply one event inside its batch transaction (commit excluded), by type",
             apply_seconds.clone(),
         );
         // 1 ms .. ~65 s: received -> committed.
@@ -118,6 +166,13 @@ impl Metrics {
             "sync_lag_seconds",
             "Time from receipt of a delivery to the commit of its effects",
             sync_lag_seconds.clone(),
+        );
+        // 10 ms .. ~23 h: Svix retries a failing endpoint for about a day.
+        let clerk_sync_lag_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 24));
+        registry.register(
+            "clerk_sync_lag_seconds",
+            "Time from Clerk's event timestamp to the commit of its effects",
+            clerk_sync_lag_seconds.clone(),
         );
         let retries = Counter::default();
         registry.register(
@@ -145,15 +200,73 @@ impl Metrics {
             "Change-feed entries committed but not yet handled, per consumer",
             consumer_lag.clone(),
         );
+        let alerts_sent = Counter::default();
+        registry.register(
+            "alerts_sent",
+            "Alerts delivered to the alert webhook",
+            alerts_sent.clone(),
+        );
+        let alerts_failed = Counter::default();
+        registry.register(
+            "alerts_failed",
+            "Alerts not delivered: every attempt failed, or the queue was full",
+            alerts_failed.clone(),
+        );
+        let alerts_suppressed = Counter::default();
+        registry.register(
+            "alerts_suppressed",
+            "Alerts held back by the per-kind rate limit",
+            alerts_suppressed.clone(),
+        );
         let cache_staleness_ms = Gauge::default();
         registry.register(
             "cache_staleness_milliseconds",
             "Write-behind: age of the newest change the cache has caught up with, when it did",
             cache_staleness_ms.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Build of the running binary (always 1)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                commit: git_commit().to_string(),
+            })
+            .set(1);
+        let db_pool_in_use = Gauge::default();
+        registry.register(
+            "db_pool_connections_in_use",
+            "Database pool connections checked out",
+            db_pool_in_use.clone(),
+        );
+        let db_pool_idle = Gauge::default();
+        registry.register(
+            "db_pool_connections_idle",
+            "Database pool connections open and idle",
+            db_pool_idle.clone(),
+        );
+        let search_index_documents = Gauge::default();
+        registry.register(
+            "search_index_documents",
+            "Documents (users and organizations) in the search index",
+            search_index_documents.clone(),
+        );
+        let realtime = RealtimeMetrics::register(&mut registry);
         Self {
+            realtime,
+            build_info,
+            db_pool_in_use,
+            db_pool_idle,
+            search_index_documents,
+            clerk_sync_lag_seconds,
             consumer_lag,
             cache_staleness_ms,
+            alerts_sent,
+            alerts_failed,
+            alerts_suppressed,
             registry,
             deliveries,
             ack_seconds,
@@ -168,11 +281,25 @@ impl Metrics {
     }
 
     /// Registers cache hit/miss counters (the cache owns them).
-    pub fn register_cache(&mut self, hits: &Counter, misses: &Counter) {
+    pub fn register_cache(&mut self, hits: &Counter, misses: &Counter, errors: &Counter) {
         self.registry
             .register("cache_hits", "Read-API cache hits", hits.clone());
         self.registry
             .register("cache_misses", "Read-API cache misses", misses.clone());
+        self.registry.register(
+            "cache_errors",
+            "Cache backend (Redis) failures; each read fell back to the store",
+            errors.clone(),
+        );
+    }
+
+    /// Records how long applying one event of `event_type` took.
+    pub fn applied_in(&self, event_type: &str, took: std::time::Duration) {
+        self.apply_seconds
+            .get_or_create(&EventTypeLabels {
+                event_type: event_type_label(event_type),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn delivery(&self, outcome: Outcome) {
@@ -187,5 +314,90 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Why a realtime connection, subscription or token refresh was refused (a
+/// bounded set: one series each).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RejectReason {
+    /// No token on the connection request.
+    missing_token,
+    /// Not the API token, and not a session token that verifies.
+    invalid_token,
+    /// A session token past `exp` (+ leeway) at connect or refresh.
+    expired_token,
+    /// A session token whose `iss`/`azp` is not on the allow-lists.
+    not_allowed,
+    /// Over the per-token connection limit.
+    too_many_connections,
+    /// A subscription the principal may not have.
+    topic_denied,
+    /// A refresh token for another user (or on a connection that has no session).
+    refresh_refused,
+    /// An open connection closed because its session token expired.
+    session_expired,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: RejectReason,
+}
+
+/// The realtime stream's metrics (`clerksync_realtime_*`).
+#[derive(Clone, Debug)]
+pub struct RealtimeMetrics {
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Text messages written to sockets (changes and control messages).
+    pub messages_sent: Counter,
+    /// Connections told to resync and closed because they could not keep up.
+    pub resyncs: Counter,
+    pub rejected: Family<RejectLabels, Counter>,
+    /// A live change's commit -> its frame handed to the socket.
+    pub delivery_lag_seconds: Histogram,
+}
+
+impl RealtimeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        // 0.5 ms .. ~16 s.
+        let m = RealtimeMetrics {
+            connections: Gauge::default(),
+            messages_sent: Counter::default(),
+            resyncs: Counter::default(),
+            rejected: Family::default(),
+            delivery_lag_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        };
+        registry.register(
+            "realtime_connections",
+            "Open realtime WebSocket connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "realtime_messages_sent",
+            "Messages written to realtime WebSocket clients",
+            m.messages_sent.clone(),
+        );
+        registry.register(
+            "realtime_resyncs",
+            "Realtime clients too slow to keep up: told to resync and closed",
+            m.resyncs.clone(),
+        );
+        registry.register(
+            "realtime_rejected",
+            "Realtime connections, subscriptions and token refreshes refused, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "realtime_delivery_lag_seconds",
+            "Time from a change's commit to its frame being handed to the WebSocket",
+            m.delivery_lag_seconds.clone(),
+        );
+        m
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&RejectLabels { reason }).inc();
     }
 }

@@ -14,6 +14,8 @@ use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
 use std::time::Instant;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 fn header<'a>(h: &'a HeaderMap, svix: &str, standard: &str) -> Option<&'a str> {
     h.get(svix)
@@ -50,7 +52,17 @@ pub async fn receive(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let result = receive_inner(&state, &headers, body).await;
+    // One span per delivery; event type and entity are recorded once the body
+    // is verified and parsed (receive_inner).
+    let span = tracing::info_span!(
+        "delivery",
+        svix_id = Empty,
+        event_type = Empty,
+        entity_id = Empty
+    );
+    let result = receive_inner(&state, &headers, body)
+        .instrument(span.clone())
+        .await;
     let outcome = match &result {
         Ok(AppendOutcome::Accepted) => Outcome::accepted,
         Ok(AppendOutcome::Duplicate) => Outcome::duplicate,
@@ -60,6 +72,10 @@ pub async fn receive(
         Err(_) => Outcome::malformed,
     };
     state.metrics.delivery(outcome);
+    if outcome == Outcome::bad_signature {
+        state.alerts.signature_failure();
+    }
+    span.in_scope(|| tracing::debug!(outcome = ?outcome, "webhook delivery"));
     if result.is_ok() {
         state
             .metrics
@@ -83,6 +99,14 @@ async fn receive_inner(
         timestamp: header(headers, "svix-timestamp", "webhook-timestamp"),
         signature: header(headers, "svix-signature", "webhook-signature"),
     };
+    // The id is not secret and helps trace a refused delivery too; an odd one
+    // (too long, not printable) is left out of the logs. Never the signature.
+    if let Some(id) = dh
+        .id
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        tracing::Span::current().record("svix_id", id);
+    }
     // Header presence is checked before the body is read: a request that can never
     // verify costs us nothing.
     if dh.id.map(str::trim).is_none_or(str::is_empty)
@@ -107,6 +131,11 @@ async fn receive_inner(
     // The body parsed as JSON, so it is UTF-8.
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
+    let span = tracing::Span::current();
+    span.record("event_type", head.event_type.as_str());
+    if let Some(entity) = head.entity_key.as_deref() {
+        span.record("entity_id", entity);
+    }
     let row = NewDelivery {
         svix_id: verified.svix_id,
         svix_timestamp: verified.timestamp,

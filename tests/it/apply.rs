@@ -486,3 +486,67 @@ async fn loadgen_stream_converges_postgres() {
         loadgen_stream_converges(&s).await;
     }
 }
+
+/// The change feed is pruned past its retention, but never ahead of a consumer:
+/// an entry some consumer has not handled stays, however old.
+async fn feed_pruning_waits_for_every_consumer(s: &Server) {
+    use clerksync::store::maintenance::{oldest_feed_seq, prune_feed};
+    for i in 0..5 {
+        s.post(
+            &format!("msg_fp{i}"),
+            &user(&format!("user_fp{i}"), "Fp", "fp@x.io", 100 + i),
+        )
+        .await;
+    }
+    s.settle().await;
+    let head = s.scalar("SELECT MAX(seq) FROM change_feed").await;
+    assert_eq!(s.scalar("SELECT COUNT(*) FROM change_feed").await, 5);
+    // A consumer that has read only the first entry (stopped, or slow).
+    s.exec("INSERT INTO feed_checkpoints (consumer, seq, updated_at) VALUES ('laggard', 0, 0)")
+        .await;
+    let first = oldest_feed_seq(&s.db).await.unwrap();
+    s.exec(&format!(
+        "UPDATE feed_checkpoints SET seq = {first} WHERE consumer = 'laggard'"
+    ))
+    .await;
+    // The live consumers catch up to the head.
+    s.wait_for(
+        &format!(
+            "SELECT COUNT(*) FROM feed_checkpoints WHERE consumer <> 'laggard' AND seq = {head}"
+        ),
+        s.scalar("SELECT COUNT(*) FROM feed_checkpoints WHERE consumer <> 'laggard'")
+            .await,
+    )
+    .await;
+    // Nothing is past a retention that starts now.
+    assert_eq!(prune_feed(&s.db, 0, 1000).await.unwrap(), 0);
+    // Past retention: only what the laggard has read goes.
+    assert_eq!(prune_feed(&s.db, i64::MAX, 1000).await.unwrap(), 1);
+    assert_eq!(s.scalar("SELECT COUNT(*) FROM change_feed").await, 4);
+    // Once it catches up, the rest goes too.
+    s.exec(&format!(
+        "UPDATE feed_checkpoints SET seq = {head} WHERE consumer = 'laggard'"
+    ))
+    .await;
+    // All but the head, which realtime clients resume against.
+    assert_eq!(prune_feed(&s.db, i64::MAX, 1000).await.unwrap(), 3);
+    assert_eq!(oldest_feed_seq(&s.db).await.unwrap(), head);
+    // New entries keep counting from where the feed was.
+    s.post("msg_fp9", &user("user_fp9", "Fp", "fp9@x.io", 200))
+        .await;
+    s.settle().await;
+    assert!(s.scalar("SELECT MAX(seq) FROM change_feed").await > head);
+    assert_eq!(s.scalar("SELECT MIN(seq) FROM change_feed").await, head);
+}
+
+#[tokio::test]
+async fn feed_pruning_waits_for_every_consumer_sqlite() {
+    feed_pruning_waits_for_every_consumer(&sqlite_server(|_| {}).await).await;
+}
+
+#[tokio::test]
+async fn feed_pruning_waits_for_every_consumer_postgres() {
+    if let Some(s) = postgres_server(|_| {}).await {
+        feed_pruning_waits_for_every_consumer(&s).await;
+    }
+}

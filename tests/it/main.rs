@@ -5,9 +5,11 @@
 //! talks to it over HTTP like Svix and an operator would.
 
 mod admin;
+mod alerts;
 mod apply;
 mod backends;
 mod bad_input;
+mod browser;
 mod cache;
 mod convergence;
 mod dashboard;
@@ -15,6 +17,8 @@ mod health;
 mod helpers;
 mod ingress;
 mod limits;
+mod logs;
+mod metrics;
 mod process;
 mod realtime;
 mod search;

@@ -896,3 +896,183 @@ async fn a_stalled_client_is_dropped_and_does_not_slow_the_others() {
         "healthy clients slowed down by a stalled one: median lag {a} ms -> {b} ms"
     );
 }
+
+/// A session token for `sub` that expires at `exp` (unix seconds).
+fn session_until(sub: &str, exp: i64) -> String {
+    let mut c = claims(sub);
+    c["exp"] = json!(exp);
+    sign_with(&c, &keys().0)
+}
+
+/// Connects and returns the client with its `ready` message.
+async fn connect_ready(s: &Server, token: &str) -> (Client, Value) {
+    let mut req = format!("ws://{}/v1/realtime", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut c = Client { ws };
+    let ready = c.next().await.expect("ready");
+    assert_eq!(ready["type"], "ready", "{ready}");
+    (c, ready)
+}
+
+/// A metric's value in `/metrics` (the first line starting with `series `).
+async fn metric(s: &Server, series: &str) -> Option<f64> {
+    let text = s
+        .client
+        .get(format!("http://{}/metrics", s.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_at_token_expiry_unless_refreshed() {
+    // No leeway: the connections end right at `exp`.
+    let s = server(|c| c.realtime.leeway_secs = 0).await;
+    post(&s, "msg_x_1", &user("user_a", 1, "Ada")).await;
+    s.settle().await;
+    let exp = now() + 2;
+    let (mut stale, ready) = connect_ready(&s, &session_until("user_a", exp)).await;
+    assert_eq!(ready["expires_at"], exp, "{ready}");
+    assert_eq!(stale.subscribe("user:user_a").await["type"], "subscribed");
+    let (mut fresh, _) = connect_ready(&s, &session_until("user_a", exp)).await;
+    assert_eq!(fresh.subscribe("user:user_a").await["type"], "subscribed");
+    // The API token's connection never expires.
+    let (_, ready) = connect_ready(&s, API).await;
+    assert!(ready["expires_at"].is_null(), "{ready}");
+
+    // Refusals change nothing: another user's token, an expired one, garbage.
+    for (token, want) in [
+        (session_until("user_b", exp + 60), "another user"),
+        (session_until("user_a", now() - 10), "expired"),
+        ("x.y.z".to_string(), "malformed"),
+    ] {
+        fresh.send(json!({"type": "auth", "token": token})).await;
+        let r = fresh.next().await.unwrap();
+        assert_eq!(r["type"], "error", "{r}");
+        let e = r["error"].as_str().unwrap();
+        assert!(e.starts_with("auth refused") && e.contains(want), "{e}");
+        assert!(!e.contains(&token), "the token is echoed");
+    }
+    let later = now() + 60;
+    fresh
+        .send(json!({"type": "auth", "token": session_until("user_a", later)}))
+        .await;
+    let r = fresh.next().await.unwrap();
+    assert_eq!(
+        (
+            r["type"].as_str(),
+            r["user_id"].as_str(),
+            r["expires_at"].as_i64()
+        ),
+        (Some("authenticated"), Some("user_a"), Some(later)),
+        "{r}"
+    );
+
+    // The stale connection is closed, with the reason, once its token expires.
+    match stale.next_or_end().await {
+        Err(End::Closed(Some((code, reason)))) => {
+            assert_eq!((code, reason.as_str()), (4001, "token expired"));
+        }
+        other => panic!("expected a token-expired close, got {other:?}"),
+    }
+    assert!(now() > exp, "closed before the token expired");
+    // Past the old expiry, the refreshed one still gets changes.
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post(&s, "msg_x_2", &user("user_a", 2, "Ada L.")).await;
+    let m = fresh
+        .next_or_end()
+        .await
+        .expect("the refreshed connection is open");
+    assert_eq!(
+        (m["type"].as_str(), m["id"].as_str()),
+        (Some("update"), Some("user_a")),
+        "{m}"
+    );
+
+    let rejected =
+        |reason: &str| format!("clerksync_realtime_rejected_total{{reason=\"{reason}\"}}");
+    assert_eq!(metric(&s, &rejected("session_expired")).await, Some(1.0));
+    assert_eq!(metric(&s, &rejected("refresh_refused")).await, Some(1.0));
+    assert_eq!(metric(&s, &rejected("expired_token")).await, Some(1.0));
+    assert!(
+        metric(&s, "clerksync_realtime_messages_sent_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        metric(&s, "clerksync_realtime_delivery_lag_seconds_count")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    // `fresh` is open; the stale and the API connections have ended (or are ending).
+    assert!(metric(&s, "clerksync_realtime_connections").await.unwrap() >= 1.0);
+}
+
+/// `clerksync wsbench`'s step, in process and tiny: every client sees every
+/// change of the feed, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ws_bench_delivers_every_change_to_every_client_once_in_order() {
+    use clerksync::loadgen::ws::{run_step, StepConfig, TopicMode};
+    let s = server(|c| c.realtime.max_connections_per_token = 50).await;
+    let before = s
+        .scalar("SELECT COALESCE(MAX(seq), 0) FROM change_feed")
+        .await;
+    let secret =
+        clerksync::webhook::SecretSet::parse_list(&crate::helpers::whsec(crate::helpers::TEST_KEY))
+            .unwrap()
+            .first()
+            .clone();
+    let cfg = StepConfig {
+        base: format!("http://{}", s.addr).parse().unwrap(),
+        secret,
+        api_token: Some(API.into()),
+        clients: 20,
+        rate: 500.0,
+        events: 200,
+        seed: 11,
+        topics: TopicMode::All,
+        max_in_flight: 16,
+        drain_timeout: Duration::from_secs(120),
+        // Not a timing test: delivery only.
+        max_p99_ms: f64::INFINITY,
+        keep_seqs: true,
+        progress: false,
+    };
+    let r = run_step(&cfg).await.unwrap();
+    assert_eq!(r.webhooks_acked, 200, "{r:?}");
+    assert!(r.drained, "{r:?}");
+    assert_eq!(
+        (r.resynced_clients, r.closed_clients, r.out_of_order),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    assert!(r.all_delivered && r.kept_up, "{r:?}");
+    const Q: &str = "SELECT seq FROM change_feed WHERE seq > $1 ORDER BY seq";
+    let want: Vec<i64> = match &s.db {
+        Database::Sqlite(p, ..) => sqlx::query_scalar(Q).bind(before).fetch_all(p).await,
+        Database::Postgres(p) => sqlx::query_scalar(Q).bind(before).fetch_all(p).await,
+    }
+    .unwrap();
+    assert!(want.len() >= 200, "{} changes", want.len());
+    assert_eq!(r.changes as i64, want.last().unwrap() - before);
+    let seqs = r.seqs.expect("kept seqs");
+    assert_eq!(seqs.len(), 20);
+    for (i, got) in seqs.iter().enumerate() {
+        assert_eq!(got, &want, "client {i}");
+    }
+    assert_eq!(r.messages, 20 * want.len() as u64);
+    assert!(r.latency_ms.max >= r.latency_ms.p50);
+}

@@ -82,6 +82,8 @@
       if (opts.title) e.title = String(opts.title);
       if (opts.onclick) e.addEventListener('click', opts.onclick);
       if (opts.type) e.type = opts.type;
+      // data-* attributes: stable hooks for tests and scripts (text values only).
+      if (opts.data) for (const k of Object.keys(opts.data)) e.dataset[k] = String(opts.data[k]);
     }
     for (const c of children || []) e.appendChild(c);
     return e;
@@ -125,8 +127,13 @@
       onclick: () => openEvent(svixId),
     })]);
   }
-  function errorCell(err) {
+  // The server keeps the last error after a later attempt succeeded (it is the
+  // event's history); on a processed event it is shown muted, as a past error.
+  function errorCell(err, status) {
     const text = typeof err === 'string' ? err : '';
+    if (text && status === 'done') {
+      return el('td', { text: 'earlier attempt: ' + text, cls: 'err old', title: text });
+    }
     return el('td', { text: text, cls: 'err', title: text });
   }
 
@@ -334,14 +341,14 @@
     const before = newestSeq;
     const tbody = $('events');
     tbody.replaceChildren(...rows.map((r) => {
-      const tr = el('tr', {}, [
+      const tr = el('tr', { data: { svixId: r.svix_id, status: r.status } }, [
         el('td', { text: fmtTime(r.received_at), title: fmtFull(r.received_at) }),
         deliveryCell(r.svix_id),
         el('td', { text: r.event_type, cls: 'mono' }),
         entityCell(r.entity_key),
         el('td', {}, [statusBadge(r.status)]),
         el('td', { text: r.attempts, cls: 'num' }),
-        errorCell(r.last_error),
+        errorCell(r.last_error, r.status),
       ]);
       // New arrivals flash once, so the stream reads as a stream.
       if (before !== null && r.seq > before) tr.className = 'fresh';
@@ -361,7 +368,7 @@
     const key = JSON.stringify(rows);
     if (key === lastDeadKey) return;
     lastDeadKey = key;
-    $('dead').replaceChildren(...rows.map((r) => el('tr', {}, [
+    $('dead').replaceChildren(...rows.map((r) => el('tr', { data: { svixId: r.svix_id } }, [
       el('td', { text: fmtTime(r.received_at), title: fmtFull(r.received_at) }),
       deliveryCell(r.svix_id),
       el('td', { text: r.event_type, cls: 'mono' }),
@@ -369,8 +376,8 @@
       el('td', { text: r.attempts, cls: 'num' }),
       errorCell(r.last_error),
       el('td', { cls: 'actions' }, [
-        el('button', { text: 'Retry', type: 'button', cls: 'small', onclick: (ev) => act(ev, r.svix_id, 'retry') }),
-        el('button', { text: 'Discard', type: 'button', cls: 'small', onclick: (ev) => act(ev, r.svix_id, 'discard') }),
+        el('button', { text: 'Retry', type: 'button', cls: 'small', data: { action: 'retry' }, onclick: (ev) => act(ev, r.svix_id, 'retry') }),
+        el('button', { text: 'Discard', type: 'button', cls: 'small', data: { action: 'discard' }, onclick: (ev) => act(ev, r.svix_id, 'discard') }),
       ]),
     ])));
   }
@@ -487,7 +494,7 @@
       el('td', { text: r.event_type, cls: 'mono' }),
       el('td', {}, [statusBadge(r.status)]),
       el('td', { text: r.attempts, cls: 'num' }),
-      errorCell(r.last_error),
+      errorCell(r.last_error, r.status),
     ])));
   }
 
