@@ -329,7 +329,8 @@ impl Processor {
     ) -> Result<Vec<Outcome>, SyncError> {
         let fut = async {
             let seqs: Vec<i64> = items.iter().map(|(d, _)| d.seq).collect();
-            if items.len() > 1 {
+            // SQLite's one writer needs no entity locks: skip parsing for them.
+            if items.len() > 1 && matches!(self.db, Database::Postgres(_)) {
                 let ds: Vec<&Delivery> = items.iter().map(|(d, _)| d).collect();
                 tx.lock_all(&batch_lock_keys(&ds)).await?;
             }
