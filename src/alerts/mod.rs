@@ -503,6 +503,7 @@ mod tests {
             event_type: "user.created".into(),
             entity_key: Some("user_<1>".into()),
             svix_timestamp: 0,
+            event_timestamp: None,
             received_at: 0,
             body: "{\"secret\":\"body\"}".into(),
             attempts: 0,

@@ -4,7 +4,7 @@ use crate::store::db::{on_pool, Database};
 use crate::sync::Delivery;
 
 const RETURNING: &str =
-    "RETURNING seq, svix_id, event_type, entity_key, svix_timestamp, received_at, body, attempts";
+    "RETURNING seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts";
 
 /// Leases up to `limit` due events (pending, or failed and due for retry, whose
 /// lease is free), oldest first.

@@ -395,9 +395,8 @@ impl Processor {
             .inc();
         let lag = (self.clock.now_ms() - d.received_at).max(0) as f64 / 1000.0;
         self.metrics.sync_lag_seconds.observe(lag);
-        if let Ok(Some(ts)) =
-            crate::clerk::envelope::parse_head(d.body.as_bytes()).map(|h| h.timestamp_ms)
-        {
+        // Ingress already read Clerk's timestamp into the inbox row.
+        if let Some(ts) = d.event_timestamp {
             let lag = (self.clock.now_ms() - ts).max(0) as f64 / 1000.0;
             self.metrics.clerk_sync_lag_seconds.observe(lag);
         }

@@ -93,14 +93,13 @@ pub async fn purge_expired(db: &Database, cutoff_ms: i64) -> Result<PurgeReport,
 /// stopped for a week resumes without a gap. A consumer removed for good should
 /// have its row deleted from `feed_checkpoints`, or it holds the feed forever.
 pub async fn prune_feed(db: &Database, cutoff_ms: i64, limit: i64) -> Result<u64, sqlx::Error> {
-    let oldest = oldest_feed_seq(db).await?;
-    let checkpoint: i64 = crate::store::db::on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
-        "SELECT COALESCE(MIN(seq), 0) FROM feed_checkpoints"
+    let (oldest, newest): (i64, i64) = crate::store::db::on_pool!(db, |p| sqlx::query_as(
+        "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM change_feed"
     )
     .fetch_one(p)
     .await)?;
-    let newest: i64 = crate::store::db::on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
-        "SELECT COALESCE(MAX(seq), 0) FROM change_feed"
+    let checkpoint: i64 = crate::store::db::on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT COALESCE(MIN(seq), 0) FROM feed_checkpoints"
     )
     .fetch_one(p)
     .await)?;

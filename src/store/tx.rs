@@ -388,7 +388,7 @@ macro_rules! store_tx_impl {
 
             async fn due(&mut self, now: i64, limit: i64) -> Result<Vec<crate::sync::Delivery>, sqlx::Error> {
                 sqlx::query_as(
-                    "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, received_at, body, attempts \
+                    "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts \
                      FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
                      AND (leased_until IS NULL OR leased_until < $1) ORDER BY seq LIMIT $2",
                 )

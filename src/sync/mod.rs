@@ -25,6 +25,8 @@ pub struct Delivery {
     pub event_type: String,
     pub entity_key: Option<String>,
     pub svix_timestamp: i64,
+    /// The envelope's `timestamp` (ms), read at ingress; None when absent.
+    pub event_timestamp: Option<i64>,
     pub received_at: i64,
     pub body: String,
     pub attempts: i32,

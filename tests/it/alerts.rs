@@ -6,7 +6,7 @@
 //! counters (`alerts_suppressed_total`), not only by a grace period.
 
 use crate::backends::{sqlite_server, Server};
-use crate::helpers::{metric_value, sign, TEST_KEY};
+use crate::helpers::{sign, TEST_KEY};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
@@ -109,16 +109,7 @@ fn valid(user: &str) -> Value {
 }
 
 async fn metric(s: &Server, sample: &str) -> f64 {
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_value(&text, sample).unwrap_or(0.0)
+    s.metric(sample).await.unwrap_or(0.0)
 }
 
 async fn wait_metric(s: &Server, sample: &str, want: f64) {

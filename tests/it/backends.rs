@@ -183,6 +183,19 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// The `/metrics` page as text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
+    /// One sample's value from `/metrics`, e.g.
+    /// `clerksync_realtime_rejected_total{reason="expired_token"}`; None when absent.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        crate::helpers::metric_value(&self.metrics_text().await, sample)
+    }
+
     pub async fn scalar(&self, sql: &str) -> i64 {
         match &self.db {
             Database::Sqlite(p, ..) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),

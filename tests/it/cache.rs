@@ -170,15 +170,7 @@ async fn hammer(writer: Arc<Server>, reader: Arc<Server>, ids: &'static [&'stati
         total += r.expect("reader saw no stale version");
     }
     assert!(total > 0);
-    let text = reader
-        .client
-        .get(reader.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reader.metrics_text().await;
     assert!(text.contains("clerksync_cache_hits_total"), "{text}");
 }
 
@@ -379,20 +371,7 @@ async fn group_invalidation_refreshes_member_lists() {
 }
 
 async fn metric(s: &Server, name: &str) -> f64 {
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    s.metric(name).await.unwrap_or(0.0)
 }
 
 /// A TCP relay to Redis that the test can cut and restore: a Redis outage

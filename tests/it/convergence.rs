@@ -235,7 +235,7 @@ pub async fn run(db: &Database, evs: &[Ev], order: &[usize]) -> Vec<String> {
         .map(|(i, e)| delivery(i, e))
         .collect();
     append_batch(db, &rows).await.unwrap();
-    let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, received_at, body, attempts FROM inbox ORDER BY seq";
+    let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts FROM inbox ORDER BY seq";
     let stored: Vec<Delivery> = match db {
         Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
         Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),

@@ -27,9 +27,7 @@ fn loadgen_args(argv: &[&str]) -> clerksync::loadgen::LoadgenArgs {
 }
 
 async fn scrape(s: &Server) -> (String, Scrape) {
-    let r = s.client.get(s.url("/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let text = r.text().await.unwrap();
+    let text = s.metrics_text().await;
     let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text");
     (text, parsed)
 }

@@ -918,21 +918,6 @@ async fn connect_ready(s: &Server, token: &str) -> (Client, Value) {
     (c, ready)
 }
 
-/// A metric's value in `/metrics` (the first line starting with `series `).
-async fn metric(s: &Server, series: &str) -> Option<f64> {
-    let text = s
-        .client
-        .get(format!("http://{}/metrics", s.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ends_at_token_expiry_unless_refreshed() {
     // No leeway: the connections end right at `exp`.
@@ -1002,23 +987,23 @@ async fn a_session_ends_at_token_expiry_unless_refreshed() {
 
     let rejected =
         |reason: &str| format!("clerksync_realtime_rejected_total{{reason=\"{reason}\"}}");
-    assert_eq!(metric(&s, &rejected("session_expired")).await, Some(1.0));
-    assert_eq!(metric(&s, &rejected("refresh_refused")).await, Some(1.0));
-    assert_eq!(metric(&s, &rejected("expired_token")).await, Some(1.0));
+    assert_eq!(s.metric(&rejected("session_expired")).await, Some(1.0));
+    assert_eq!(s.metric(&rejected("refresh_refused")).await, Some(1.0));
+    assert_eq!(s.metric(&rejected("expired_token")).await, Some(1.0));
     assert!(
-        metric(&s, "clerksync_realtime_messages_sent_total")
+        s.metric("clerksync_realtime_messages_sent_total")
             .await
             .unwrap()
             >= 1.0
     );
     assert!(
-        metric(&s, "clerksync_realtime_delivery_lag_seconds_count")
+        s.metric("clerksync_realtime_delivery_lag_seconds_count")
             .await
             .unwrap()
             >= 1.0
     );
     // `fresh` is open; the stale and the API connections have ended (or are ending).
-    assert!(metric(&s, "clerksync_realtime_connections").await.unwrap() >= 1.0);
+    assert!(s.metric("clerksync_realtime_connections").await.unwrap() >= 1.0);
 }
 
 /// `clerksync wsbench`'s step, in process and tiny: every client sees every
