@@ -426,16 +426,7 @@ async fn read_api_token_pagination_and_bad_params() {
     );
 }
 
-#[derive(clap::Parser)]
-struct LoadgenCli {
-    #[command(flatten)]
-    args: clerksync::loadgen::LoadgenArgs,
-}
-
-fn loadgen_args(argv: &[&str]) -> clerksync::loadgen::LoadgenArgs {
-    use clap::Parser;
-    LoadgenCli::parse_from(std::iter::once("loadgen").chain(argv.iter().copied())).args
-}
+use crate::helpers::loadgen_args;
 
 /// A disordered (10%) and duplicated (5%) loadgen stream through the HTTP
 /// ingress reaches exactly the `--expect` state.

@@ -276,3 +276,15 @@ pub async fn inbox_ids(path: &Path) -> HashSet<String> {
         .map(|r| r.svix_id)
         .collect()
 }
+
+#[derive(clap::Parser)]
+struct LoadgenCli {
+    #[command(flatten)]
+    args: clerksync::loadgen::LoadgenArgs,
+}
+
+/// `clerksync loadgen` arguments parsed from a command line, as the CLI would.
+pub fn loadgen_args(argv: &[&str]) -> clerksync::loadgen::LoadgenArgs {
+    use clap::Parser;
+    LoadgenCli::parse_from(std::iter::once("loadgen").chain(argv.iter().copied())).args
+}

@@ -15,16 +15,7 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "metrics-admin-token";
 
-#[derive(clap::Parser)]
-struct LoadgenCli {
-    #[command(flatten)]
-    args: clerksync::loadgen::LoadgenArgs,
-}
-
-fn loadgen_args(argv: &[&str]) -> clerksync::loadgen::LoadgenArgs {
-    use clap::Parser;
-    LoadgenCli::parse_from(std::iter::once("loadgen").chain(argv.iter().copied())).args
-}
+use crate::helpers::loadgen_args;
 
 async fn scrape(s: &Server) -> (String, Scrape) {
     let text = s.metrics_text().await;
