@@ -334,11 +334,16 @@ async fn replay(
 ) -> anyhow::Result<()> {
     use clerksync::processor::{replay, ProcessorConfig};
     let source = clerksync::store::Database::open(&config.database_url).await?;
-    let pc = ProcessorConfig::from_config(&config);
+    let mut pc = ProcessorConfig::from_config(&config);
     let clock = clerksync::clock::system();
     let (n, report) = match (into, since) {
         (Some(into), None) => {
             let url = clerksync::config::DatabaseUrl::parse(&into)?;
+            // The batch bound left at its default follows the target's backend.
+            use clerksync::config::default_batch_max;
+            if config.batch_max == default_batch_max(&config.database_url) {
+                pc.batch_max = default_batch_max(&url);
+            }
             let target = clerksync::store::Database::open(&url).await?;
             let r = replay::replay_into(&source, target.clone(), clock, pc, true).await;
             target.close().await;

@@ -12,7 +12,7 @@ use crate::clerk::model::Kind;
 use crate::store::db::{on_pool, Database};
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -140,6 +140,9 @@ pub async fn save_checkpoint(
     .map(|_| ()))
 }
 
+/// Longest a handled position stays unsaved while the feed keeps moving.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// Something that reacts to committed changes.
 #[async_trait]
 pub trait FeedConsumer: Send + Sync {
@@ -174,6 +177,12 @@ pub async fn run_consumer(
         }
     };
     let mut failures = 0u32;
+    // Position handled (`cp`) and position saved: saving is one more turn at
+    // SQLite's write lock per batch, so it is done at most every CHECKPOINT_EVERY
+    // and whenever the feed goes quiet. A crash hands the unsaved batches over
+    // again; consumers are idempotent.
+    let mut saved = cp;
+    let mut last_save = Instant::now();
     while !cancel.is_cancelled() {
         applied.borrow_and_update();
         let entries = match read_after(&db, cp, batch).await {
@@ -183,27 +192,46 @@ pub async fn run_consumer(
                 Vec::new()
             }
         };
-        if let Ok(last) = last_seq(&db).await {
-            lag.set(last.saturating_sub(cp).max(0));
-        }
         if entries.is_empty() {
+            lag.set(0);
+            let quiet_for = if saved < cp {
+                CHECKPOINT_EVERY.saturating_sub(last_save.elapsed())
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::select! {
                 _ = applied.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(quiet_for) => {
+                    if saved < cp && save_checkpoint(&db, name, cp, clock.now_ms()).await.is_ok() {
+                        saved = cp;
+                        last_save = Instant::now();
+                    }
+                }
+                _ = cancel.cancelled() => break,
             }
             continue;
+        }
+        // A short batch reached the head; only a full one needs the head's position.
+        if entries.len() as i64 >= batch {
+            if let Ok(head) = last_seq(&db).await {
+                lag.set(head.saturating_sub(cp).max(0));
+            }
         }
         let last = entries.last().map(|e| e.seq).unwrap_or(cp);
         match consumer.handle(&entries).await {
             Ok(()) => {
                 failures = 0;
-                if let Err(e) = save_checkpoint(&db, name, last, clock.now_ms()).await {
-                    // The batch will be handed over again: consumers are idempotent.
-                    tracing::warn!(consumer = name, error = %e, "saving feed checkpoint failed");
-                    continue;
-                }
                 cp = last;
+                if last_save.elapsed() >= CHECKPOINT_EVERY {
+                    match save_checkpoint(&db, name, cp, clock.now_ms()).await {
+                        Ok(()) => saved = cp,
+                        // Saved again with a later batch or when the feed goes quiet.
+                        Err(e) => {
+                            tracing::warn!(consumer = name, error = %e, "saving feed checkpoint failed")
+                        }
+                    }
+                    last_save = Instant::now();
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -211,9 +239,15 @@ pub async fn run_consumer(
                 tracing::warn!(consumer = name, error = %e, retry_in_ms = wait.as_millis() as u64, "feed consumer failed");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => break,
                 }
             }
+        }
+    }
+    // Shutting down: keep what was handled, so a restart does not redo it.
+    if saved < cp {
+        if let Err(e) = save_checkpoint(&db, name, cp, clock.now_ms()).await {
+            tracing::warn!(consumer = name, error = %e, "saving feed checkpoint at shutdown failed");
         }
     }
 }

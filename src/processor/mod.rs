@@ -327,10 +327,11 @@ impl Processor {
         mut tx: Box<dyn crate::store::tx::StoreTx>,
         items: &[(Delivery, P)],
     ) -> Result<Vec<Outcome>, SyncError> {
+        let sqlite = matches!(self.db, Database::Sqlite(..));
         let fut = async {
             let seqs: Vec<i64> = items.iter().map(|(d, _)| d.seq).collect();
             // SQLite's one writer needs no entity locks: skip parsing for them.
-            if items.len() > 1 && matches!(self.db, Database::Postgres(_)) {
+            if items.len() > 1 && !sqlite {
                 let ds: Vec<&Delivery> = items.iter().map(|(d, _)| d).collect();
                 tx.lock_all(&batch_lock_keys(&ds)).await?;
             }
@@ -353,19 +354,30 @@ impl Processor {
                 out.push(o);
             }
             let changed = tx.commit().await?;
-            // Write-through: the cache forgets the old records before anyone is
-            // told the change is processed.
-            if let Some(cache) = &self.cache {
-                if cache.strategy == crate::feed::cache::Strategy::WriteThrough
-                    && !changed.is_empty()
-                {
-                    cache.apply_changes(&self.db, &changed).await;
-                }
-            }
-            Ok(out)
+            Ok::<_, SyncError>((out, changed))
         };
-        match AssertUnwindSafe(fut).catch_unwind().await {
-            Ok(r) => r,
+        let fut = AssertUnwindSafe(fut).catch_unwind();
+        // On SQLite every store call inside completes at once (a plain
+        // connection): run the batch on this thread without the scheduler.
+        let result = if sqlite {
+            crate::store::sqlite::run_blocking(fut)
+        } else {
+            fut.await
+        };
+        match result {
+            Ok(Ok((out, changed))) => {
+                // Write-through: the cache forgets the old records before anyone
+                // is told the change is processed.
+                if let Some(cache) = &self.cache {
+                    if cache.strategy == crate::feed::cache::Strategy::WriteThrough
+                        && !changed.is_empty()
+                    {
+                        cache.apply_changes(&self.db, &changed).await;
+                    }
+                }
+                Ok(out)
+            }
+            Ok(Err(e)) => Err(e),
             Err(panic) => {
                 let msg = panic
                     .downcast_ref::<&str>()

@@ -43,17 +43,15 @@ const INSERT_HEAD: &str = "INSERT INTO inbox (svix_id, event_type, entity_key, o
 /// for each row, whether it was new (false: that svix-id was already stored).
 pub async fn append_batch(db: &Database, rows: &[NewDelivery]) -> Result<Vec<bool>, sqlx::Error> {
     let mut inserted = std::collections::HashSet::new();
-    let _gate = db.write_lock().await;
+    let mut gate = db.write_lock().await;
     match db {
-        Database::Sqlite(pool, ..) => {
-            let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::<sqlx::Sqlite>::new(INSERT_HEAD);
-                push_rows!(qb, chunk);
-                let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-                inserted.extend(ids);
-            }
-            tx.commit().await?;
+        Database::Sqlite(..) => {
+            let conn = gate
+                .as_mut()
+                .expect("a SQLite database always has a write gate")
+                .conn();
+            return crate::store::sqlite::blocking(|| crate::store::sqlite::append(conn, rows))
+                .map_err(crate::store::sqlite::db_err);
         }
         Database::Postgres(pool) => {
             let mut tx = pool.begin().await?;

@@ -22,6 +22,13 @@ pub enum DbError {
     },
     #[error("cannot open the database {url} (check CLERKSYNC_DATABASE_URL)")]
     Open { url: String, source: sqlx::Error },
+    #[error("cannot open the database {url} for writing (check CLERKSYNC_DATABASE_URL)")]
+    OpenWriter {
+        url: String,
+        source: rusqlite::Error,
+    },
+    #[error("CLERKSYNC_DATABASE_URL {0} is an in-memory SQLite database: clerksync acknowledges a webhook only once it is on disk, so give it a file (sqlite://path/to/clerksync.db)")]
+    InMemory(String),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
@@ -46,6 +53,13 @@ impl Database {
                     url: u.clone(),
                     source,
                 })?;
+                let file = opts.get_filename().to_path_buf();
+                if u.contains(":memory:")
+                    || u.contains("mode=memory")
+                    || file.as_os_str() == ":memory:"
+                {
+                    return Err(DbError::InMemory(u.clone()));
+                }
                 if let Some(dir) = opts.get_filename().parent() {
                     if !dir.as_os_str().is_empty() {
                         std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
@@ -75,7 +89,13 @@ impl Database {
                         source,
                     })?;
                 sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-                Database::Sqlite(pool, Arc::new(WriteGate::default()))
+                let writer = crate::store::sqlite::open_writer(&file).map_err(|source| {
+                    DbError::OpenWriter {
+                        url: u.clone(),
+                        source,
+                    }
+                })?;
+                Database::Sqlite(pool, Arc::new(WriteGate::new(writer)))
             }
             DatabaseUrl::Postgres(u) => {
                 let opts = PgConnectOptions::from_str(u).map_err(|source| DbError::Open {
@@ -162,9 +182,13 @@ pub(crate) use on_pool;
 /// processor's apply batches alternate: at most one background writer waits for
 /// the gate, and it lets an already waiting short writer through first, so an
 /// ack waits for at most one (small) apply transaction and apply never starves.
-#[derive(Debug, Default)]
+///
+/// The gate owns the writer connection of the hot paths (`store::sqlite`): holding
+/// the gate is what gives access to it. Rare writes still go through the pool
+/// while holding the gate.
+#[derive(Debug)]
 pub struct WriteGate {
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
     background: Arc<tokio::sync::Mutex<()>>,
     urgent_waiting: std::sync::atomic::AtomicUsize,
     urgent_done: tokio::sync::Notify,
@@ -172,11 +196,27 @@ pub struct WriteGate {
 
 /// Holds the gate until dropped.
 pub struct WriteGuard {
-    _lock: tokio::sync::OwnedMutexGuard<()>,
+    lock: tokio::sync::OwnedMutexGuard<rusqlite::Connection>,
     _background: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
+impl WriteGuard {
+    /// SQLite's writer connection, which only the gate's holder may use.
+    pub fn conn(&mut self) -> &mut rusqlite::Connection {
+        &mut self.lock
+    }
+}
+
 impl WriteGate {
+    fn new(writer: rusqlite::Connection) -> WriteGate {
+        WriteGate {
+            lock: Arc::new(tokio::sync::Mutex::new(writer)),
+            background: Default::default(),
+            urgent_waiting: Default::default(),
+            urgent_done: Default::default(),
+        }
+    }
+
     async fn urgent(&self) -> WriteGuard {
         use std::sync::atomic::Ordering;
         self.urgent_waiting.fetch_add(1, Ordering::SeqCst);
@@ -184,7 +224,7 @@ impl WriteGate {
         self.urgent_waiting.fetch_sub(1, Ordering::SeqCst);
         self.urgent_done.notify_waiters();
         WriteGuard {
-            _lock: lock,
+            lock,
             _background: None,
         }
     }
@@ -205,7 +245,7 @@ impl WriteGate {
             }
         }
         WriteGuard {
-            _lock: self.lock.clone().lock_owned().await,
+            lock: self.lock.clone().lock_owned().await,
             _background: Some(background),
         }
     }

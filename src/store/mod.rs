@@ -41,4 +41,5 @@ pub async fn inbox_counts(db: &Database) -> Result<StatusCounts, sqlx::Error> {
 pub mod events;
 pub mod maintenance;
 pub mod read;
+pub mod sqlite;
 pub mod tx;

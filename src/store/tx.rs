@@ -32,7 +32,7 @@ pub enum RefCol {
 }
 
 impl RefCol {
-    fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         match self {
             RefCol::UserId => "user_id",
             RefCol::OrganizationId => "organization_id",
@@ -120,25 +120,54 @@ pub trait StoreTx: Send {
 }
 
 /// A feed row waiting for commit.
-struct PendingFeed {
-    kind: Kind,
-    entity_id: String,
-    operation: String,
-    changed_fields: String,
-    version: i64,
-    svix_id: String,
-    committed_at: i64,
+pub(crate) struct PendingFeed {
+    pub kind: Kind,
+    pub entity_id: String,
+    pub operation: String,
+    pub changed_fields: String,
+    pub version: i64,
+    pub svix_id: String,
+    pub committed_at: i64,
 }
 
-struct PendingAudit {
-    svix_id: String,
-    kind: Kind,
-    entity_id: String,
-    user_id: Option<String>,
-    operation: String,
-    changes: String,
-    version: i64,
-    at: i64,
+impl From<&FeedRow<'_>> for PendingFeed {
+    fn from(f: &FeedRow<'_>) -> Self {
+        PendingFeed {
+            kind: f.kind,
+            entity_id: f.entity_id.to_string(),
+            operation: f.operation.to_string(),
+            changed_fields: f.changed_fields.clone(),
+            version: f.version,
+            svix_id: f.svix_id.to_string(),
+            committed_at: f.committed_at,
+        }
+    }
+}
+
+pub(crate) struct PendingAudit {
+    pub svix_id: String,
+    pub kind: Kind,
+    pub entity_id: String,
+    pub user_id: Option<String>,
+    pub operation: String,
+    pub changes: String,
+    pub version: i64,
+    pub at: i64,
+}
+
+impl From<&AuditRow<'_>> for PendingAudit {
+    fn from(a: &AuditRow<'_>) -> Self {
+        PendingAudit {
+            svix_id: a.svix_id.to_string(),
+            kind: a.kind,
+            entity_id: a.entity_id.to_string(),
+            user_id: a.user_id.map(str::to_string),
+            operation: a.operation.to_string(),
+            changes: a.changes.clone(),
+            version: a.version,
+            at: a.at,
+        }
+    }
 }
 
 /// Rows a transaction writes at commit, many per statement: a batch of events
@@ -146,22 +175,14 @@ struct PendingAudit {
 /// feed lock (PostgreSQL) is the last lock a transaction takes and cannot be
 /// part of a deadlock.
 #[derive(Default)]
-struct Pending {
-    feed: Vec<PendingFeed>,
-    audit: Vec<PendingAudit>,
+pub(crate) struct Pending {
+    pub feed: Vec<PendingFeed>,
+    pub audit: Vec<PendingAudit>,
     /// (seq, processed_at, duration_us)
-    done: Vec<(i64, i64, i64)>,
-    statuses: std::collections::HashMap<i64, String>,
+    pub done: Vec<(i64, i64, i64)>,
+    pub statuses: std::collections::HashMap<i64, String>,
     /// Advisory locks held by this transaction: key -> exclusive.
-    locks: std::collections::HashMap<String, bool>,
-}
-
-pub struct SqliteTx {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    pending: Pending,
-    // Declared last: dropped after the transaction, so the gate opens only once
-    // the transaction has committed or rolled back.
-    _gate: Option<crate::store::db::WriteGuard>,
+    pub locks: std::collections::HashMap<String, bool>,
 }
 
 pub struct PgTx {
@@ -172,15 +193,13 @@ pub struct PgTx {
 /// Starts a write transaction.
 pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
     Ok(match db {
-        // IMMEDIATE takes the write lock up front: a deferred transaction that reads
-        // then writes can fail with SQLITE_BUSY when another writer got in between.
-        Database::Sqlite(p, ..) => {
-            let gate = db.background_write_lock().await;
-            Box::new(SqliteTx {
-                tx: p.begin_with("BEGIN IMMEDIATE").await?,
-                pending: Pending::default(),
-                _gate: gate,
-            })
+        // The gate owns SQLite's writer connection (see `store::sqlite`).
+        Database::Sqlite(..) => {
+            let gate = db
+                .background_write_lock()
+                .await
+                .expect("a SQLite database always has a write gate");
+            Box::new(crate::store::sqlite::SqliteTx::begin(gate)?)
         }
         Database::Postgres(p) => Box::new(PgTx {
             tx: p.begin().await?,
@@ -334,29 +353,12 @@ macro_rules! store_tx_impl {
             }
 
             async fn audit(&mut self, a: &AuditRow<'_>) -> Result<(), sqlx::Error> {
-                self.pending.audit.push(PendingAudit {
-                    svix_id: a.svix_id.to_string(),
-                    kind: a.kind,
-                    entity_id: a.entity_id.to_string(),
-                    user_id: a.user_id.map(str::to_string),
-                    operation: a.operation.to_string(),
-                    changes: a.changes.clone(),
-                    version: a.version,
-                    at: a.at,
-                });
+                self.pending.audit.push(PendingAudit::from(a));
                 Ok(())
             }
 
             async fn feed(&mut self, f: &FeedRow<'_>) -> Result<(), sqlx::Error> {
-                self.pending.feed.push(PendingFeed {
-                    kind: f.kind,
-                    entity_id: f.entity_id.to_string(),
-                    operation: f.operation.to_string(),
-                    changed_fields: f.changed_fields.clone(),
-                    version: f.version,
-                    svix_id: f.svix_id.to_string(),
-                    committed_at: f.committed_at,
-                });
+                self.pending.feed.push(PendingFeed::from(f));
                 Ok(())
             }
 
@@ -470,15 +472,6 @@ macro_rules! store_tx_impl {
     };
 }
 
-/// SQLite: `BEGIN IMMEDIATE` already made this transaction the only writer.
-async fn sqlite_lock_all(
-    _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    _held: &mut std::collections::HashMap<String, bool>,
-    _keys: &[(String, bool)],
-) -> Result<(), sqlx::Error> {
-    Ok(())
-}
-
 /// PostgreSQL: every advisory lock of a batch in one round trip.
 async fn pg_lock_all(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
@@ -514,15 +507,8 @@ async fn pg_lock_all(
     Ok(())
 }
 
-// SQLite has one writer at a time, so feed sequence numbers follow commit order.
-store_tx_impl!(
-    SqliteTx,
-    None,
-    sqlite_lock_all,
-    "SELECT status FROM inbox WHERE seq = $1",
-    "",
-    None
-);
+// SQLite's transaction is in `store::sqlite`: one writer at a time, so feed
+// sequence numbers follow commit order there.
 // FOR UPDATE: if a lease expired and two workers hold the same event, the second
 // waits here for the first to commit and then sees it done.
 store_tx_impl!(

@@ -1,0 +1,421 @@
+//! SQLite's write path: one plain connection, owned by the write gate.
+//!
+//! Why not sqlx here: sqlx's SQLite driver hands every statement to a worker
+//! thread and back, and `perf` of a replay showed most of apply's time in that
+//! hand-off (channel wake-ups, futexes, allocation), not in SQLite. The hot
+//! writes (inbox appends, apply transactions) run on one rusqlite connection
+//! with cached prepared statements, synchronously, on a thread allowed to
+//! block (see [`blocking`]). Reads and rare writes keep the sqlx pool.
+//! Must never: touch the connection without holding the write gate (the gate
+//! owns it, so the types enforce this), or await anything but these
+//! synchronous calls inside [`run_blocking`].
+
+use crate::clerk::model::Kind;
+use crate::queue::inbox::NewDelivery;
+use crate::store::db::WriteGuard;
+use crate::store::tx::{
+    AuditRow, Contacts, EntityRow, FeedRow, Pending, PendingAudit, PendingFeed, RefCol, StoreTx,
+};
+use crate::sync::Delivery;
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+/// Opens the writer connection on a database sqlx has already created and
+/// migrated. Settings match the pool's: a commit returns after the WAL fsync.
+pub fn open_writer(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -8000;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// A rusqlite error as the store's error type, keeping SQLite's message.
+#[derive(Debug)]
+pub struct SqliteError {
+    message: String,
+    kind: sqlx::error::ErrorKind,
+}
+
+impl std::fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SqliteError {}
+
+impl sqlx::error::DatabaseError for SqliteError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        match self.kind {
+            sqlx::error::ErrorKind::UniqueViolation => sqlx::error::ErrorKind::UniqueViolation,
+            sqlx::error::ErrorKind::ForeignKeyViolation => {
+                sqlx::error::ErrorKind::ForeignKeyViolation
+            }
+            sqlx::error::ErrorKind::NotNullViolation => sqlx::error::ErrorKind::NotNullViolation,
+            sqlx::error::ErrorKind::CheckViolation => sqlx::error::ErrorKind::CheckViolation,
+            _ => sqlx::error::ErrorKind::Other,
+        }
+    }
+}
+
+pub fn db_err(e: rusqlite::Error) -> sqlx::Error {
+    use rusqlite::ffi;
+    let kind = match e.sqlite_error().map(|s| s.extended_code) {
+        Some(ffi::SQLITE_CONSTRAINT_UNIQUE) | Some(ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+            sqlx::error::ErrorKind::UniqueViolation
+        }
+        Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => sqlx::error::ErrorKind::ForeignKeyViolation,
+        Some(ffi::SQLITE_CONSTRAINT_NOTNULL) => sqlx::error::ErrorKind::NotNullViolation,
+        Some(ffi::SQLITE_CONSTRAINT_CHECK) => sqlx::error::ErrorKind::CheckViolation,
+        _ => sqlx::error::ErrorKind::Other,
+    };
+    sqlx::Error::Database(Box::new(SqliteError {
+        message: e.to_string(),
+        kind,
+    }))
+}
+
+/// Runs synchronous work from async code: on a multi-threaded runtime the
+/// worker hands its other tasks away first (`block_in_place`), so a commit's
+/// fsync does not stall them; elsewhere (single-threaded tests) it runs inline.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Polls to completion a future whose every await is a [`SqliteTx`] call
+/// (they complete at once): the store logic is written once, async, for both
+/// backends, and on SQLite runs here without a scheduler round trip per call.
+pub fn run_blocking<F: std::future::Future>(fut: F) -> F::Output {
+    blocking(|| futures::executor::block_on(fut))
+}
+
+/// Appends deliveries with distinct svix-ids in one transaction; for each row,
+/// whether it was new.
+pub fn append(conn: &mut Connection, rows: &[NewDelivery]) -> Result<Vec<bool>, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(rows.len());
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO inbox (svix_id, event_type, entity_key, object_id, svix_timestamp, \
+             event_timestamp, received_at, body, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7) ON CONFLICT (svix_id) DO NOTHING",
+        )?;
+        for r in rows {
+            let n = stmt.execute(params![
+                r.svix_id,
+                r.event_type,
+                r.entity_key,
+                r.object_id,
+                r.svix_timestamp,
+                r.event_timestamp_ms,
+                r.received_at_ms,
+                r.body,
+            ])?;
+            out.push(n == 1);
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+const COLS: &str = "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
+
+fn entity(r: &rusqlite::Row<'_>) -> rusqlite::Result<EntityRow> {
+    Ok(EntityRow {
+        id: r.get(0)?,
+        version: r.get(1)?,
+        version_key: r.get(2)?,
+        deleted: r.get(3)?,
+        user_id: r.get(4)?,
+        organization_id: r.get(5)?,
+        data: r.get(6)?,
+        synced_at: r.get(7)?,
+    })
+}
+
+/// An apply transaction on the writer connection (`BEGIN IMMEDIATE`: this is
+/// the only writer, so no entity locks are needed). Rolled back if dropped
+/// uncommitted.
+pub struct SqliteTx {
+    pending: Pending,
+    open: bool,
+    gate: WriteGuard,
+}
+
+impl SqliteTx {
+    pub fn begin(mut gate: WriteGuard) -> Result<SqliteTx, sqlx::Error> {
+        blocking(|| gate.conn().execute_batch("BEGIN IMMEDIATE")).map_err(db_err)?;
+        Ok(SqliteTx {
+            pending: Pending::default(),
+            open: true,
+            gate,
+        })
+    }
+
+    fn conn(&mut self) -> &mut Connection {
+        self.gate.conn()
+    }
+
+    fn write_pending(&mut self, p: &Pending) -> rusqlite::Result<()> {
+        let conn = self.gate.conn();
+        let mut done = conn.prepare_cached(
+            "UPDATE inbox SET status = 'done', leased_until = NULL, attempts = attempts + 1, \
+             processed_at = ?2, duration_us = ?3 WHERE seq = ?1",
+        )?;
+        for (seq, at, us) in &p.done {
+            done.execute(params![seq, at, us])?;
+        }
+        let mut audit = conn.prepare_cached(
+            "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for a in &p.audit {
+            audit.execute(params![
+                a.svix_id,
+                a.kind.as_str(),
+                a.entity_id,
+                a.user_id,
+                a.operation,
+                a.changes,
+                a.version,
+                a.at
+            ])?;
+        }
+        let mut feed = conn.prepare_cached(
+            "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for f in &p.feed {
+            feed.execute(params![
+                f.kind.as_str(),
+                f.entity_id,
+                f.operation,
+                f.changed_fields,
+                f.version,
+                f.svix_id,
+                f.committed_at
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.open {
+            // The gate (dropped after this) is only reopened once SQLite's
+            // write lock is released.
+            let conn = self.gate.conn();
+            let _ = blocking(|| conn.execute_batch("ROLLBACK"));
+        }
+    }
+}
+
+#[async_trait]
+impl StoreTx for SqliteTx {
+    async fn lock(&mut self, _key: &str) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    async fn lock_shared(&mut self, _key: &str) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    async fn lock_all(&mut self, _keys: &[(String, bool)]) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error> {
+        let sql = format!("SELECT {COLS} FROM {} WHERE id = ?1", kind.table());
+        let mut stmt = self.conn().prepare_cached(&sql).map_err(db_err)?;
+        stmt.query_row([id], entity).optional().map_err(db_err)
+    }
+
+    async fn put(&mut self, kind: Kind, r: &EntityRow) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {} ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
+             version_key = excluded.version_key, deleted = excluded.deleted, \
+             user_id = excluded.user_id, organization_id = excluded.organization_id, \
+             data = excluded.data, synced_at = excluded.synced_at",
+            kind.table()
+        );
+        let mut stmt = self.conn().prepare_cached(&sql).map_err(db_err)?;
+        stmt.execute(params![
+            r.id,
+            r.version,
+            r.version_key,
+            r.deleted,
+            r.user_id,
+            r.organization_id,
+            r.data,
+            r.synced_at
+        ])
+        .map(|_| ())
+        .map_err(db_err)
+    }
+
+    async fn live_by(
+        &mut self,
+        kind: Kind,
+        by: RefCol,
+        value: &str,
+    ) -> Result<Vec<EntityRow>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {COLS} FROM {} WHERE {} = ?1 AND deleted = 0 ORDER BY id",
+            kind.table(),
+            by.column()
+        );
+        let mut stmt = self.conn().prepare_cached(&sql).map_err(db_err)?;
+        let rows = stmt.query_map([value], entity).map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    async fn replace_contacts(&mut self, user_id: &str, c: &Contacts) -> Result<(), sqlx::Error> {
+        let conn = self.conn();
+        let run = || -> rusqlite::Result<()> {
+            for t in ["user_emails", "user_phones", "user_external_accounts"] {
+                conn.prepare_cached(&format!("DELETE FROM {t} WHERE user_id = ?1"))?
+                    .execute([user_id])?;
+            }
+            let mut s = conn.prepare_cached(
+                "INSERT INTO user_emails (user_id, id, email_address, is_primary) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )?;
+            for (id, addr, primary) in &c.emails {
+                s.execute(params![user_id, id, addr, primary])?;
+            }
+            let mut s = conn.prepare_cached(
+                "INSERT INTO user_phones (user_id, id, phone_number, is_primary) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )?;
+            for (id, number, primary) in &c.phones {
+                s.execute(params![user_id, id, number, primary])?;
+            }
+            let mut s = conn.prepare_cached(
+                "INSERT INTO user_external_accounts (user_id, id, provider, email_address) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )?;
+            for (id, provider, email) in &c.external_accounts {
+                s.execute(params![user_id, id, provider, email])?;
+            }
+            Ok(())
+        };
+        run().map_err(db_err)
+    }
+
+    async fn archive(&mut self, kind: Kind, r: &EntityRow, at: i64) -> Result<(), sqlx::Error> {
+        let user = if kind == Kind::User {
+            Some(r.id.as_str())
+        } else {
+            r.user_id.as_deref()
+        };
+        let mut stmt = self
+            .conn()
+            .prepare_cached(
+                "INSERT INTO archive (kind, entity_id, user_id, version, data, archived_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_err)?;
+        stmt.execute(params![kind.as_str(), r.id, user, r.version, r.data, at])
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    async fn audit(&mut self, a: &AuditRow<'_>) -> Result<(), sqlx::Error> {
+        self.pending.audit.push(PendingAudit::from(a));
+        Ok(())
+    }
+
+    async fn feed(&mut self, f: &FeedRow<'_>) -> Result<(), sqlx::Error> {
+        self.pending.feed.push(PendingFeed::from(f));
+        Ok(())
+    }
+
+    async fn inbox_status(&mut self, seq: i64) -> Result<Option<String>, sqlx::Error> {
+        if let Some(st) = self.pending.statuses.get(&seq) {
+            return Ok(Some(st.clone()));
+        }
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT status FROM inbox WHERE seq = ?1")
+            .map_err(db_err)?;
+        stmt.query_row([seq], |r| r.get(0))
+            .optional()
+            .map_err(db_err)
+    }
+
+    async fn prefetch_statuses(&mut self, _seqs: &[i64]) -> Result<(), sqlx::Error> {
+        // One indexed lookup per event costs about what a batched IN (...) would,
+        // without a new statement text per batch size.
+        Ok(())
+    }
+
+    async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), sqlx::Error> {
+        self.pending.done.push((seq, at, duration_us));
+        self.pending.statuses.insert(seq, "done".into());
+        Ok(())
+    }
+
+    async fn due(&mut self, now: i64, limit: i64) -> Result<Vec<Delivery>, sqlx::Error> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached(
+                "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, \
+                 received_at, body, attempts FROM inbox WHERE status IN ('pending', 'failed') \
+                 AND next_attempt_at <= ?1 AND (leased_until IS NULL OR leased_until < ?1) \
+                 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![now, limit], |r| {
+                Ok(Delivery {
+                    seq: r.get(0)?,
+                    svix_id: r.get(1)?,
+                    event_type: r.get(2)?,
+                    entity_key: r.get(3)?,
+                    svix_timestamp: r.get(4)?,
+                    event_timestamp: r.get(5)?,
+                    received_at: r.get(6)?,
+                    body: r.get(7)?,
+                    attempts: r.get(8)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error> {
+        let pending = std::mem::take(&mut self.pending);
+        self.write_pending(&pending).map_err(db_err)?;
+        let conn = self.gate.conn();
+        blocking(|| conn.execute_batch("COMMIT")).map_err(db_err)?;
+        self.open = false;
+        Ok(pending
+            .feed
+            .into_iter()
+            .map(|f| (f.kind, f.entity_id))
+            .collect())
+    }
+}
