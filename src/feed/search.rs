@@ -147,7 +147,10 @@ pub struct IndexOptions {
 impl Default for IndexOptions {
     fn default() -> Self {
         Self {
-            commit_interval: Duration::from_millis(50),
+            // Each commit writes a segment and later merges it: at 50 ms the index
+            // took about 13% of the server's CPU under a 3,500 events/s load.
+            // A change is searchable within this interval (plus the batch).
+            commit_interval: Duration::from_millis(250),
             writer_threads: 1,
             writer_memory_bytes: 64 << 20,
         }
