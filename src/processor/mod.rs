@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::store::db::Database;
 use crate::store::maintenance::{prune_feed, purge_expired};
 use crate::store::tx::begin;
-use crate::sync::{apply, batch_lock_keys, Delivery, Outcome, SyncError};
+use crate::sync::{apply, plan_batch, Delivery, Outcome, SyncError};
 use crate::telemetry::metrics::{event_type_label, EventLabels, Metrics};
 use futures::FutureExt;
 use std::hash::{Hash, Hasher};
@@ -330,10 +330,13 @@ impl Processor {
         let sqlite = matches!(self.db, Database::Sqlite(..));
         let fut = async {
             let seqs: Vec<i64> = items.iter().map(|(d, _)| d.seq).collect();
-            // SQLite's one writer needs no entity locks: skip parsing for them.
+            // SQLite's one writer needs no entity locks, and its reads are local:
+            // skip parsing for them. A single event takes its locks in `apply`.
             if items.len() > 1 && !sqlite {
                 let ds: Vec<&Delivery> = items.iter().map(|(d, _)| d).collect();
-                tx.lock_all(&batch_lock_keys(&ds)).await?;
+                let plan = plan_batch(&ds);
+                tx.lock_all(&plan.locks).await?;
+                tx.prefetch(&plan.rows).await?;
             }
             tx.prefetch_statuses(&seqs).await?;
             let mut out = Vec::with_capacity(items.len());

@@ -90,6 +90,12 @@ pub trait StoreTx: Send {
     /// global order for every caller); later `lock`/`lock_shared` calls for keys
     /// held are free.
     async fn lock_all(&mut self, keys: &[(String, bool)]) -> Result<(), sqlx::Error>;
+    /// Reads these rows into the transaction's memory (one query per kind), so
+    /// `get` answers them without a round trip. Only for rows whose locks the
+    /// transaction already holds: nobody else can change them before commit.
+    async fn prefetch(&mut self, _keys: &[(Kind, String)]) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
     async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error>;
     async fn put(&mut self, kind: Kind, row: &EntityRow) -> Result<(), sqlx::Error>;
     /// Live (not deleted) rows of `kind` whose `by` column is `value`.
@@ -183,6 +189,8 @@ pub(crate) struct Pending {
     pub statuses: std::collections::HashMap<i64, String>,
     /// Advisory locks held by this transaction: key -> exclusive.
     pub locks: std::collections::HashMap<String, bool>,
+    /// Prefetched rows (None: no such row), kept current by this transaction's puts.
+    pub rows: std::collections::HashMap<(Kind, String), Option<EntityRow>>,
 }
 
 pub struct PgTx {
@@ -243,7 +251,31 @@ macro_rules! store_tx_impl {
                 $lock_all_fn(&mut self.tx, &mut self.pending.locks, keys).await
             }
 
+            async fn prefetch(&mut self, keys: &[(Kind, String)]) -> Result<(), sqlx::Error> {
+                let mut by_kind: std::collections::BTreeMap<Kind, Vec<&str>> = Default::default();
+                for (kind, id) in keys {
+                    if !self.pending.rows.contains_key(&(*kind, id.clone())) {
+                        by_kind.entry(*kind).or_default().push(id);
+                    }
+                }
+                for (kind, ids) in by_kind {
+                    let sql = format!("SELECT {COLS} FROM {} WHERE id = ANY($1)", kind.table());
+                    let found: Vec<EntityRow> =
+                        sqlx::query_as(&sql).bind(&ids).fetch_all(&mut *self.tx).await?;
+                    for id in ids {
+                        self.pending.rows.insert((kind, id.to_string()), None);
+                    }
+                    for row in found {
+                        self.pending.rows.insert((kind, row.id.clone()), Some(row));
+                    }
+                }
+                Ok(())
+            }
+
             async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error> {
+                if let Some(row) = self.pending.rows.get(&(kind, id.to_string())) {
+                    return Ok(row.clone());
+                }
                 let sql = format!("SELECT {COLS} FROM {} WHERE id = $1", kind.table());
                 sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.tx).await
             }
@@ -267,8 +299,11 @@ macro_rules! store_tx_impl {
                     .bind(&r.data)
                     .bind(r.synced_at)
                     .execute(&mut *self.tx)
-                    .await
-                    .map(|_| ())
+                    .await?;
+                if let Some(cached) = self.pending.rows.get_mut(&(kind, r.id.clone())) {
+                    *cached = Some(r.clone());
+                }
+                Ok(())
             }
 
             async fn live_by(

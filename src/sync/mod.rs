@@ -113,22 +113,40 @@ fn lock_keys(c: &Change) -> Vec<(String, bool)> {
     keys
 }
 
-/// The locks of a whole batch, in the one global order (by key; exclusive wins
-/// over shared). A batch takes them all before it applies anything, so two
-/// workers can never each hold a key the other waits for: taken event by event,
-/// a worker holding user A shared (a membership) and waiting for user B could
-/// meet one holding B exclusively (a user update) and waiting for A.
-pub fn batch_lock_keys(deliveries: &[&Delivery]) -> Vec<(String, bool)> {
-    let mut all: std::collections::BTreeMap<String, bool> = Default::default();
+/// What a batch touches, read from its events once before it applies anything.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// Every lock of the batch, in the one global order (by key; exclusive wins
+    /// over shared). A batch takes them all before it applies anything, so two
+    /// workers can never each hold a key the other waits for: taken event by
+    /// event, a worker holding user A shared (a membership) and waiting for user
+    /// B could meet one holding B exclusively (a user update) and waiting for A.
+    pub locks: Vec<(String, bool)>,
+    /// The rows the events read first: each event's entity and its parents.
+    /// Once the locks are held nobody else can change them, so they can be read
+    /// in one query per kind instead of one per event.
+    pub rows: Vec<(Kind, String)>,
+}
+
+pub fn plan_batch(deliveries: &[&Delivery]) -> BatchPlan {
+    let mut locks: std::collections::BTreeMap<String, bool> = Default::default();
+    let mut rows: std::collections::BTreeSet<(Kind, String)> = Default::default();
     for d in deliveries {
         // An event that does not parse takes no lock; it fails on its own in apply.
         if let Ok(Parsed::Change(c)) = parse_event(&d.event_type, &d.body, d.svix_timestamp) {
             for (k, exclusive) in lock_keys(&c) {
-                *all.entry(k).or_insert(false) |= exclusive;
+                *locks.entry(k).or_insert(false) |= exclusive;
+            }
+            rows.insert((c.kind, c.id.clone()));
+            for (k, id) in parents(&c) {
+                rows.insert((k, id.to_string()));
             }
         }
     }
-    all.into_iter().collect()
+    BatchPlan {
+        locks: locks.into_iter().collect(),
+        rows: rows.into_iter().collect(),
+    }
 }
 
 /// Takes the event's locks (no-ops for those its batch already holds), keys in
