@@ -250,3 +250,18 @@ impl WriteGate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_in_memory_sqlite_url_is_refused_with_a_clear_error() {
+        for url in ["sqlite::memory:", "sqlite://file:x?mode=memory"] {
+            let u = DatabaseUrl::parse(url).unwrap();
+            let err = Database::open(&u).await.unwrap_err();
+            assert!(matches!(err, DbError::InMemory(_)), "{url}: {err}");
+            assert!(err.to_string().contains("on disk"), "{err}");
+        }
+    }
+}

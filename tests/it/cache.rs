@@ -337,6 +337,14 @@ async fn group_invalidation_refreshes_member_lists() {
     s.post("msg_g0", &org).await;
     s.post("msg_g1", &mem("org:member", 1)).await;
     s.settle().await;
+    // The cache consumer's own invalidations of these changes come first: one
+    // arriving after the first read would drop the list it just cached.
+    s.wait_for(
+        "SELECT COUNT(*) FROM feed_checkpoints WHERE consumer = 'cache' \
+         AND seq >= (SELECT MAX(seq) FROM change_feed)",
+        1,
+    )
+    .await;
     let first = s
         .get_json("/v1/organizations/org_g/memberships", None)
         .await
