@@ -1,9 +1,9 @@
 //! The write side of the store: one transaction, the operations `sync` needs.
 //!
 //! Why a trait: the convergence rules in `sync` are written once and run on both
-//! backends. The SQL is the same text on both (SQLite accepts `$n` parameters);
-//! a macro stamps out the two implementations. Must never: decide anything
-//! (that is `sync`'s job) or commit on its own.
+//! backends. PostgreSQL's transaction is here; SQLite's runs on the write
+//! gate's own connection (`store::sqlite`). Must never: decide anything (that is
+//! `sync`'s job) or commit on its own.
 
 use crate::clerk::model::Kind;
 use crate::store::db::Database;
@@ -218,121 +218,123 @@ pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
 
 const COLS: &str = "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
 
-macro_rules! store_tx_impl {
-    ($ty:ty, $lock_sql:expr, $lock_all_fn:ident, $status_sql:expr, $status_suffix:expr, $feed_lock_sql:expr) => {
-        #[async_trait]
-        impl StoreTx for $ty {
-            async fn lock(&mut self, key: &str) -> Result<(), sqlx::Error> {
-                let sql: Option<&str> = $lock_sql;
-                if let Some(sql) = sql {
-                    if self.pending.locks.get(key) == Some(&true) {
-                        return Ok(());
-                    }
-                    sqlx::query(sql).bind(key).execute(&mut *self.tx).await?;
-                    self.pending.locks.insert(key.to_string(), true);
-                }
-                Ok(())
-            }
+#[async_trait]
+impl StoreTx for PgTx {
+    async fn lock(&mut self, key: &str) -> Result<(), sqlx::Error> {
+        if self.pending.locks.get(key) == Some(&true) {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await?;
+        self.pending.locks.insert(key.to_string(), true);
+        Ok(())
+    }
 
-            async fn lock_shared(&mut self, key: &str) -> Result<(), sqlx::Error> {
-                let sql: Option<&str> = $lock_sql;
-                if let Some(sql) = sql {
-                    if self.pending.locks.contains_key(key) {
-                        return Ok(());
-                    }
-                    let sql = sql.replace("pg_advisory_xact_lock(", "pg_advisory_xact_lock_shared(");
-                    sqlx::query(&sql).bind(key).execute(&mut *self.tx).await?;
-                    self.pending.locks.insert(key.to_string(), false);
-                }
-                Ok(())
-            }
+    async fn lock_shared(&mut self, key: &str) -> Result<(), sqlx::Error> {
+        if self.pending.locks.contains_key(key) {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await?;
+        self.pending.locks.insert(key.to_string(), false);
+        Ok(())
+    }
 
-            async fn lock_all(&mut self, keys: &[(String, bool)]) -> Result<(), sqlx::Error> {
-                $lock_all_fn(&mut self.tx, &mut self.pending.locks, keys).await
-            }
+    async fn lock_all(&mut self, keys: &[(String, bool)]) -> Result<(), sqlx::Error> {
+        pg_lock_all(&mut self.tx, &mut self.pending.locks, keys).await
+    }
 
-            async fn prefetch(&mut self, keys: &[(Kind, String)]) -> Result<(), sqlx::Error> {
-                let mut by_kind: std::collections::BTreeMap<Kind, Vec<&str>> = Default::default();
-                for (kind, id) in keys {
-                    if !self.pending.rows.contains_key(&(*kind, id.clone())) {
-                        by_kind.entry(*kind).or_default().push(id);
-                    }
-                }
-                for (kind, ids) in by_kind {
-                    let sql = format!("SELECT {COLS} FROM {} WHERE id = ANY($1)", kind.table());
-                    let found: Vec<EntityRow> =
-                        sqlx::query_as(&sql).bind(&ids).fetch_all(&mut *self.tx).await?;
-                    for id in ids {
-                        self.pending.rows.insert((kind, id.to_string()), None);
-                    }
-                    for row in found {
-                        self.pending.rows.insert((kind, row.id.clone()), Some(row));
-                    }
-                }
-                Ok(())
+    async fn prefetch(&mut self, keys: &[(Kind, String)]) -> Result<(), sqlx::Error> {
+        let mut by_kind: std::collections::BTreeMap<Kind, Vec<&str>> = Default::default();
+        for (kind, id) in keys {
+            if !self.pending.rows.contains_key(&(*kind, id.clone())) {
+                by_kind.entry(*kind).or_default().push(id);
             }
-
-            async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error> {
-                if let Some(row) = self.pending.rows.get(&(kind, id.to_string())) {
-                    return Ok(row.clone());
-                }
-                let sql = format!("SELECT {COLS} FROM {} WHERE id = $1", kind.table());
-                sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.tx).await
+        }
+        for (kind, ids) in by_kind {
+            let sql = format!("SELECT {COLS} FROM {} WHERE id = ANY($1)", kind.table());
+            let found: Vec<EntityRow> = sqlx::query_as(&sql)
+                .bind(&ids)
+                .fetch_all(&mut *self.tx)
+                .await?;
+            for id in ids {
+                self.pending.rows.insert((kind, id.to_string()), None);
             }
+            for row in found {
+                self.pending.rows.insert((kind, row.id.clone()), Some(row));
+            }
+        }
+        Ok(())
+    }
 
-            async fn put(&mut self, kind: Kind, r: &EntityRow) -> Result<(), sqlx::Error> {
-                let sql = format!(
-                    "INSERT INTO {} ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+    async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error> {
+        if let Some(row) = self.pending.rows.get(&(kind, id.to_string())) {
+            return Ok(row.clone());
+        }
+        let sql = format!("SELECT {COLS} FROM {} WHERE id = $1", kind.table());
+        sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+    }
+
+    async fn put(&mut self, kind: Kind, r: &EntityRow) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {} ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
                      version_key = excluded.version_key, deleted = excluded.deleted, \
                      user_id = excluded.user_id, organization_id = excluded.organization_id, \
                      data = excluded.data, synced_at = excluded.synced_at",
-                    kind.table()
-                );
-                sqlx::query(&sql)
-                    .bind(&r.id)
-                    .bind(r.version)
-                    .bind(&r.version_key)
-                    .bind(r.deleted)
-                    .bind(&r.user_id)
-                    .bind(&r.organization_id)
-                    .bind(&r.data)
-                    .bind(r.synced_at)
-                    .execute(&mut *self.tx)
-                    .await?;
-                if let Some(cached) = self.pending.rows.get_mut(&(kind, r.id.clone())) {
-                    *cached = Some(r.clone());
-                }
-                Ok(())
-            }
+            kind.table()
+        );
+        sqlx::query(&sql)
+            .bind(&r.id)
+            .bind(r.version)
+            .bind(&r.version_key)
+            .bind(r.deleted)
+            .bind(&r.user_id)
+            .bind(&r.organization_id)
+            .bind(&r.data)
+            .bind(r.synced_at)
+            .execute(&mut *self.tx)
+            .await?;
+        if let Some(cached) = self.pending.rows.get_mut(&(kind, r.id.clone())) {
+            *cached = Some(r.clone());
+        }
+        Ok(())
+    }
 
-            async fn live_by(
-                &mut self,
-                kind: Kind,
-                by: RefCol,
-                value: &str,
-            ) -> Result<Vec<EntityRow>, sqlx::Error> {
-                let sql = format!(
-                    "SELECT {COLS} FROM {} WHERE {} = $1 AND deleted = $2 ORDER BY id",
-                    kind.table(),
-                    by.column()
-                );
-                sqlx::query_as(&sql)
-                    .bind(value)
-                    .bind(false)
-                    .fetch_all(&mut *self.tx)
-                    .await
-            }
+    async fn live_by(
+        &mut self,
+        kind: Kind,
+        by: RefCol,
+        value: &str,
+    ) -> Result<Vec<EntityRow>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {COLS} FROM {} WHERE {} = $1 AND deleted = $2 ORDER BY id",
+            kind.table(),
+            by.column()
+        );
+        sqlx::query_as(&sql)
+            .bind(value)
+            .bind(false)
+            .fetch_all(&mut *self.tx)
+            .await
+    }
 
-            async fn replace_contacts(&mut self, user_id: &str, c: &Contacts) -> Result<(), sqlx::Error> {
-                for t in ["user_emails", "user_phones", "user_external_accounts"] {
-                    sqlx::query(&format!("DELETE FROM {t} WHERE user_id = $1"))
-                        .bind(user_id)
-                        .execute(&mut *self.tx)
-                        .await?;
-                }
-                for (id, addr, primary) in &c.emails {
-                    sqlx::query(
+    async fn replace_contacts(&mut self, user_id: &str, c: &Contacts) -> Result<(), sqlx::Error> {
+        for t in ["user_emails", "user_phones", "user_external_accounts"] {
+            sqlx::query(&format!("DELETE FROM {t} WHERE user_id = $1"))
+                .bind(user_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        for (id, addr, primary) in &c.emails {
+            sqlx::query(
                         "INSERT INTO user_emails (user_id, id, email_address, is_primary) VALUES ($1, $2, $3, $4) \
                          ON CONFLICT DO NOTHING",
                     )
@@ -342,9 +344,9 @@ macro_rules! store_tx_impl {
                     .bind(*primary)
                     .execute(&mut *self.tx)
                     .await?;
-                }
-                for (id, number, primary) in &c.phones {
-                    sqlx::query(
+        }
+        for (id, number, primary) in &c.phones {
+            sqlx::query(
                         "INSERT INTO user_phones (user_id, id, phone_number, is_primary) VALUES ($1, $2, $3, $4) \
                          ON CONFLICT DO NOTHING",
                     )
@@ -354,77 +356,87 @@ macro_rules! store_tx_impl {
                     .bind(*primary)
                     .execute(&mut *self.tx)
                     .await?;
-                }
-                for (id, provider, email) in &c.external_accounts {
-                    sqlx::query(
-                        "INSERT INTO user_external_accounts (user_id, id, provider, email_address) \
+        }
+        for (id, provider, email) in &c.external_accounts {
+            sqlx::query(
+                "INSERT INTO user_external_accounts (user_id, id, provider, email_address) \
                          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(user_id)
-                    .bind(id)
-                    .bind(provider)
-                    .bind(email)
-                    .execute(&mut *self.tx)
-                    .await?;
-                }
-                Ok(())
-            }
+            )
+            .bind(user_id)
+            .bind(id)
+            .bind(provider)
+            .bind(email)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
 
-            async fn archive(&mut self, kind: Kind, r: &EntityRow, at: i64) -> Result<(), sqlx::Error> {
-                let user = if kind == Kind::User { Some(r.id.as_str()) } else { r.user_id.as_deref() };
-                sqlx::query(
-                    "INSERT INTO archive (kind, entity_id, user_id, version, data, archived_at) \
+    async fn archive(&mut self, kind: Kind, r: &EntityRow, at: i64) -> Result<(), sqlx::Error> {
+        let user = if kind == Kind::User {
+            Some(r.id.as_str())
+        } else {
+            r.user_id.as_deref()
+        };
+        sqlx::query(
+            "INSERT INTO archive (kind, entity_id, user_id, version, data, archived_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(kind.as_str())
-                .bind(&r.id)
-                .bind(user)
-                .bind(r.version)
-                .bind(&r.data)
-                .bind(at)
-                .execute(&mut *self.tx)
-                .await
-                .map(|_| ())
-            }
+        )
+        .bind(kind.as_str())
+        .bind(&r.id)
+        .bind(user)
+        .bind(r.version)
+        .bind(&r.data)
+        .bind(at)
+        .execute(&mut *self.tx)
+        .await
+        .map(|_| ())
+    }
 
-            async fn audit(&mut self, a: &AuditRow<'_>) -> Result<(), sqlx::Error> {
-                self.pending.audit.push(PendingAudit::from(a));
-                Ok(())
-            }
+    async fn audit(&mut self, a: &AuditRow<'_>) -> Result<(), sqlx::Error> {
+        self.pending.audit.push(PendingAudit::from(a));
+        Ok(())
+    }
 
-            async fn feed(&mut self, f: &FeedRow<'_>) -> Result<(), sqlx::Error> {
-                self.pending.feed.push(PendingFeed::from(f));
-                Ok(())
-            }
+    async fn feed(&mut self, f: &FeedRow<'_>) -> Result<(), sqlx::Error> {
+        self.pending.feed.push(PendingFeed::from(f));
+        Ok(())
+    }
 
-            async fn inbox_status(&mut self, seq: i64) -> Result<Option<String>, sqlx::Error> {
-                if let Some(st) = self.pending.statuses.get(&seq) {
-                    return Ok(Some(st.clone()));
-                }
-                sqlx::query_scalar($status_sql)
-                    .bind(seq)
-                    .fetch_optional(&mut *self.tx)
-                    .await
-            }
+    async fn inbox_status(&mut self, seq: i64) -> Result<Option<String>, sqlx::Error> {
+        if let Some(st) = self.pending.statuses.get(&seq) {
+            return Ok(Some(st.clone()));
+        }
+        // FOR UPDATE: if a lease expired and two workers hold the same event,
+        // the second waits here for the first to commit and then sees it done.
+        sqlx::query_scalar("SELECT status FROM inbox WHERE seq = $1 FOR UPDATE")
+            .bind(seq)
+            .fetch_optional(&mut *self.tx)
+            .await
+    }
 
-            async fn prefetch_statuses(&mut self, seqs: &[i64]) -> Result<(), sqlx::Error> {
-                if seqs.is_empty() {
-                    return Ok(());
-                }
-                let mut qb = QueryBuilder::new("SELECT seq, status FROM inbox WHERE seq IN (");
-                let mut list = qb.separated(", ");
-                for s in seqs {
-                    list.push_bind(*s);
-                }
-                qb.push(")");
-                qb.push($status_suffix);
-                let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *self.tx).await?;
-                self.pending.statuses.extend(rows);
-                Ok(())
-            }
+    async fn prefetch_statuses(&mut self, seqs: &[i64]) -> Result<(), sqlx::Error> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut qb = QueryBuilder::new("SELECT seq, status FROM inbox WHERE seq IN (");
+        let mut list = qb.separated(", ");
+        for s in seqs {
+            list.push_bind(*s);
+        }
+        qb.push(")");
+        qb.push(" FOR UPDATE");
+        let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *self.tx).await?;
+        self.pending.statuses.extend(rows);
+        Ok(())
+    }
 
-            async fn due(&mut self, now: i64, limit: i64) -> Result<Vec<crate::sync::Delivery>, sqlx::Error> {
-                sqlx::query_as(
+    async fn due(
+        &mut self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::sync::Delivery>, sqlx::Error> {
+        sqlx::query_as(
                     "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts \
                      FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
                      AND (leased_until IS NULL OR leased_until < $1) ORDER BY seq LIMIT $2",
@@ -433,78 +445,90 @@ macro_rules! store_tx_impl {
                 .bind(limit)
                 .fetch_all(&mut *self.tx)
                 .await
-            }
+    }
 
-            async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), sqlx::Error> {
-                self.pending.done.push((seq, at, duration_us));
-                self.pending.statuses.insert(seq, "done".into());
-                Ok(())
-            }
+    async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), sqlx::Error> {
+        self.pending.done.push((seq, at, duration_us));
+        self.pending.statuses.insert(seq, "done".into());
+        Ok(())
+    }
 
-            async fn commit(mut self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error> {
-                let pending = std::mem::take(&mut self.pending);
-                for chunk in pending.done.chunks(500) {
-                    let mut qb = QueryBuilder::new(
-                        "UPDATE inbox SET status = 'done', leased_until = NULL, attempts = attempts + 1, \
+    async fn commit(mut self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error> {
+        let pending = std::mem::take(&mut self.pending);
+        for chunk in pending.done.chunks(500) {
+            let mut qb = QueryBuilder::new(
+                "UPDATE inbox SET status = 'done', leased_until = NULL, attempts = attempts + 1, \
                          processed_at = CASE seq",
-                    );
-                    for (seq, at, _) in chunk {
-                        qb.push(" WHEN ").push_bind(*seq).push(" THEN ").push_bind(*at);
-                    }
-                    qb.push(" END, duration_us = CASE seq");
-                    for (seq, _, us) in chunk {
-                        qb.push(" WHEN ").push_bind(*seq).push(" THEN ").push_bind(*us);
-                    }
-                    qb.push(" END WHERE seq IN (");
-                    let mut list = qb.separated(", ");
-                    for (seq, _, _) in chunk {
-                        list.push_bind(*seq);
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut *self.tx).await?;
-                }
-                for chunk in pending.audit.chunks(500) {
-                    let mut qb = QueryBuilder::new(
+            );
+            for (seq, at, _) in chunk {
+                qb.push(" WHEN ")
+                    .push_bind(*seq)
+                    .push(" THEN ")
+                    .push_bind(*at);
+            }
+            qb.push(" END, duration_us = CASE seq");
+            for (seq, _, us) in chunk {
+                qb.push(" WHEN ")
+                    .push_bind(*seq)
+                    .push(" THEN ")
+                    .push_bind(*us);
+            }
+            qb.push(" END WHERE seq IN (");
+            let mut list = qb.separated(", ");
+            for (seq, _, _) in chunk {
+                list.push_bind(*seq);
+            }
+            qb.push(")");
+            qb.build().execute(&mut *self.tx).await?;
+        }
+        for chunk in pending.audit.chunks(500) {
+            let mut qb = QueryBuilder::new(
                         "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) ",
                     );
-                    qb.push_values(chunk, |mut b, a| {
-                        b.push_bind(&a.svix_id)
-                            .push_bind(a.kind.as_str())
-                            .push_bind(&a.entity_id)
-                            .push_bind(&a.user_id)
-                            .push_bind(&a.operation)
-                            .push_bind(&a.changes)
-                            .push_bind(a.version)
-                            .push_bind(a.at);
-                    });
-                    qb.build().execute(&mut *self.tx).await?;
-                }
-                if !pending.feed.is_empty() {
-                    let feed_lock: Option<&str> = $feed_lock_sql;
-                    if let Some(sql) = feed_lock {
-                        sqlx::query(sql).execute(&mut *self.tx).await?;
-                    }
-                }
-                for chunk in pending.feed.chunks(500) {
-                    let mut qb = QueryBuilder::new(
+            qb.push_values(chunk, |mut b, a| {
+                b.push_bind(&a.svix_id)
+                    .push_bind(a.kind.as_str())
+                    .push_bind(&a.entity_id)
+                    .push_bind(&a.user_id)
+                    .push_bind(&a.operation)
+                    .push_bind(&a.changes)
+                    .push_bind(a.version)
+                    .push_bind(a.at);
+            });
+            qb.build().execute(&mut *self.tx).await?;
+        }
+        if !pending.feed.is_empty() {
+            // A BIGSERIAL is handed out at insert, not at commit: two
+            // transactions could commit their feed rows out of sequence
+            // order and a consumer that has read past a gap would never
+            // see the row that fills it. Holding this lock from the first
+            // feed insert to commit makes feed order commit order.
+            sqlx::query("SELECT pg_advisory_xact_lock(7161285123001)")
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        for chunk in pending.feed.chunks(500) {
+            let mut qb = QueryBuilder::new(
                         "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) ",
                     );
-                    qb.push_values(chunk, |mut b, f| {
-                        b.push_bind(f.kind.as_str())
-                            .push_bind(&f.entity_id)
-                            .push_bind(&f.operation)
-                            .push_bind(&f.changed_fields)
-                            .push_bind(f.version)
-                            .push_bind(&f.svix_id)
-                            .push_bind(f.committed_at);
-                    });
-                    qb.build().execute(&mut *self.tx).await?;
-                }
-                self.tx.commit().await?;
-                Ok(pending.feed.into_iter().map(|f| (f.kind, f.entity_id)).collect())
-            }
+            qb.push_values(chunk, |mut b, f| {
+                b.push_bind(f.kind.as_str())
+                    .push_bind(&f.entity_id)
+                    .push_bind(&f.operation)
+                    .push_bind(&f.changed_fields)
+                    .push_bind(f.version)
+                    .push_bind(&f.svix_id)
+                    .push_bind(f.committed_at);
+            });
+            qb.build().execute(&mut *self.tx).await?;
         }
-    };
+        self.tx.commit().await?;
+        Ok(pending
+            .feed
+            .into_iter()
+            .map(|f| (f.kind, f.entity_id))
+            .collect())
+    }
 }
 
 /// PostgreSQL: every advisory lock of a batch in one round trip.
@@ -544,17 +568,3 @@ async fn pg_lock_all(
 
 // SQLite's transaction is in `store::sqlite`: one writer at a time, so feed
 // sequence numbers follow commit order there.
-// FOR UPDATE: if a lease expired and two workers hold the same event, the second
-// waits here for the first to commit and then sees it done.
-store_tx_impl!(
-    PgTx,
-    Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"),
-    pg_lock_all,
-    "SELECT status FROM inbox WHERE seq = $1 FOR UPDATE",
-    " FOR UPDATE",
-    // A BIGSERIAL is handed out at insert, not at commit: two transactions could
-    // commit their feed rows out of sequence order and a consumer that has read
-    // past a gap would never see the row that fills it. Holding this lock from
-    // the first feed insert to commit makes feed order commit order.
-    Some("SELECT pg_advisory_xact_lock(7161285123001)")
-);
