@@ -78,7 +78,7 @@ def main():
     for kv in a.env:
         k, v = kv.split("=", 1)
         env[k] = v
-    log = open(os.path.join(data, "serve.log"), "w")
+    log = open(os.environ.get("BENCH_SERVE_LOG") or os.path.join(data, "serve.log"), "w")
     server = subprocess.Popen([a.bin, "serve", "--data-dir", data], env=env,
                               stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"

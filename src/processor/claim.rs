@@ -49,6 +49,22 @@ pub async fn claim(
     Ok(rows)
 }
 
+/// Due events (pending, or failed and due for retry, not leased by anyone),
+/// oldest first, without leasing them: for SQLite's single in-place worker,
+/// which re-checks each one's status inside its transaction.
+pub async fn due(db: &Database, now: i64, limit: i64) -> Result<Vec<Delivery>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
+         AND (leased_until IS NULL OR leased_until < $1) ORDER BY seq LIMIT $2",
+        RETURNING.trim_start_matches("RETURNING ")
+    );
+    on_pool!(db, |p| sqlx::query_as(&sql)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(p)
+        .await)
+}
+
 /// Gives back leases (shutdown).
 pub async fn release(db: &Database, seqs: &[i64]) -> Result<(), sqlx::Error> {
     let _gate = db.write_lock().await;

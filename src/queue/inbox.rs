@@ -50,8 +50,12 @@ pub async fn append_batch(db: &Database, rows: &[NewDelivery]) -> Result<Vec<boo
                 .as_mut()
                 .expect("a SQLite database always has a write gate")
                 .conn();
-            return crate::store::sqlite::blocking(|| crate::store::sqlite::append(conn, rows))
-                .map_err(crate::store::sqlite::db_err);
+            let flags = crate::store::sqlite::blocking(|| crate::store::sqlite::append(conn, rows))
+                .map_err(crate::store::sqlite::db_err)?;
+            // Durable before anyone is answered; the fsync waits without the gate.
+            drop(gate);
+            db.sync()?;
+            return Ok(flags);
         }
         Database::Postgres(pool) => {
             let mut tx = pool.begin().await?;

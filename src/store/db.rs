@@ -27,6 +27,13 @@ pub enum DbError {
         url: String,
         source: rusqlite::Error,
     },
+    #[error(
+        "cannot open the write-ahead log {path} of the database (check CLERKSYNC_DATABASE_URL)"
+    )]
+    Wal {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("CLERKSYNC_DATABASE_URL {0} is an in-memory SQLite database: clerksync acknowledges a webhook only once it is on disk, so give it a file (sqlite://path/to/clerksync.db)")]
     InMemory(String),
     #[error("database migration failed: {0}")]
@@ -68,8 +75,9 @@ impl Database {
                         })?;
                     }
                 }
-                // WAL + synchronous=FULL: a commit returns only after the WAL is
-                // fsynced, which is what lets ingress answer 2xx after it.
+                // WAL + synchronous=FULL for the pool's (rare) writes: a commit
+                // returns only after the WAL is fsynced. The hot writer connection
+                // fsyncs outside the gate instead (store::sqlite::open_writer).
                 let opts = opts
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
@@ -95,7 +103,18 @@ impl Database {
                         source,
                     }
                 })?;
-                Database::Sqlite(pool, Arc::new(WriteGate::new(writer)))
+                let wal = crate::store::sqlite::open_wal(&file).map_err(|source| DbError::Wal {
+                    path: format!("{}-wal", file.display()),
+                    source,
+                })?;
+                let gate = Arc::new(WriteGate::new(writer, wal));
+                crate::store::sqlite::spawn_checkpointer(&file, Arc::downgrade(&gate)).map_err(
+                    |source| DbError::OpenWriter {
+                        url: u.clone(),
+                        source,
+                    },
+                )?;
+                Database::Sqlite(pool, gate)
             }
             DatabaseUrl::Postgres(u) => {
                 let opts = PgConnectOptions::from_str(u).map_err(|source| DbError::Open {
@@ -133,6 +152,17 @@ impl Database {
         match self {
             Database::Sqlite(_, gate) => Some(gate.background().await),
             Database::Postgres(_) => None,
+        }
+    }
+
+    /// Makes every commit so far durable (SQLite: fsyncs the WAL without holding
+    /// the write gate; PostgreSQL's commits already are).
+    pub fn sync(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Database::Sqlite(_, gate) => {
+                crate::store::sqlite::sync_wal(&gate.wal).map_err(sqlx::Error::Io)
+            }
+            Database::Postgres(_) => Ok(()),
         }
     }
 
@@ -192,6 +222,8 @@ pub struct WriteGate {
     background: Arc<tokio::sync::Mutex<()>>,
     urgent_waiting: std::sync::atomic::AtomicUsize,
     urgent_done: tokio::sync::Notify,
+    /// The writer's WAL file, fsynced outside the gate ([`Database::sync`]).
+    wal: std::fs::File,
 }
 
 /// Holds the gate until dropped.
@@ -208,8 +240,9 @@ impl WriteGuard {
 }
 
 impl WriteGate {
-    fn new(writer: rusqlite::Connection) -> WriteGate {
+    fn new(writer: rusqlite::Connection, wal: std::fs::File) -> WriteGate {
         WriteGate {
+            wal,
             lock: Arc::new(tokio::sync::Mutex::new(writer)),
             background: Default::default(),
             urgent_waiting: Default::default(),

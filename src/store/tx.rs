@@ -114,13 +114,6 @@ pub trait StoreTx: Send {
     /// so `inbox_status` of each is answered from memory.
     async fn prefetch_statuses(&mut self, seqs: &[i64]) -> Result<(), sqlx::Error>;
     async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), sqlx::Error>;
-    /// Due events (pending, or failed and due for retry, not leased by anyone),
-    /// oldest first: for a worker that finds its work inside its transaction.
-    async fn due(
-        &mut self,
-        now: i64,
-        limit: i64,
-    ) -> Result<Vec<crate::sync::Delivery>, sqlx::Error>;
     /// Commits; returns the entities whose changes went into the feed.
     async fn commit(self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error>;
 }
@@ -429,22 +422,6 @@ impl StoreTx for PgTx {
         let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *self.tx).await?;
         self.pending.statuses.extend(rows);
         Ok(())
-    }
-
-    async fn due(
-        &mut self,
-        now: i64,
-        limit: i64,
-    ) -> Result<Vec<crate::sync::Delivery>, sqlx::Error> {
-        sqlx::query_as(
-                    "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts \
-                     FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
-                     AND (leased_until IS NULL OR leased_until < $1) ORDER BY seq LIMIT $2",
-                )
-                .bind(now)
-                .bind(limit)
-                .fetch_all(&mut *self.tx)
-                .await
     }
 
     async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), sqlx::Error> {

@@ -66,14 +66,31 @@ struct Ctx<'a> {
     changed: bool,
 }
 
+/// A delivery's body read into a change. Pure: callers do it before they open
+/// the transaction, so parsing never lengthens the time locks (or SQLite's one
+/// write lock) are held.
+pub fn parse(d: &Delivery) -> Result<Parsed, PayloadError> {
+    parse_event(&d.event_type, &d.body, d.svix_timestamp)
+}
+
 /// Applies one delivery inside `tx` and marks its inbox row done.
 pub async fn apply(tx: &mut dyn StoreTx, d: &Delivery, now_ms: i64) -> Result<Outcome, SyncError> {
+    apply_parsed(tx, d, parse(d), now_ms).await
+}
+
+/// [`apply`] with the body already parsed ([`parse`] of this delivery).
+pub async fn apply_parsed(
+    tx: &mut dyn StoreTx,
+    d: &Delivery,
+    parsed: Result<Parsed, PayloadError>,
+    now_ms: i64,
+) -> Result<Outcome, SyncError> {
     let started = std::time::Instant::now();
     match tx.inbox_status(d.seq).await?.as_deref() {
         Some("done") | Some("discarded") => return Ok(Outcome::AlreadyDone),
         _ => {}
     }
-    let outcome = match parse_event(&d.event_type, &d.body, d.svix_timestamp)? {
+    let outcome = match parsed? {
         Parsed::Unknown => Outcome::Ignored,
         Parsed::Change(c) => {
             let mut ctx = Ctx {
@@ -128,17 +145,18 @@ pub struct BatchPlan {
     pub rows: Vec<(Kind, String)>,
 }
 
-pub fn plan_batch(deliveries: &[&Delivery]) -> BatchPlan {
+/// `parsed`: each event of the batch, [`parse`]d.
+pub fn plan_batch(parsed: &[Result<Parsed, PayloadError>]) -> BatchPlan {
     let mut locks: std::collections::BTreeMap<String, bool> = Default::default();
     let mut rows: std::collections::BTreeSet<(Kind, String)> = Default::default();
-    for d in deliveries {
+    for p in parsed {
         // An event that does not parse takes no lock; it fails on its own in apply.
-        if let Ok(Parsed::Change(c)) = parse_event(&d.event_type, &d.body, d.svix_timestamp) {
-            for (k, exclusive) in lock_keys(&c) {
+        if let Ok(Parsed::Change(c)) = p {
+            for (k, exclusive) in lock_keys(c) {
                 *locks.entry(k).or_insert(false) |= exclusive;
             }
             rows.insert((c.kind, c.id.clone()));
-            for (k, id) in parents(&c) {
+            for (k, id) in parents(c) {
                 rows.insert((k, id.to_string()));
             }
         }
