@@ -161,6 +161,10 @@ pub struct Settings {
     /// Most events applied in one transaction (1 = one transaction per event).
     #[arg(long, global = true, env = "CLERKSYNC_BATCH_MAX")]
     pub batch_max: Option<usize>,
+    /// Seconds a claimed event stays reserved for its worker; a worker that died
+    /// leaves its events to others once this has passed.
+    #[arg(long, global = true, env = "CLERKSYNC_LEASE_SECS")]
+    pub lease_secs: Option<f64>,
     /// Days a deleted entity's archived record (and its personal data in audit rows) is kept.
     #[arg(long, global = true, env = "CLERKSYNC_ARCHIVE_RETENTION_DAYS")]
     pub archive_retention_days: Option<f64>,
@@ -282,6 +286,7 @@ impl Settings {
             max_concurrent: self.max_concurrent.or(lower.max_concurrent),
             max_attempts: self.max_attempts.or(lower.max_attempts),
             batch_max: self.batch_max.or(lower.batch_max),
+            lease_secs: self.lease_secs.or(lower.lease_secs),
             archive_retention_days: self.archive_retention_days.or(lower.archive_retention_days),
             feed_retention_days: self.feed_retention_days.or(lower.feed_retention_days),
             cache_strategy: self.cache_strategy.or(lower.cache_strategy),
@@ -361,6 +366,8 @@ pub struct Config {
     pub max_concurrent: usize,
     pub max_attempts: u32,
     pub batch_max: usize,
+    /// How long a claimed event stays reserved for the worker that took it.
+    pub lease: std::time::Duration,
     pub archive_retention: std::time::Duration,
     /// Change-feed entries older than this, and read by every consumer, are pruned.
     pub feed_retention: std::time::Duration,
@@ -380,6 +387,9 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+/// Long enough for a full batch on a slow database, short enough that a
+/// crashed node's events are taken over within a minute.
+pub const DEFAULT_LEASE_SECS: f64 = 60.0;
 pub const DEFAULT_ARCHIVE_RETENTION_DAYS: f64 = 30.0;
 /// Events per apply transaction on PostgreSQL: a batch holds its entity locks
 /// until commit, so it stays small; 32 amortizes the commit well.
@@ -534,6 +544,13 @@ impl Config {
                 message: "must be between 1 and 1000".into(),
             });
         }
+        let lease_secs = s.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
+        if !(lease_secs.is_finite() && (1.0..=86400.0).contains(&lease_secs)) {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_LEASE_SECS",
+                message: "must be between 1 and 86400 seconds".into(),
+            });
+        }
         let feed_days = s.feed_retention_days.unwrap_or(DEFAULT_FEED_RETENTION_DAYS);
         if !(feed_days.is_finite() && feed_days >= 0.0) {
             return Err(ConfigError::BadValue {
@@ -587,6 +604,7 @@ impl Config {
             max_concurrent,
             max_attempts,
             batch_max,
+            lease: std::time::Duration::from_secs_f64(lease_secs),
             archive_retention: std::time::Duration::from_secs_f64(days * 86400.0),
             feed_retention: std::time::Duration::from_secs_f64(feed_days * 86400.0),
             cache_strategy,

@@ -51,7 +51,7 @@ impl ProcessorConfig {
         Self {
             max_concurrent: c.max_concurrent,
             max_attempts: c.max_attempts,
-            lease: Duration::from_secs(60),
+            lease: c.lease,
             batch_max: c.batch_max,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),

@@ -430,7 +430,7 @@ use crate::helpers::loadgen_args;
 
 /// A disordered (10%) and duplicated (5%) loadgen stream through the HTTP
 /// ingress reaches exactly the `--expect` state.
-async fn loadgen_stream_converges(s: &Server) {
+pub(crate) async fn loadgen_stream_converges(s: &Server) {
     let dir = tempfile::tempdir().unwrap();
     let expect = dir.path().join("expect.json");
     let url = s.url("/webhooks/clerk");

@@ -20,5 +20,6 @@ mod limits;
 mod logs;
 mod metrics;
 mod process;
+mod processor;
 mod realtime;
 mod search;
