@@ -38,6 +38,13 @@ impl RefCol {
             RefCol::OrganizationId => "organization_id",
         }
     }
+
+    fn of(self, r: &EntityRow) -> Option<&str> {
+        match self {
+            RefCol::UserId => r.user_id.as_deref(),
+            RefCol::OrganizationId => r.organization_id.as_deref(),
+        }
+    }
 }
 
 /// A user's contact points, derived from the user record.
@@ -184,6 +191,9 @@ pub(crate) struct Pending {
     pub locks: std::collections::HashMap<String, bool>,
     /// Prefetched rows (None: no such row), kept current by this transaction's puts.
     pub rows: std::collections::HashMap<(Kind, String), Option<EntityRow>>,
+    /// Entity rows written by this transaction, upserted together at commit
+    /// (PostgreSQL): the last write of each wins, reads see them first.
+    pub puts: std::collections::BTreeMap<(Kind, String), EntityRow>,
 }
 
 pub struct PgTx {
@@ -265,7 +275,11 @@ impl StoreTx for PgTx {
     }
 
     async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error> {
-        if let Some(row) = self.pending.rows.get(&(kind, id.to_string())) {
+        let key = (kind, id.to_string());
+        if let Some(row) = self.pending.puts.get(&key) {
+            return Ok(Some(row.clone()));
+        }
+        if let Some(row) = self.pending.rows.get(&key) {
             return Ok(row.clone());
         }
         let sql = format!("SELECT {COLS} FROM {} WHERE id = $1", kind.table());
@@ -275,29 +289,11 @@ impl StoreTx for PgTx {
             .await
     }
 
+    /// Kept until commit (one upsert per kind for the whole batch): a round
+    /// trip per event was most of a PostgreSQL batch's time. The row's lock is
+    /// already held (advisory), so nobody else can write it meanwhile.
     async fn put(&mut self, kind: Kind, r: &EntityRow) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "INSERT INTO {} ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
-                     version_key = excluded.version_key, deleted = excluded.deleted, \
-                     user_id = excluded.user_id, organization_id = excluded.organization_id, \
-                     data = excluded.data, synced_at = excluded.synced_at",
-            kind.table()
-        );
-        sqlx::query(&sql)
-            .bind(&r.id)
-            .bind(r.version)
-            .bind(&r.version_key)
-            .bind(r.deleted)
-            .bind(&r.user_id)
-            .bind(&r.organization_id)
-            .bind(&r.data)
-            .bind(r.synced_at)
-            .execute(&mut *self.tx)
-            .await?;
-        if let Some(cached) = self.pending.rows.get_mut(&(kind, r.id.clone())) {
-            *cached = Some(r.clone());
-        }
+        self.pending.puts.insert((kind, r.id.clone()), r.clone());
         Ok(())
     }
 
@@ -312,11 +308,24 @@ impl StoreTx for PgTx {
             kind.table(),
             by.column()
         );
-        sqlx::query_as(&sql)
+        let mut rows: Vec<EntityRow> = sqlx::query_as(&sql)
             .bind(value)
             .bind(false)
             .fetch_all(&mut *self.tx)
-            .await
+            .await?;
+        // The database has not seen this transaction's puts yet: lay them over.
+        if self.pending.puts.keys().any(|(k, _)| *k == kind) {
+            rows.retain(|r| !self.pending.puts.contains_key(&(kind, r.id.clone())));
+            rows.extend(
+                self.pending
+                    .puts
+                    .iter()
+                    .filter(|((k, _), r)| *k == kind && !r.deleted && by.of(r) == Some(value))
+                    .map(|(_, r)| r.clone()),
+            );
+            rows.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Ok(rows)
     }
 
     async fn replace_contacts(&mut self, user_id: &str, c: &Contacts) -> Result<(), sqlx::Error> {
@@ -432,6 +441,33 @@ impl StoreTx for PgTx {
 
     async fn commit(mut self: Box<Self>) -> Result<Vec<(Kind, String)>, sqlx::Error> {
         let pending = std::mem::take(&mut self.pending);
+        let mut by_kind: std::collections::BTreeMap<Kind, Vec<&EntityRow>> = Default::default();
+        for ((kind, _), row) in &pending.puts {
+            by_kind.entry(*kind).or_default().push(row);
+        }
+        for (kind, rows) in by_kind {
+            // 8 parameters a row: far under PostgreSQL's 65,535.
+            for chunk in rows.chunks(1000) {
+                let mut qb = QueryBuilder::new(format!("INSERT INTO {} ({COLS}) ", kind.table()));
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(&r.id)
+                        .push_bind(r.version)
+                        .push_bind(&r.version_key)
+                        .push_bind(r.deleted)
+                        .push_bind(&r.user_id)
+                        .push_bind(&r.organization_id)
+                        .push_bind(&r.data)
+                        .push_bind(r.synced_at);
+                });
+                qb.push(
+                    " ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
+                     version_key = excluded.version_key, deleted = excluded.deleted, \
+                     user_id = excluded.user_id, organization_id = excluded.organization_id, \
+                     data = excluded.data, synced_at = excluded.synced_at",
+                );
+                qb.build().execute(&mut *self.tx).await?;
+            }
+        }
         for chunk in pending.done.chunks(500) {
             let mut qb = QueryBuilder::new(
                 "UPDATE inbox SET status = 'done', leased_until = NULL, attempts = attempts + 1, \
