@@ -194,6 +194,9 @@ pub(crate) struct Pending {
     /// Entity rows written by this transaction, upserted together at commit
     /// (PostgreSQL): the last write of each wins, reads see them first.
     pub puts: std::collections::BTreeMap<(Kind, String), EntityRow>,
+    /// Users whose contact rows this transaction replaces, with the new lists
+    /// (PostgreSQL, written at commit).
+    pub contacts: std::collections::BTreeMap<String, Contacts>,
 }
 
 pub struct PgTx {
@@ -220,6 +223,89 @@ pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
 }
 
 const COLS: &str = "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
+
+/// Replaces the contact rows of every user in `contacts`: one delete per table
+/// for all of them, then one insert per table (4 parameters a row).
+async fn write_contacts(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    contacts: &std::collections::BTreeMap<String, Contacts>,
+) -> Result<(), sqlx::Error> {
+    if contacts.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = contacts.keys().map(String::as_str).collect();
+    for t in ["user_emails", "user_phones", "user_external_accounts"] {
+        sqlx::query(&format!("DELETE FROM {t} WHERE user_id = ANY($1)"))
+            .bind(&users)
+            .execute(&mut **tx)
+            .await?;
+    }
+    // (user, id, text, text-or-null, primary-or-null) for the three tables.
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<bool>,
+    );
+    let emails: Vec<Row> = contacts
+        .iter()
+        .flat_map(|(u, c)| {
+            c.emails
+                .iter()
+                .map(move |(id, a, p)| (u.as_str(), id.as_str(), Some(a.as_str()), None, Some(*p)))
+        })
+        .collect();
+    let phones: Vec<Row> = contacts
+        .iter()
+        .flat_map(|(u, c)| {
+            c.phones
+                .iter()
+                .map(move |(id, n, p)| (u.as_str(), id.as_str(), Some(n.as_str()), None, Some(*p)))
+        })
+        .collect();
+    let accounts: Vec<Row> = contacts
+        .iter()
+        .flat_map(|(u, c)| {
+            c.external_accounts
+                .iter()
+                .map(move |(id, p, e)| (u.as_str(), id.as_str(), p.as_deref(), e.as_deref(), None))
+        })
+        .collect();
+    let tables = [
+        (
+            "user_emails (user_id, id, email_address, is_primary)",
+            emails,
+            false,
+        ),
+        (
+            "user_phones (user_id, id, phone_number, is_primary)",
+            phones,
+            false,
+        ),
+        (
+            "user_external_accounts (user_id, id, provider, email_address)",
+            accounts,
+            true,
+        ),
+    ];
+    for (head, rows, account) in tables {
+        for chunk in rows.chunks(1000) {
+            let mut qb = QueryBuilder::new(format!("INSERT INTO {head} "));
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.0).push_bind(r.1).push_bind(r.2);
+                if account {
+                    b.push_bind(r.3);
+                } else {
+                    b.push_bind(r.4);
+                }
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
+}
 
 #[async_trait]
 impl StoreTx for PgTx {
@@ -328,49 +414,9 @@ impl StoreTx for PgTx {
         Ok(rows)
     }
 
+    /// Kept until commit, like `put`: the last list of each user wins.
     async fn replace_contacts(&mut self, user_id: &str, c: &Contacts) -> Result<(), sqlx::Error> {
-        for t in ["user_emails", "user_phones", "user_external_accounts"] {
-            sqlx::query(&format!("DELETE FROM {t} WHERE user_id = $1"))
-                .bind(user_id)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        for (id, addr, primary) in &c.emails {
-            sqlx::query(
-                        "INSERT INTO user_emails (user_id, id, email_address, is_primary) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(user_id)
-                    .bind(id)
-                    .bind(addr)
-                    .bind(*primary)
-                    .execute(&mut *self.tx)
-                    .await?;
-        }
-        for (id, number, primary) in &c.phones {
-            sqlx::query(
-                        "INSERT INTO user_phones (user_id, id, phone_number, is_primary) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(user_id)
-                    .bind(id)
-                    .bind(number)
-                    .bind(*primary)
-                    .execute(&mut *self.tx)
-                    .await?;
-        }
-        for (id, provider, email) in &c.external_accounts {
-            sqlx::query(
-                "INSERT INTO user_external_accounts (user_id, id, provider, email_address) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(user_id)
-            .bind(id)
-            .bind(provider)
-            .bind(email)
-            .execute(&mut *self.tx)
-            .await?;
-        }
+        self.pending.contacts.insert(user_id.to_string(), c.clone());
         Ok(())
     }
 
@@ -468,6 +514,7 @@ impl StoreTx for PgTx {
                 qb.build().execute(&mut *self.tx).await?;
             }
         }
+        write_contacts(&mut self.tx, &pending.contacts).await?;
         for chunk in pending.done.chunks(500) {
             let mut qb = QueryBuilder::new(
                 "UPDATE inbox SET status = 'done', leased_until = NULL, attempts = attempts + 1, \
