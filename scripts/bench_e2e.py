@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -58,6 +59,8 @@ def main():
         os.environ.get("CARGO_TARGET_DIR", "target"), "release", "clerksync"))
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rate", type=float)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary data directory (its path goes to stderr)")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--database-url")
@@ -135,6 +138,10 @@ def main():
             "SELECT processed_at - received_at FROM inbox WHERE processed_at IS NOT NULL"))
         result["sync_lag_ms"] = {f"p{p}": pct(lags, p) for p in (50, 90, 99)}
         result["sync_lag_ms"]["max"] = lags[-1] if lags else None
+    if a.keep:
+        print(f"data directory kept: {data}", file=sys.stderr)
+    else:
+        shutil.rmtree(data, ignore_errors=True)
     print(json.dumps(result))
 
 
