@@ -225,9 +225,8 @@ pub async fn dump(db: &Database) -> Vec<String> {
     out
 }
 
-/// Stores the deliveries, then applies them in `order` (indexes into `evs`;
-/// repeats are duplicate deliveries), one transaction each.
-pub async fn run(db: &Database, evs: &[Ev], order: &[usize]) -> Vec<String> {
+/// Empties the database and stores the deliveries of `evs`, in order.
+async fn store(db: &Database, evs: &[Ev]) -> Vec<Delivery> {
     reset(db).await;
     let rows: Vec<NewDelivery> = evs
         .iter()
@@ -240,6 +239,13 @@ pub async fn run(db: &Database, evs: &[Ev], order: &[usize]) -> Vec<String> {
         Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
         Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
     };
+    stored
+}
+
+/// Stores the deliveries, then applies them in `order` (indexes into `evs`;
+/// repeats are duplicate deliveries), one transaction each.
+pub async fn run(db: &Database, evs: &[Ev], order: &[usize]) -> Vec<String> {
+    let stored = store(db, evs).await;
     for &i in order {
         let mut tx = begin(db).await.unwrap();
         apply(tx.as_mut(), &stored[i], 1).await.expect("apply");
@@ -253,18 +259,7 @@ pub async fn run(db: &Database, evs: &[Ev], order: &[usize]) -> Vec<String> {
 /// writes kept until commit (PostgreSQL), so reads inside the batch must see
 /// the batch's own writes.
 pub async fn run_batched(db: &Database, evs: &[Ev], order: &[usize], chunk: usize) -> Vec<String> {
-    reset(db).await;
-    let rows: Vec<NewDelivery> = evs
-        .iter()
-        .enumerate()
-        .map(|(i, e)| delivery(i, e))
-        .collect();
-    append_batch(db, &rows).await.unwrap();
-    let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts FROM inbox ORDER BY seq";
-    let stored: Vec<Delivery> = match db {
-        Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
-        Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
-    };
+    let stored = store(db, evs).await;
     for part in order.chunks(chunk) {
         let parsed: Vec<_> = part.iter().map(|&i| parse(&stored[i])).collect();
         let plan = plan_batch(&parsed);
