@@ -109,6 +109,12 @@ impl Processor {
             workers.spawn(self.clone().worker(rx, cancel.clone()));
         }
         let purger = tokio::spawn(self.clone().purge_loop(cancel.clone()));
+        if let Database::Postgres(p) = &self.db {
+            tokio::spawn(crate::store::maintenance::keep_statistics_fresh(
+                p.clone(),
+                cancel.clone(),
+            ));
+        }
         self.dispatch(&queues, &sem, &cancel).await;
         drop(queues);
         while workers.join_next().await.is_some() {}
