@@ -102,10 +102,13 @@ pub async fn replay_into(
     let stats = tokio_util::sync::CancellationToken::new();
     if let Database::Postgres(p) = &target {
         crate::store::maintenance::analyze_grown_tables(p).await?;
-        tokio::spawn(crate::store::maintenance::keep_statistics_fresh(
-            p.clone(),
-            stats.clone(),
-        ));
+        // The worker pool (max_concurrent > 1) runs its own.
+        if config.max_concurrent <= 1 {
+            tokio::spawn(crate::store::maintenance::keep_statistics_fresh(
+                p.clone(),
+                stats.clone(),
+            ));
+        }
     }
     let report = apply_everything(processor(target, clock, config), progress).await;
     stats.cancel();
