@@ -3,8 +3,9 @@
 use crate::store::db::{on_pool, Database};
 use crate::sync::Delivery;
 
-const RETURNING: &str =
-    "RETURNING seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts";
+/// The inbox columns a [`Delivery`] is read from.
+const DELIVERY: &str =
+    "seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts";
 
 /// Leases up to `limit` due events (pending, or failed and due for retry, whose
 /// lease is free), oldest first.
@@ -20,7 +21,7 @@ pub async fn claim(
             let sql = format!(
                 "UPDATE inbox SET leased_until = $1 WHERE seq IN (\
                    SELECT seq FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $2 \
-                   AND (leased_until IS NULL OR leased_until < $2) ORDER BY seq LIMIT $3) {RETURNING}"
+                   AND (leased_until IS NULL OR leased_until < $2) ORDER BY seq LIMIT $3) RETURNING {DELIVERY}"
             );
             sqlx::query_as(&sql)
                 .bind(lease_until)
@@ -35,7 +36,7 @@ pub async fn claim(
                 "UPDATE inbox SET leased_until = $1 WHERE seq IN (\
                    SELECT seq FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $2 \
                    AND (leased_until IS NULL OR leased_until < $2) ORDER BY seq LIMIT $3 \
-                   FOR UPDATE SKIP LOCKED) {RETURNING}"
+                   FOR UPDATE SKIP LOCKED) RETURNING {DELIVERY}"
             );
             sqlx::query_as(&sql)
                 .bind(lease_until)
@@ -54,9 +55,8 @@ pub async fn claim(
 /// which re-checks each one's status inside its transaction.
 pub async fn due(db: &Database, now: i64, limit: i64) -> Result<Vec<Delivery>, sqlx::Error> {
     let sql = format!(
-        "SELECT {} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
-         AND (leased_until IS NULL OR leased_until < $1) ORDER BY seq LIMIT $2",
-        RETURNING.trim_start_matches("RETURNING ")
+        "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
+         AND (leased_until IS NULL OR leased_until < $1) ORDER BY seq LIMIT $2"
     );
     on_pool!(db, |p| sqlx::query_as(&sql)
         .bind(now)

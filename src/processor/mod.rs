@@ -11,6 +11,7 @@
 pub mod claim;
 pub mod replay;
 
+use crate::clerk::model::{Parsed, PayloadError};
 use crate::clock::Clock;
 use crate::store::db::Database;
 use crate::store::maintenance::{prune_feed, purge_expired};
@@ -339,7 +340,7 @@ impl Processor {
         &self,
         mut tx: Box<dyn crate::store::tx::StoreTx>,
         items: &[(Delivery, P)],
-        parsed: Vec<Result<crate::clerk::model::Parsed, crate::clerk::model::PayloadError>>,
+        parsed: Vec<Result<Parsed, PayloadError>>,
     ) -> Result<Vec<Outcome>, SyncError> {
         let sqlite = matches!(self.db, Database::Sqlite(..));
         let fut = async {

@@ -15,6 +15,7 @@ use crate::queue::inbox::NewDelivery;
 use crate::store::db::WriteGuard;
 use crate::store::tx::{
     AuditRow, Contacts, EntityRow, FeedRow, Pending, PendingAudit, PendingFeed, RefCol, StoreTx,
+    COLS, ON_CONFLICT_UPDATE,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -198,8 +199,6 @@ pub fn append(conn: &mut Connection, rows: &[NewDelivery]) -> Result<Vec<bool>, 
     Ok(out)
 }
 
-const COLS: &str = "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
-
 fn entity(r: &rusqlite::Row<'_>) -> rusqlite::Result<EntityRow> {
     Ok(EntityRow {
         id: r.get(0)?,
@@ -313,11 +312,7 @@ impl StoreTx for SqliteTx {
 
     async fn put(&mut self, kind: Kind, r: &EntityRow) -> Result<(), sqlx::Error> {
         let sql = format!(
-            "INSERT INTO {} ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-             ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
-             version_key = excluded.version_key, deleted = excluded.deleted, \
-             user_id = excluded.user_id, organization_id = excluded.organization_id, \
-             data = excluded.data, synced_at = excluded.synced_at",
+            "INSERT INTO {} ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8){ON_CONFLICT_UPDATE}",
             kind.table()
         );
         let mut stmt = self.conn().prepare_cached(&sql).map_err(db_err)?;

@@ -47,14 +47,16 @@ impl RefCol {
     }
 }
 
+/// (id, provider, email)
+pub type ExternalAccount = (String, Option<String>, Option<String>);
+
 /// A user's contact points, derived from the user record.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Contacts {
     /// (id, address, is_primary)
     pub emails: Vec<(String, String, bool)>,
     pub phones: Vec<(String, String, bool)>,
-    /// (id, provider, email)
-    pub external_accounts: Vec<(String, Option<String>, Option<String>)>,
+    pub external_accounts: Vec<ExternalAccount>,
 }
 
 impl Contacts {
@@ -222,7 +224,15 @@ pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
     })
 }
 
-const COLS: &str = "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
+/// An entity table's columns, in [`EntityRow`]'s order.
+pub(crate) const COLS: &str =
+    "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
+/// What an entity upsert does when the row exists (both backends).
+pub(crate) const ON_CONFLICT_UPDATE: &str =
+    " ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
+     version_key = excluded.version_key, deleted = excluded.deleted, \
+     user_id = excluded.user_id, organization_id = excluded.organization_id, \
+     data = excluded.data, synced_at = excluded.synced_at";
 
 /// Replaces the contact rows of every user in `contacts`: one delete per table
 /// for all of them, then one insert per table (4 parameters a row).
@@ -240,69 +250,60 @@ async fn write_contacts(
             .execute(&mut **tx)
             .await?;
     }
-    // (user, id, text, text-or-null, primary-or-null) for the three tables.
-    type Row<'a> = (
-        &'a str,
-        &'a str,
-        Option<&'a str>,
-        Option<&'a str>,
-        Option<bool>,
-    );
-    let emails: Vec<Row> = contacts
-        .iter()
-        .flat_map(|(u, c)| {
-            c.emails
-                .iter()
-                .map(move |(id, a, p)| (u.as_str(), id.as_str(), Some(a.as_str()), None, Some(*p)))
-        })
-        .collect();
-    let phones: Vec<Row> = contacts
-        .iter()
-        .flat_map(|(u, c)| {
-            c.phones
-                .iter()
-                .map(move |(id, n, p)| (u.as_str(), id.as_str(), Some(n.as_str()), None, Some(*p)))
-        })
-        .collect();
-    let accounts: Vec<Row> = contacts
-        .iter()
-        .flat_map(|(u, c)| {
-            c.external_accounts
-                .iter()
-                .map(move |(id, p, e)| (u.as_str(), id.as_str(), p.as_deref(), e.as_deref(), None))
-        })
-        .collect();
-    let tables = [
+    // Emails and phones have one shape: (user, id, address or number, primary).
+    type Point<'a> = (&'a str, &'a str, &'a str, bool);
+    fn points<'a>(
+        contacts: &'a std::collections::BTreeMap<String, Contacts>,
+        list: fn(&Contacts) -> &Vec<(String, String, bool)>,
+    ) -> Vec<Point<'a>> {
+        contacts
+            .iter()
+            .flat_map(|(u, c)| {
+                list(c)
+                    .iter()
+                    .map(move |(id, v, p)| (u.as_str(), id.as_str(), v.as_str(), *p))
+            })
+            .collect()
+    }
+    let by_table = [
         (
             "user_emails (user_id, id, email_address, is_primary)",
-            emails,
-            false,
+            points(contacts, |c| &c.emails),
         ),
         (
             "user_phones (user_id, id, phone_number, is_primary)",
-            phones,
-            false,
-        ),
-        (
-            "user_external_accounts (user_id, id, provider, email_address)",
-            accounts,
-            true,
+            points(contacts, |c| &c.phones),
         ),
     ];
-    for (head, rows, account) in tables {
+    for (head, rows) in by_table {
         for chunk in rows.chunks(1000) {
             let mut qb = QueryBuilder::new(format!("INSERT INTO {head} "));
             qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.0).push_bind(r.1).push_bind(r.2);
-                if account {
-                    b.push_bind(r.3);
-                } else {
-                    b.push_bind(r.4);
-                }
+                b.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2)
+                    .push_bind(r.3);
             });
             qb.push(" ON CONFLICT DO NOTHING");
             qb.build().execute(&mut **tx).await?;
         }
+    }
+    let accounts: Vec<(&str, &ExternalAccount)> = contacts
+        .iter()
+        .flat_map(|(u, c)| c.external_accounts.iter().map(move |a| (u.as_str(), a)))
+        .collect();
+    for chunk in accounts.chunks(1000) {
+        let mut qb = QueryBuilder::new(
+            "INSERT INTO user_external_accounts (user_id, id, provider, email_address) ",
+        );
+        qb.push_values(chunk, |mut b, (u, (id, provider, email))| {
+            b.push_bind(*u)
+                .push_bind(id)
+                .push_bind(provider)
+                .push_bind(email);
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -505,12 +506,7 @@ impl StoreTx for PgTx {
                         .push_bind(&r.data)
                         .push_bind(r.synced_at);
                 });
-                qb.push(
-                    " ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
-                     version_key = excluded.version_key, deleted = excluded.deleted, \
-                     user_id = excluded.user_id, organization_id = excluded.organization_id, \
-                     data = excluded.data, synced_at = excluded.synced_at",
-                );
+                qb.push(ON_CONFLICT_UPDATE);
                 qb.build().execute(&mut *self.tx).await?;
             }
         }
