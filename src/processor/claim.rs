@@ -3,9 +3,14 @@
 use crate::store::db::{on_pool, Database};
 use crate::sync::Delivery;
 
-/// The inbox columns a [`Delivery`] is read from.
-const DELIVERY: &str =
-    "seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts";
+/// The inbox columns a [`Delivery`] is read from, the body from its own table
+/// (a subquery, so the same list serves a SELECT and an UPDATE's RETURNING).
+/// A body that is missing (it is written in the row's own transaction, so only
+/// by hand) reads as empty: that event dead-letters with a parse error instead
+/// of failing every read of the due events.
+const DELIVERY: &str = "seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, \
+     received_at, COALESCE((SELECT body FROM inbox_bodies b WHERE b.seq = inbox.seq), '') AS body, \
+     attempts";
 
 /// Leases up to `limit` due events (pending, or failed and due for retry, whose
 /// lease is free), oldest first.
@@ -51,15 +56,33 @@ pub async fn claim(
 }
 
 /// Due events (pending, or failed and due for retry, not leased by anyone),
-/// oldest first, without leasing them: for SQLite's single in-place worker,
-/// which re-checks each one's status inside its transaction.
-pub async fn due(db: &Database, now: i64, limit: i64) -> Result<Vec<Delivery>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
-         AND (leased_until IS NULL OR leased_until < $1) ORDER BY seq LIMIT $2"
-    );
+/// oldest first, without leasing them, leaving out the seqs in `skip` (the
+/// batch being applied while this reads): for SQLite's single in-place
+/// worker, which re-checks each one's status inside its transaction.
+pub async fn due(
+    db: &Database,
+    now: i64,
+    skip: &[i64],
+    limit: i64,
+) -> Result<Vec<Delivery>, sqlx::Error> {
+    // The seqs to skip travel as one JSON array: one statement text, however many.
+    let skip = serde_json::to_string(skip).expect("a list of integers serializes");
+    let sql = match db {
+        Database::Sqlite(..) => format!(
+            "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
+             AND (leased_until IS NULL OR leased_until < $1) \
+             AND seq NOT IN (SELECT value FROM json_each($2)) ORDER BY seq LIMIT $3"
+        ),
+        Database::Postgres(_) => format!(
+            "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
+             AND (leased_until IS NULL OR leased_until < $1) \
+             AND seq NOT IN (SELECT value::bigint FROM json_array_elements_text($2::json)) \
+             ORDER BY seq LIMIT $3"
+        ),
+    };
     on_pool!(db, |p| sqlx::query_as(&sql)
         .bind(now)
+        .bind(&skip)
         .bind(limit)
         .fetch_all(p)
         .await)

@@ -87,6 +87,26 @@ pub struct Processor {
 
 type Job = (Delivery, OwnedSemaphorePermit);
 
+/// Due events read and parsed ahead of their transaction.
+struct DueBatch {
+    jobs: Vec<(Delivery, ())>,
+    parsed: Vec<Result<Parsed, PayloadError>>,
+}
+
+/// Reads up to `limit` due events other than `skip` and parses their bodies:
+/// the part of a batch that needs no write gate.
+async fn read_due(
+    db: Database,
+    now: i64,
+    skip: Vec<i64>,
+    limit: i64,
+) -> Result<DueBatch, sqlx::Error> {
+    let due = claim::due(&db, now, &skip, limit).await?;
+    let parsed = due.iter().map(parse).collect();
+    let jobs = due.into_iter().map(|d| (d, ())).collect();
+    Ok(DueBatch { jobs, parsed })
+}
+
 impl Processor {
     /// Runs until `cancel`; then stops claiming, finishes the batches in hand and
     /// releases the leases of events still queued.
@@ -195,7 +215,16 @@ impl Processor {
     /// claim (a lease write) would only add a second turn at the write lock per
     /// batch — measured, it halved apply throughput while webhooks kept coming.
     /// Exactly-once holds as everywhere: the done mark commits with the effects.
+    ///
+    /// Pipelined: while one batch is applied under the write gate, the next is
+    /// read and parsed beside it (a WAL reader needs no gate), so the writer
+    /// does not sit idle between batches. Reading outside the transaction is
+    /// safe: apply checks each event's status again inside it, and this is the
+    /// only worker; the read leaves out the batch in hand, still pending in the
+    /// snapshot it reads.
     async fn run_in_place(&self, cancel: CancellationToken) {
+        let limit = self.config.batch_max as i64;
+        let mut ready: Option<DueBatch> = None;
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -203,15 +232,33 @@ impl Processor {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.apply_due().await {
-                Ok(0) => {
+            let batch = match ready.take() {
+                Some(b) => Ok(b),
+                None => read_due(self.db.clone(), self.clock.now_ms(), Vec::new(), limit).await,
+            };
+            match batch {
+                Ok(b) if b.jobs.is_empty() => {
                     tokio::select! {
                         _ = &mut notified => {}
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         _ = cancel.cancelled() => return,
                     }
                 }
-                Ok(_) => {}
+                Ok(b) => {
+                    let in_hand: Vec<i64> = b.jobs.iter().map(|(d, _)| d.seq).collect();
+                    let next = tokio::spawn(read_due(
+                        self.db.clone(),
+                        self.clock.now_ms(),
+                        in_hand,
+                        limit,
+                    ));
+                    self.apply_due(b).await;
+                    // A failed read only costs the overlap: the next turn reads again.
+                    ready = match next.await {
+                        Ok(Ok(b)) if !b.jobs.is_empty() => Some(b),
+                        _ => None,
+                    };
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "finding due events failed; retrying");
                     tokio::select! {
@@ -223,21 +270,15 @@ impl Processor {
         }
     }
 
-    /// One batch of due events; returns how many were handled.
-    ///
-    /// The due events are read and parsed before the write gate is taken (a
-    /// WAL reader does not need it): perf put a third of the gate's time under
-    /// load in parsing bodies. Reading outside the transaction is safe: apply
-    /// checks each event's status again inside it, and this is the only worker.
-    async fn apply_due(&self) -> Result<usize, sqlx::Error> {
-        let due = claim::due(&self.db, self.clock.now_ms(), self.config.batch_max as i64).await?;
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let jobs: Vec<(Delivery, ())> = due.into_iter().map(|d| (d, ())).collect();
-        let parsed = jobs.iter().map(|(d, _)| parse(d)).collect();
-        let tx = begin(&self.db).await?;
-        match self.apply_in(tx, &jobs, parsed).await {
+    /// Applies one batch of due events in one transaction; when that fails,
+    /// one by one, so a bad event does not sink its neighbours.
+    async fn apply_due(&self, b: DueBatch) {
+        let DueBatch { jobs, parsed } = b;
+        let result = match begin(&self.db).await {
+            Ok(tx) => self.apply_in(tx, &jobs, parsed).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
             Ok(outcomes) => {
                 for ((d, _), o) in jobs.iter().zip(outcomes) {
                     self.applied_ok(d, o);
@@ -245,7 +286,6 @@ impl Processor {
                 self.applied.send_modify(|v| *v += 1);
             }
             Err(_) => {
-                // Rolled back; one bad event must not sink its neighbours.
                 for (d, _) in &jobs {
                     match self.apply_all(std::slice::from_ref(&(d.clone(), ()))).await {
                         Ok(o) => {
@@ -257,7 +297,6 @@ impl Processor {
                 }
             }
         }
-        Ok(jobs.len())
     }
 
     async fn worker(self, mut rx: mpsc::Receiver<Vec<Job>>, cancel: CancellationToken) {

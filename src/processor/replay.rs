@@ -70,7 +70,8 @@ pub async fn replay_into(
         let rows: Vec<LogRow> = on_pool!(source, |p| {
             sqlx::query_as(
             "SELECT seq, svix_id, event_type, entity_key, object_id, svix_timestamp, event_timestamp, \
-             received_at, body FROM inbox WHERE seq > $1 AND status <> 'discarded' ORDER BY seq LIMIT 2000"
+             received_at, COALESCE(body, '') AS body FROM inbox LEFT JOIN inbox_bodies USING (seq) \
+             WHERE seq > $1 AND status <> 'discarded' ORDER BY seq LIMIT 2000"
         )
         .bind(after)
         .fetch_all(p)

@@ -16,28 +16,11 @@ pub struct NewDelivery {
     pub body: String,
 }
 
-/// Stays well under SQLite's bound-parameter limit (9 columns per row).
+/// Stays well under PostgreSQL's bound-parameter limit (65,535; 8 columns per row).
 pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
 
-macro_rules! push_rows {
-    ($qb:expr, $rows:expr) => {
-        $qb.push_values($rows, |mut b, r| {
-            b.push_bind(&r.svix_id)
-                .push_bind(&r.event_type)
-                .push_bind(&r.entity_key)
-                .push_bind(&r.object_id)
-                .push_bind(r.svix_timestamp)
-                .push_bind(r.event_timestamp_ms)
-                .push_bind(r.received_at_ms)
-                .push_bind(&r.body)
-                .push_bind(r.received_at_ms);
-        });
-        $qb.push(" ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id");
-    };
-}
-
 const INSERT_HEAD: &str = "INSERT INTO inbox (svix_id, event_type, entity_key, object_id, \
-     svix_timestamp, event_timestamp, received_at, body, next_attempt_at) ";
+     svix_timestamp, event_timestamp, received_at, next_attempt_at) ";
 
 /// Appends deliveries whose svix-ids are distinct, in one transaction; returns,
 /// for each row, whether it was new (false: that svix-id was already stored).
@@ -61,9 +44,33 @@ pub async fn append_batch(db: &Database, rows: &[NewDelivery]) -> Result<Vec<boo
             let mut tx = pool.begin().await?;
             for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::<sqlx::Postgres>::new(INSERT_HEAD);
-                push_rows!(qb, chunk);
-                let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-                inserted.extend(ids);
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(&r.svix_id)
+                        .push_bind(&r.event_type)
+                        .push_bind(&r.entity_key)
+                        .push_bind(&r.object_id)
+                        .push_bind(r.svix_timestamp)
+                        .push_bind(r.event_timestamp_ms)
+                        .push_bind(r.received_at_ms)
+                        .push_bind(r.received_at_ms);
+                });
+                qb.push(" ON CONFLICT (svix_id) DO NOTHING RETURNING seq, svix_id");
+                let new: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                if new.is_empty() {
+                    continue;
+                }
+                // Ids are distinct within `rows`, so each new seq has one body.
+                let by_id: std::collections::HashMap<&str, &str> = chunk
+                    .iter()
+                    .map(|r| (r.svix_id.as_str(), r.body.as_str()))
+                    .collect();
+                let mut qb =
+                    QueryBuilder::<sqlx::Postgres>::new("INSERT INTO inbox_bodies (seq, body) ");
+                qb.push_values(&new, |mut b, (seq, id)| {
+                    b.push_bind(*seq).push_bind(by_id[id.as_str()]);
+                });
+                qb.build().execute(&mut *tx).await?;
+                inserted.extend(new.into_iter().map(|(_, id)| id));
             }
             tx.commit().await?;
         }

@@ -73,7 +73,7 @@ pub async fn show(
         .await)?;
     let Some(rec) = rec else { return Ok(None) };
     let body: String = on_pool!(db, |p| sqlx::query_scalar(
-        "SELECT body FROM inbox WHERE seq = $1"
+        "SELECT body FROM inbox_bodies WHERE seq = $1"
     )
     .bind(rec.seq)
     .fetch_one(p)

@@ -37,14 +37,14 @@ macro_rules! purge_impl {
                         .await?;
                 }
                 let bodies: Vec<(i64, String)> = sqlx::query_as(
-                    "SELECT seq, body FROM inbox WHERE entity_key = $1 \
+                    "SELECT seq, body FROM inbox JOIN inbox_bodies USING (seq) WHERE entity_key = $1 \
                      OR (event_type LIKE 'organizationMembership.%' AND body LIKE '%' || $1 || '%')",
                 )
                 .bind(uid)
                 .fetch_all(&mut *tx)
                 .await?;
                 for (iseq, body) in bodies {
-                    sqlx::query("UPDATE inbox SET body = $2 WHERE seq = $1")
+                    sqlx::query("UPDATE inbox_bodies SET body = $2 WHERE seq = $1")
                         .bind(iseq)
                         .bind(redact_body(&body))
                         .execute(&mut *tx)

@@ -178,9 +178,10 @@ pub fn append(conn: &mut Connection, rows: &[NewDelivery]) -> Result<Vec<bool>, 
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO inbox (svix_id, event_type, entity_key, object_id, svix_timestamp, \
-             event_timestamp, received_at, body, next_attempt_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7) ON CONFLICT (svix_id) DO NOTHING",
+             event_timestamp, received_at, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (svix_id) DO NOTHING",
         )?;
+        let mut body = tx.prepare_cached("INSERT INTO inbox_bodies (seq, body) VALUES (?1, ?2)")?;
         for r in rows {
             let n = stmt.execute(params![
                 r.svix_id,
@@ -190,8 +191,10 @@ pub fn append(conn: &mut Connection, rows: &[NewDelivery]) -> Result<Vec<bool>, 
                 r.svix_timestamp,
                 r.event_timestamp_ms,
                 r.received_at_ms,
-                r.body,
             ])?;
+            if n == 1 {
+                body.execute(params![tx.last_insert_rowid(), r.body])?;
+            }
             out.push(n == 1);
         }
     }

@@ -237,7 +237,7 @@ async fn record(
         entity_id: &row.id,
         user_id: user.as_deref(),
         operation,
-        changes: Value::Object(changes.clone()).to_string(),
+        changes: serde_json::to_string(changes).expect("a JSON map serializes"),
         version: row.version,
         at: ctx.now,
     })
@@ -334,9 +334,9 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
     if let Some(user) = &c.user {
         // Most user updates leave emails and phones alone: rewrite the contact
         // rows only when they differ from the stored record's.
+        // `before` is not needed after this: moved, not cloned.
         let old = before
-            .as_ref()
-            .and_then(|m| serde_json::from_value::<User>(Value::Object(m.clone())).ok())
+            .and_then(|m| serde_json::from_value::<User>(Value::Object(m)).ok())
             .map(|u| contacts(&u));
         let new = contacts(user);
         if old.as_ref() != Some(&new) && !(old.is_none() && new.is_empty()) {

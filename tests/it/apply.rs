@@ -195,6 +195,7 @@ async fn lifecycle_audit_cascade(s: &Server) {
     assert_eq!(report.users_erased, 1);
     for t in [
         "inbox",
+        "inbox_bodies",
         "users",
         "memberships",
         "archive",
@@ -220,7 +221,8 @@ async fn lifecycle_audit_cascade(s: &Server) {
 /// Every column of a table, concatenated, for a text search on SQLite.
 fn sqlite_cols(t: &str) -> &'static str {
     match t {
-        "inbox" => "body || coalesce(last_error, '')",
+        "inbox" => "svix_id || coalesce(last_error, '')",
+        "inbox_bodies" => "body",
         "users" | "memberships" => "coalesce(data, '')",
         "archive" => "coalesce(data, '')",
         "audit" => "changes",

@@ -53,7 +53,18 @@ fn tools_present() -> bool {
 }
 
 async fn start_driver() -> Driver {
-    // A port the OS just handed out; chromedriver binds it right after.
+    // The port is free when the OS hands it out but can be taken again (by
+    // another test's server) before chromedriver binds it: then chromedriver
+    // exits or something else answers, and a new port is tried.
+    for _ in 0..3 {
+        if let Some(driver) = try_start_driver(WAIT / 3).await {
+            return driver;
+        }
+    }
+    panic!("chromedriver did not become ready on any of 3 ports");
+}
+
+async fn try_start_driver(wait: Duration) -> Option<Driver> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -66,14 +77,17 @@ async fn start_driver() -> Driver {
         .spawn()
         .expect("chromedriver starts");
     let url = format!("http://127.0.0.1:{port}");
-    let driver = Driver {
+    let mut driver = Driver {
         child,
         url,
         profile: tempfile::tempdir().unwrap(),
     };
     let status = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if driver.child.try_wait().ok().flatten().is_some() {
+            return None; // exited: most likely the port was taken
+        }
         let ready = status
             .get(format!("{}/status", driver.url))
             .send()
@@ -83,15 +97,12 @@ async fn start_driver() -> Driver {
         if let Some(r) = ready {
             let v: Value = r.json().await.unwrap_or(Value::Null);
             if v["value"]["ready"] == true {
-                return driver;
+                return Some(driver);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not become ready"
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    None
 }
 
 async fn open_browser(driver: &Driver) -> Client {

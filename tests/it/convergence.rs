@@ -234,7 +234,8 @@ async fn store(db: &Database, evs: &[Ev]) -> Vec<Delivery> {
         .map(|(i, e)| delivery(i, e))
         .collect();
     append_batch(db, &rows).await.unwrap();
-    let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, body, attempts FROM inbox ORDER BY seq";
+    let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, \
+               body, attempts FROM inbox JOIN inbox_bodies USING (seq) ORDER BY seq";
     let stored: Vec<Delivery> = match db {
         Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
         Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),

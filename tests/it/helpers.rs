@@ -260,7 +260,8 @@ pub async fn read_inbox(path: &Path) -> Vec<InboxRow> {
         .await
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let rows = sqlx::query_as::<_, InboxRow>(
-        "SELECT svix_id, event_type, entity_key, body, status FROM inbox ORDER BY seq",
+        "SELECT svix_id, event_type, entity_key, body, status FROM inbox JOIN inbox_bodies USING (seq) \
+         ORDER BY seq",
     )
     .fetch_all(&pool)
     .await

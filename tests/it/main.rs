@@ -23,3 +23,4 @@ mod process;
 mod processor;
 mod realtime;
 mod search;
+mod upgrade;
