@@ -244,7 +244,13 @@ impl Processor {
                         _ = cancel.cancelled() => return,
                     }
                 }
-                Ok(b) => {
+                // A full batch means a backlog: read the next one beside it. A
+                // short one drained the backlog; reading beside it would only
+                // find the few events that came in since, so the next turn
+                // reads after the commit and finds everything that came in
+                // meanwhile (measured: reading ahead at every batch cost 8% more
+                // CPU per event at moderate load, for smaller batches).
+                Ok(b) if b.jobs.len() as i64 >= limit => {
                     let in_hand: Vec<i64> = b.jobs.iter().map(|(d, _)| d.seq).collect();
                     let next = tokio::spawn(read_due(
                         self.db.clone(),
@@ -259,6 +265,7 @@ impl Processor {
                         _ => None,
                     };
                 }
+                Ok(b) => self.apply_due(b).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "finding due events failed; retrying");
                     tokio::select! {
