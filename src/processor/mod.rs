@@ -258,34 +258,43 @@ impl Processor {
                         in_hand,
                         limit,
                     ));
-                    self.apply_due(b).await;
+                    let applied = self.apply_due(b).await;
                     // A failed read only costs the overlap: the next turn reads again.
                     ready = match next.await {
-                        Ok(Ok(b)) if !b.jobs.is_empty() => Some(b),
+                        Ok(Ok(b)) if !b.jobs.is_empty() && applied.is_ok() => Some(b),
                         _ => None,
                     };
-                }
-                Ok(b) => self.apply_due(b).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "finding due events failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = cancel.cancelled() => return,
+                    if let Err(e) = applied {
+                        self.pause_after(e, &cancel).await;
                     }
                 }
+                Ok(b) => {
+                    if let Err(e) = self.apply_due(b).await {
+                        self.pause_after(e, &cancel).await;
+                    }
+                }
+                Err(e) => self.pause_after(e, &cancel).await,
             }
         }
     }
 
+    /// The database could not be read or written at all: wait a second.
+    async fn pause_after(&self, e: sqlx::Error, cancel: &CancellationToken) {
+        tracing::warn!(error = %e, "the database is not answering; retrying in 1 s");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+
     /// Applies one batch of due events in one transaction; when that fails,
-    /// one by one, so a bad event does not sink its neighbours.
-    async fn apply_due(&self, b: DueBatch) {
+    /// one by one, so a bad event does not sink its neighbours. Err only when
+    /// no transaction can be opened: nothing was tried, nothing counts as an
+    /// attempt, and the events are read again on the next turn.
+    async fn apply_due(&self, b: DueBatch) -> Result<(), sqlx::Error> {
         let DueBatch { jobs, parsed } = b;
-        let result = match begin(&self.db).await {
-            Ok(tx) => self.apply_in(tx, &jobs, parsed).await,
-            Err(e) => Err(e.into()),
-        };
-        match result {
+        let tx = begin(&self.db).await?;
+        match self.apply_in(tx, &jobs, parsed).await {
             Ok(outcomes) => {
                 for ((d, _), o) in jobs.iter().zip(outcomes) {
                     self.applied_ok(d, o);
@@ -304,6 +313,7 @@ impl Processor {
                 }
             }
         }
+        Ok(())
     }
 
     async fn worker(self, mut rx: mpsc::Receiver<Vec<Job>>, cancel: CancellationToken) {
