@@ -114,7 +114,25 @@ impl Processor {
         let n = self.config.max_concurrent.max(1);
         if n == 1 && matches!(self.db, Database::Sqlite(..)) {
             let purger = tokio::spawn(self.clone().purge_loop(cancel.clone()));
-            self.run_in_place(cancel).await;
+            // Its own thread: when the write gate comes free, the apply loop
+            // runs at once instead of waiting for a worker of the shared
+            // runtime busy with HTTP, and its blocking SQLite calls need no
+            // hand-off of that worker's queue. Reads ahead run on `shared`.
+            let shared = tokio::runtime::Handle::current();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let me = self.clone();
+            std::thread::Builder::new()
+                .name("apply".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a current-thread runtime builds");
+                    rt.block_on(me.run_in_place(cancel, shared));
+                    let _ = done_tx.send(());
+                })
+                .expect("the apply thread starts");
+            let _ = done_rx.await;
             let _ = purger.await;
             return;
         }
@@ -222,7 +240,7 @@ impl Processor {
     /// safe: apply checks each event's status again inside it, and this is the
     /// only worker; the read leaves out the batch in hand, still pending in the
     /// snapshot it reads.
-    async fn run_in_place(&self, cancel: CancellationToken) {
+    async fn run_in_place(&self, cancel: CancellationToken, shared: tokio::runtime::Handle) {
         let limit = self.config.batch_max as i64;
         let mut ready: Option<DueBatch> = None;
         loop {
@@ -252,7 +270,7 @@ impl Processor {
                 // CPU per event at moderate load, for smaller batches).
                 Ok(b) if b.jobs.len() as i64 >= limit => {
                     let in_hand: Vec<i64> = b.jobs.iter().map(|(d, _)| d.seq).collect();
-                    let next = tokio::spawn(read_due(
+                    let next = shared.spawn(read_due(
                         self.db.clone(),
                         self.clock.now_ms(),
                         in_hand,

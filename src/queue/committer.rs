@@ -47,7 +47,25 @@ impl GroupCommitter {
         // Bounded: under overload, handlers wait here (backpressure) instead of
         // growing memory without limit.
         let (tx, rx) = mpsc::channel(8192);
-        let handle = tokio::spawn(writer(db, rx, committed));
+        let handle = if matches!(db, Database::Sqlite(..)) {
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name("inbox-writer".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a current-thread runtime builds");
+                    rt.block_on(writer(db, rx, committed));
+                    let _ = done_tx.send(());
+                })
+                .expect("the inbox writer thread starts");
+            tokio::spawn(async move {
+                let _ = done_rx.await;
+            })
+        } else {
+            tokio::spawn(writer(db, rx, committed))
+        };
         (GroupCommitter { tx }, handle)
     }
 
