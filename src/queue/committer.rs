@@ -47,6 +47,10 @@ impl GroupCommitter {
         // Bounded: under overload, handlers wait here (backpressure) instead of
         // growing memory without limit.
         let (tx, rx) = mpsc::channel(8192);
+        // On SQLite the writer takes turns at the one write lock with the apply
+        // loop: on a thread of its own it runs as soon as the lock comes free,
+        // instead of waiting for a shared worker busy with HTTP (measured: ~3%
+        // more deliveries applied per second end to end, see processor::run).
         let handle = if matches!(db, Database::Sqlite(..)) {
             let (done_tx, done_rx) = oneshot::channel::<()>();
             std::thread::Builder::new()
