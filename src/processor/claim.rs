@@ -67,19 +67,15 @@ pub async fn due(
 ) -> Result<Vec<Delivery>, sqlx::Error> {
     // The seqs to skip travel as one JSON array: one statement text, however many.
     let skip = serde_json::to_string(skip).expect("a list of integers serializes");
-    let sql = match db {
-        Database::Sqlite(..) => format!(
-            "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
-             AND (leased_until IS NULL OR leased_until < $1) \
-             AND seq NOT IN (SELECT value FROM json_each($2)) ORDER BY seq LIMIT $3"
-        ),
-        Database::Postgres(_) => format!(
-            "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
-             AND (leased_until IS NULL OR leased_until < $1) \
-             AND seq NOT IN (SELECT value::bigint FROM json_array_elements_text($2::json)) \
-             ORDER BY seq LIMIT $3"
-        ),
+    let skipped = match db {
+        Database::Sqlite(..) => "SELECT value FROM json_each($2)",
+        Database::Postgres(_) => "SELECT value::bigint FROM json_array_elements_text($2::json)",
     };
+    let sql = format!(
+        "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
+         AND (leased_until IS NULL OR leased_until < $1) AND seq NOT IN ({skipped}) \
+         ORDER BY seq LIMIT $3"
+    );
     on_pool!(db, |p| sqlx::query_as(&sql)
         .bind(now)
         .bind(&skip)

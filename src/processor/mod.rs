@@ -301,16 +301,27 @@ impl Processor {
     async fn apply_due(&self, b: DueBatch) -> Result<(), sqlx::Error> {
         let DueBatch { jobs, parsed } = b;
         let tx = begin(&self.db).await?;
-        match self.apply_in(tx, &jobs, parsed).await {
+        let result = self.apply_in(tx, &jobs, parsed).await;
+        self.settle(&jobs, result).await;
+        Ok(())
+    }
+
+    /// After a batch's transaction: its outcomes, or on failure each event again
+    /// in a transaction of its own, so one bad event does not sink its
+    /// neighbours (a lone event's failure is recorded as it is).
+    async fn settle<P>(&self, items: &[(Delivery, P)], result: Result<Vec<Outcome>, SyncError>) {
+        match result {
             Ok(outcomes) => {
-                for ((d, _), o) in jobs.iter().zip(outcomes) {
+                for ((d, _), o) in items.iter().zip(outcomes) {
                     self.applied_ok(d, o);
                 }
                 self.applied.send_modify(|v| *v += 1);
             }
-            Err(_) => {
-                for (d, _) in &jobs {
-                    match self.apply_all(std::slice::from_ref(&(d.clone(), ()))).await {
+            Err(e) if items.len() == 1 => self.failed(&items[0].0, &e).await,
+            Err(e) => {
+                tracing::debug!(error = %e, size = items.len(), "batch failed; applying events singly");
+                for (d, _) in items {
+                    match self.apply_all(&[(d.clone(), ())]).await {
                         Ok(o) => {
                             self.applied_ok(d, o[0]);
                             self.applied.send_modify(|v| *v += 1);
@@ -320,7 +331,6 @@ impl Processor {
                 }
             }
         }
-        Ok(())
     }
 
     async fn worker(self, mut rx: mpsc::Receiver<Vec<Job>>, cancel: CancellationToken) {
@@ -360,30 +370,8 @@ impl Processor {
     }
 
     async fn process_batch(&self, batch: &mut [Job]) {
-        if batch.len() > 1 {
-            match self.apply_all(batch).await {
-                Ok(outcomes) => {
-                    for ((d, _), o) in batch.iter().zip(outcomes) {
-                        self.applied_ok(d, o);
-                    }
-                    self.applied.send_modify(|v| *v += 1);
-                    return;
-                }
-                Err(e) => {
-                    // One bad event must not sink its neighbours: redo one by one.
-                    tracing::debug!(error = %e, size = batch.len(), "batch failed; applying events singly");
-                }
-            }
-        }
-        for (d, _) in batch.iter() {
-            match self.apply_all(std::slice::from_ref(&(d.clone(), ()))).await {
-                Ok(o) => {
-                    self.applied_ok(d, o[0]);
-                    self.applied.send_modify(|v| *v += 1);
-                }
-                Err(e) => self.failed(d, &e).await,
-            }
-        }
+        let result = self.apply_all(batch).await;
+        self.settle(batch, result).await;
     }
 
     /// Applies the deliveries in one transaction.

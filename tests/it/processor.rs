@@ -4,6 +4,7 @@
 
 use crate::backends::{postgres_server, sqlite_server, Server};
 use clerksync::config::Token;
+use clerksync::Config;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-secret";
@@ -109,21 +110,21 @@ async fn dead_event_holds_nothing_back(s: Server) {
     s.stop().await;
 }
 
+/// The admin API on, and a failing event dead at its first failure.
+fn dead_at_once(c: &mut Config) {
+    c.admin_token = Some(Token::new(ADMIN));
+    c.max_attempts = 1;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_event_holds_nothing_back_sqlite_one_worker() {
-    let s = sqlite_server(|c| {
-        c.admin_token = Some(Token::new(ADMIN));
-        c.max_attempts = 1;
-    })
-    .await;
-    dead_event_holds_nothing_back(s).await;
+    dead_event_holds_nothing_back(sqlite_server(dead_at_once).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_event_holds_nothing_back_sqlite_four_workers() {
     let s = sqlite_server(|c| {
-        c.admin_token = Some(Token::new(ADMIN));
-        c.max_attempts = 1;
+        dead_at_once(c);
         c.max_concurrent = 4;
     })
     .await;
@@ -132,15 +133,9 @@ async fn a_dead_event_holds_nothing_back_sqlite_four_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_event_holds_nothing_back_postgres() {
-    let Some(s) = postgres_server(|c| {
-        c.admin_token = Some(Token::new(ADMIN));
-        c.max_attempts = 1;
-    })
-    .await
-    else {
-        return;
-    };
-    dead_event_holds_nothing_back(s).await;
+    if let Some(s) = postgres_server(dead_at_once).await {
+        dead_event_holds_nothing_back(s).await;
+    }
 }
 
 /// A database error is retried with growing delays, then dead-lettered; a
