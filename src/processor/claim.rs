@@ -59,29 +59,37 @@ pub async fn claim(
 /// oldest first, without leasing them, leaving out the seqs in `skip` (the
 /// batch being applied while this reads): for SQLite's single in-place
 /// worker, which re-checks each one's status inside its transaction.
-pub async fn due(
-    db: &Database,
+pub fn due(
+    conn: &rusqlite::Connection,
     now: i64,
     skip: &[i64],
     limit: i64,
 ) -> Result<Vec<Delivery>, sqlx::Error> {
     // The seqs to skip travel as one JSON array: one statement text, however many.
     let skip = serde_json::to_string(skip).expect("a list of integers serializes");
-    let skipped = match db {
-        Database::Sqlite(..) => "SELECT value FROM json_each($2)",
-        Database::Postgres(_) => "SELECT value::bigint FROM json_array_elements_text($2::json)",
-    };
     let sql = format!(
-        "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
-         AND (leased_until IS NULL OR leased_until < $1) AND seq NOT IN ({skipped}) \
-         ORDER BY seq LIMIT $3"
+        "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= ?1 \
+         AND (leased_until IS NULL OR leased_until < ?1) AND seq NOT IN (SELECT value FROM json_each(?2)) \
+         ORDER BY seq LIMIT ?3"
     );
-    on_pool!(db, |p| sqlx::query_as(&sql)
-        .bind(now)
-        .bind(&skip)
-        .bind(limit)
-        .fetch_all(p)
-        .await)
+    let read = || -> rusqlite::Result<Vec<Delivery>> {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params![now, skip, limit], |r| {
+            Ok(Delivery {
+                seq: r.get(0)?,
+                svix_id: r.get(1)?,
+                event_type: r.get(2)?,
+                entity_key: r.get(3)?,
+                svix_timestamp: r.get(4)?,
+                event_timestamp: r.get(5)?,
+                received_at: r.get(6)?,
+                body: r.get(7)?,
+                attempts: r.get(8)?,
+            })
+        })?;
+        rows.collect()
+    };
+    read().map_err(crate::store::sqlite::db_err)
 }
 
 /// Gives back leases (shutdown).

@@ -107,7 +107,7 @@ impl Database {
                     path: format!("{}-wal", file.display()),
                     source,
                 })?;
-                let gate = Arc::new(WriteGate::new(writer, wal));
+                let gate = Arc::new(WriteGate::new(writer, wal, file.clone()));
                 crate::store::sqlite::spawn_checkpointer(&file, Arc::downgrade(&gate)).map_err(
                     |source| DbError::OpenWriter {
                         url: u.clone(),
@@ -224,6 +224,9 @@ pub struct WriteGate {
     urgent_done: tokio::sync::Notify,
     /// The writer's WAL file, fsynced outside the gate ([`Database::sync`]).
     wal: std::fs::File,
+    /// The database file, for connections of the hot read paths
+    /// (`store::sqlite::open_reader`).
+    pub path: std::path::PathBuf,
 }
 
 /// Holds the gate until dropped.
@@ -240,9 +243,14 @@ impl WriteGuard {
 }
 
 impl WriteGate {
-    fn new(writer: rusqlite::Connection, wal: std::fs::File) -> WriteGate {
+    fn new(
+        writer: rusqlite::Connection,
+        wal: std::fs::File,
+        path: std::path::PathBuf,
+    ) -> WriteGate {
         WriteGate {
             wal,
+            path,
             lock: Arc::new(tokio::sync::Mutex::new(writer)),
             background: Default::default(),
             urgent_waiting: Default::default(),
