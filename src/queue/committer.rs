@@ -76,31 +76,35 @@ async fn writer(
 ) {
     let mut batch: Vec<(NewDelivery, Reply)> = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) = batch.drain(..).unzip();
         // Two deliveries of one id in the same batch: the first is stored, the
         // rest are duplicates of it.
-        let mut seen = HashSet::with_capacity(batch.len());
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut in_batch_dup = Vec::with_capacity(batch.len());
-        for (row, _) in &batch {
-            let first = seen.insert(row.svix_id.as_str());
-            in_batch_dup.push(!first);
-            if first {
-                rows.push(row.clone());
-            }
-        }
-        let result = append_batch(&db, &rows).await;
+        let mut seen = HashSet::with_capacity(deliveries.len());
+        let first: Vec<bool> = deliveries
+            .iter()
+            .map(|d| seen.insert(d.svix_id.as_str()))
+            .collect();
+        drop(seen);
+        // Bodies are ~2 KB: copied only in the rare batch that holds a duplicate.
+        let result = if first.iter().all(|f| *f) {
+            append_batch(&db, &deliveries).await
+        } else {
+            let rows: Vec<NewDelivery> = deliveries
+                .iter()
+                .zip(&first)
+                .filter(|(_, f)| **f)
+                .map(|(d, _)| d.clone())
+                .collect();
+            append_batch(&db, &rows).await
+        };
         match result {
             Ok(flags) => {
-                let new_ids: HashSet<&str> = rows
-                    .iter()
-                    .zip(&flags)
-                    .filter(|(_, new)| **new)
-                    .map(|(r, _)| r.svix_id.as_str())
-                    .collect();
-                let any_new = !new_ids.is_empty();
-                // The first submitter of a new id gets Accepted, everyone else Duplicate.
-                for ((row, reply), dup) in batch.drain(..).zip(in_batch_dup) {
-                    let outcome = if !dup && new_ids.contains(row.svix_id.as_str()) {
+                let any_new = flags.iter().any(|n| *n);
+                // The first submitter of a new id gets Accepted, everyone else
+                // Duplicate; `flags` holds one entry per first submitter.
+                let mut flags = flags.into_iter();
+                for (reply, is_first) in replies.into_iter().zip(first) {
+                    let outcome = if is_first && flags.next() == Some(true) {
                         AppendOutcome::Accepted
                     } else {
                         AppendOutcome::Duplicate
@@ -113,9 +117,9 @@ async fn writer(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, rows = rows.len(), "inbox append failed");
+                tracing::error!(error = %e, rows = deliveries.len(), "inbox append failed");
                 let msg = e.to_string();
-                for (_, reply) in batch.drain(..) {
+                for reply in replies {
                     let _ = reply.send(Err(CommitError::Storage(msg.clone())));
                 }
             }

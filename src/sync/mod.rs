@@ -308,14 +308,27 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
         }
     }
     let mut data = c.data;
+    let mut data_json = c.data_json;
     if let Some(user) = parent_user
         .and_then(|r| r.data)
         .and_then(|d| serde_json::from_str::<User>(&d).ok())
     {
         refresh_public_user_data(&mut data, &user);
+        data_json = serde_json::to_string(&data).expect("a JSON map serializes");
     }
-    let before = cur.as_ref().and_then(|r| parse_map(r.data.as_deref()));
-    let changes = diff(before.as_ref(), &data);
+    // The store writes records in one serialization (sorted keys), so the same
+    // text is the same record: a re-sent state needs no parse and no diff.
+    let same = cur.as_ref().and_then(|r| r.data.as_deref()) == Some(data_json.as_str());
+    let before = if same {
+        None
+    } else {
+        cur.as_ref().and_then(|r| parse_map(r.data.as_deref()))
+    };
+    let changes = if same {
+        Map::new()
+    } else {
+        diff(before.as_ref(), &data)
+    };
     let row = EntityRow {
         id: c.id.clone(),
         version: c.version,
@@ -323,7 +336,7 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
         deleted: false,
         user_id: c.user_id.clone(),
         organization_id: c.organization_id.clone(),
-        data: Some(Value::Object(data).to_string()),
+        data: Some(data_json),
         synced_at: ctx.now,
     };
     tx.put(c.kind, &row).await?;
@@ -333,14 +346,16 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
     }
     if let Some(user) = &c.user {
         // Most user updates leave emails and phones alone: rewrite the contact
-        // rows only when they differ from the stored record's.
-        // `before` is not needed after this: moved, not cloned.
-        let old = before
-            .and_then(|m| serde_json::from_value::<User>(Value::Object(m)).ok())
-            .map(|u| contacts(&u));
-        let new = contacts(user);
-        if old.as_ref() != Some(&new) && !(old.is_none() && new.is_empty()) {
-            tx.replace_contacts(&user.id, &new).await?;
+        // rows only when they differ from the stored record's (the same record
+        // has the same contacts). `before` is not needed after this: moved.
+        if !same {
+            let old = before
+                .and_then(|m| serde_json::from_value::<User>(Value::Object(m)).ok())
+                .map(|u| contacts(&u));
+            let new = contacts(user);
+            if old.as_ref() != Some(&new) && !(old.is_none() && new.is_empty()) {
+                tx.replace_contacts(&user.id, &new).await?;
+            }
         }
         refresh_memberships(tx, ctx, user).await?;
     }
