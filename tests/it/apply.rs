@@ -133,9 +133,18 @@ async fn lifecycle_audit_cascade(s: &Server) {
         .await;
     s.post("msg_a0", &user("user_a", "Ada B", "ada@x.io", 200))
         .await;
+    // The same state again under a greater id: it wins the tie, and writes the
+    // record it already holds (no audit, email kept).
+    s.post("msg_a3z", &user("user_a", "Ada B", "ada@x.io", 200))
+        .await;
     s.settle().await;
     let (_, u) = s.get_json("/v1/users/user_a", None).await;
     assert_eq!(u["first_name"], "Ada B");
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM user_emails WHERE user_id = 'user_a' AND email_address = 'ada@x.io'")
+            .await,
+        1
+    );
     let (_, audit) = s.get_json("/v1/audit?entity_id=user_a", None).await;
     let ops: Vec<&str> = audit["data"]
         .as_array()
