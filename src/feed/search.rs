@@ -23,7 +23,7 @@ use crate::store::tx::EntityRow;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -643,10 +643,21 @@ impl SearchIndex {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        let mut rows: HashMap<(Kind, String), EntityRow> = HashMap::with_capacity(targets.len());
+        for kind in [Kind::User, Kind::Organization] {
+            let ids: Vec<&str> = targets
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, id)| *id)
+                .collect();
+            for r in read::get_many(db, kind, &ids).await? {
+                rows.insert((kind, r.id.clone()), r);
+            }
+        }
         let mut ops = Vec::with_capacity(targets.len());
         for (kind, id) in targets {
-            let row = read::get(db, kind, id).await?;
-            let doc = row.and_then(|r| self.doc_for(kind, &r, guard.gen));
+            let row = rows.get(&(kind, id.to_string()));
+            let doc = row.and_then(|r| self.doc_for(kind, r, guard.gen));
             ops.push((self.key_term(kind, id), doc));
         }
         let (guard, r) = Self::blocking(guard, move |st| {

@@ -14,6 +14,33 @@ pub async fn get(db: &Database, kind: Kind, id: &str) -> Result<Option<EntityRow
         .await)
 }
 
+/// The rows of `kind` with these ids, in one query (those that exist, in no
+/// particular order): the search consumer reads a whole feed batch's records
+/// this way instead of one round trip each.
+pub async fn get_many(
+    db: &Database,
+    kind: Kind,
+    ids: &[&str],
+) -> Result<Vec<EntityRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let table = kind.table();
+    match db {
+        // The ids travel as one JSON array: one statement text, however many.
+        Database::Sqlite(p, _) => {
+            let list = serde_json::to_string(ids).expect("a list of strings serializes");
+            let sql =
+                format!("SELECT {COLS} FROM {table} WHERE id IN (SELECT value FROM json_each($1))");
+            sqlx::query_as(&sql).bind(list).fetch_all(p).await
+        }
+        Database::Postgres(p) => {
+            let sql = format!("SELECT {COLS} FROM {table} WHERE id = ANY($1)");
+            sqlx::query_as(&sql).bind(ids).fetch_all(p).await
+        }
+    }
+}
+
 /// Live rows ordered by id, after `after` (exclusive).
 pub async fn list_live(
     db: &Database,

@@ -4,7 +4,7 @@
 //! polled until it holds or a generous deadline passes (a hang guard, never a
 //! timing assertion).
 
-use crate::backends::{sqlite_server, start, Server};
+use crate::backends::{postgres_server, sqlite_server, start, Server};
 use clerksync::config::Token;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -189,6 +189,20 @@ async fn finds_users_by_fragment_typo_and_exact_handle() {
 #[tokio::test]
 async fn finds_organizations_by_name_and_slug_prefix() {
     let s = sqlite_server(|_| {}).await;
+    organizations_by_name_and_slug_prefix(&s).await;
+    s.stop().await;
+}
+
+/// The index is fed from the store on PostgreSQL too (its batch read differs).
+#[tokio::test]
+async fn finds_organizations_by_name_and_slug_prefix_postgres() {
+    if let Some(s) = postgres_server(|_| {}).await {
+        organizations_by_name_and_slug_prefix(&s).await;
+        s.stop().await;
+    }
+}
+
+async fn organizations_by_name_and_slug_prefix(s: &Server) {
     let mut events = vec![
         org(
             "org_engines",
@@ -199,23 +213,19 @@ async fn finds_organizations_by_name_and_slug_prefix() {
         org("org_acme", "Acme Corporation", "acme", 10),
     ];
     events.extend(people());
-    post_all(&s, "orgs", &events).await;
-    let v = wait_search(&s, "analyt", "&kind=organizations", |r| {
-        r == ["org_engines"]
-    })
-    .await;
+    post_all(s, "orgs", &events).await;
+    let v = wait_search(s, "analyt", "&kind=organizations", |r| r == ["org_engines"]).await;
     assert_eq!(v["data"][0]["name"], "Analytical Engines Ltd");
     assert_eq!(v["data"][0]["slug"], "analytical-engines");
-    wait_search(&s, "acm", "&kind=organizations", |r| r == ["org_acme"]).await;
-    wait_search(&s, "engines ltd", "&kind=organizations", |r| {
+    wait_search(s, "acm", "&kind=organizations", |r| r == ["org_acme"]).await;
+    wait_search(s, "engines ltd", "&kind=organizations", |r| {
         r == ["org_engines"]
     })
     .await;
-    wait_search(&s, "acme", "", |r| r == ["org_acme"]).await;
+    wait_search(s, "acme", "", |r| r == ["org_acme"]).await;
     // Users matching "analyt" (Ada's email) are not organizations, and vice versa.
-    wait_search(&s, "analyt", "&kind=users", |r| r == ["user_ada"]).await;
-    wait_search(&s, "analyt", "&kind=user", |r| r == ["user_ada"]).await;
-    s.stop().await;
+    wait_search(s, "analyt", "&kind=users", |r| r == ["user_ada"]).await;
+    wait_search(s, "analyt", "&kind=user", |r| r == ["user_ada"]).await;
 }
 
 #[tokio::test]
