@@ -62,11 +62,32 @@ pub async fn read_after(
     const Q: &str =
         "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at \
                      FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2";
-    let rows: Vec<FeedRow> = on_pool!(db, |p| sqlx::query_as(Q)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(p)
-        .await)?;
+    let rows: Vec<FeedRow> = match db {
+        // Every consumer reads every row: through sqlx each row crossed threads.
+        Database::Sqlite(_, gate) => gate.read(|c| {
+            let mut stmt = c.prepare_cached(Q)?;
+            let rows = stmt.query_map(rusqlite::params![after, limit], |r| {
+                Ok(FeedRow {
+                    seq: r.get(0)?,
+                    kind: r.get(1)?,
+                    entity_id: r.get(2)?,
+                    operation: r.get(3)?,
+                    changed_fields: r.get(4)?,
+                    version: r.get(5)?,
+                    svix_id: r.get(6)?,
+                    committed_at: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })?,
+        Database::Postgres(p) => {
+            sqlx::query_as(Q)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }
+    };
     Ok(rows
         .into_iter()
         .filter_map(|r| {

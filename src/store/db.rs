@@ -227,6 +227,8 @@ pub struct WriteGate {
     /// The database file, for connections of the hot read paths
     /// (`store::sqlite::open_reader`).
     pub path: std::path::PathBuf,
+    /// Reader connections kept for [`WriteGate::read`].
+    readers: std::sync::Mutex<Vec<rusqlite::Connection>>,
 }
 
 /// Holds the gate until dropped.
@@ -251,11 +253,37 @@ impl WriteGate {
         WriteGate {
             wal,
             path,
+            readers: Default::default(),
             lock: Arc::new(tokio::sync::Mutex::new(writer)),
             background: Default::default(),
             urgent_waiting: Default::default(),
             urgent_done: Default::default(),
         }
+    }
+
+    /// Runs a read on a reader connection of its own (opened on first need and
+    /// kept), blocking: for reads that return many rows often (the change feed),
+    /// where sqlx's per-row hand-off between threads cost more than the read.
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, sqlx::Error> {
+        use crate::store::sqlite::{blocking, db_err, open_reader};
+        let pooled = self
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_reader(&self.path).map_err(db_err)?,
+        };
+        let out = blocking(|| f(&conn)).map_err(db_err);
+        self.readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(conn);
+        out
     }
 
     async fn urgent(&self) -> WriteGuard {
