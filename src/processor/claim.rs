@@ -58,13 +58,14 @@ pub async fn claim(
 /// Due events (pending, or failed and due for retry, not leased by anyone),
 /// oldest first, without leasing them, leaving out the seqs in `skip` (the
 /// batch being applied while this reads): for SQLite's single in-place
-/// worker, which re-checks each one's status inside its transaction.
+/// worker, which re-checks each one's status inside its transaction. On a
+/// reader connection ([`crate::store::db::WriteGate::read`]).
 pub fn due(
     conn: &rusqlite::Connection,
     now: i64,
     skip: &[i64],
     limit: i64,
-) -> Result<Vec<Delivery>, sqlx::Error> {
+) -> rusqlite::Result<Vec<Delivery>> {
     // The seqs to skip travel as one JSON array: one statement text, however many.
     let skip = serde_json::to_string(skip).expect("a list of integers serializes");
     let sql = format!(
@@ -72,24 +73,21 @@ pub fn due(
          AND (leased_until IS NULL OR leased_until < ?1) AND seq NOT IN (SELECT value FROM json_each(?2)) \
          ORDER BY seq LIMIT ?3"
     );
-    let read = || -> rusqlite::Result<Vec<Delivery>> {
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params![now, skip, limit], |r| {
-            Ok(Delivery {
-                seq: r.get(0)?,
-                svix_id: r.get(1)?,
-                event_type: r.get(2)?,
-                entity_key: r.get(3)?,
-                svix_timestamp: r.get(4)?,
-                event_timestamp: r.get(5)?,
-                received_at: r.get(6)?,
-                body: r.get(7)?,
-                attempts: r.get(8)?,
-            })
-        })?;
-        rows.collect()
-    };
-    read().map_err(crate::store::sqlite::db_err)
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params![now, skip, limit], |r| {
+        Ok(Delivery {
+            seq: r.get(0)?,
+            svix_id: r.get(1)?,
+            event_type: r.get(2)?,
+            entity_key: r.get(3)?,
+            svix_timestamp: r.get(4)?,
+            event_timestamp: r.get(5)?,
+            received_at: r.get(6)?,
+            body: r.get(7)?,
+            attempts: r.get(8)?,
+        })
+    })?;
+    rows.collect()
 }
 
 /// Gives back leases (shutdown).

@@ -224,9 +224,8 @@ pub struct WriteGate {
     urgent_done: tokio::sync::Notify,
     /// The writer's WAL file, fsynced outside the gate ([`Database::sync`]).
     wal: std::fs::File,
-    /// The database file, for connections of the hot read paths
-    /// (`store::sqlite::open_reader`).
-    pub path: std::path::PathBuf,
+    /// The database file, for reader connections ([`WriteGate::read`]).
+    path: std::path::PathBuf,
     /// Reader connections kept for [`WriteGate::read`].
     readers: std::sync::Mutex<Vec<rusqlite::Connection>>,
 }
@@ -262,8 +261,10 @@ impl WriteGate {
     }
 
     /// Runs a read on a reader connection of its own (opened on first need and
-    /// kept), blocking: for reads that return many rows often (the change feed),
-    /// where sqlx's per-row hand-off between threads cost more than the read.
+    /// kept), blocking: for reads that return many rows often (due events, the
+    /// change feed), where sqlx's per-row hand-off between threads cost more
+    /// than the read (`perf` at saturation: sqlx's worker thread used ~14% of
+    /// the server's samples and switched context about once per row).
     pub fn read<R>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>,

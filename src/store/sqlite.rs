@@ -229,10 +229,7 @@ pub fn append(conn: &mut Connection, rows: &[NewDelivery]) -> Result<Vec<bool>, 
     Ok(out)
 }
 
-/// A read-only connection for the apply loop's reads of due events. Through the
-/// sqlx pool, each row crossed to sqlx's worker thread and back (`perf` at
-/// saturation: that thread used ~15% of the server's CPU and switched context
-/// about once per row); here the read runs where it is called.
+/// A read-only connection for the hot reads ([`crate::store::db::WriteGate::read`]).
 pub fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(
         path,
