@@ -84,7 +84,6 @@ async fn writer(
             .iter()
             .map(|d| seen.insert(d.svix_id.as_str()))
             .collect();
-        drop(seen);
         // Bodies are ~2 KB: copied only in the rare batch that holds a duplicate.
         let result = if first.iter().all(|f| *f) {
             append_batch(&db, &deliveries).await

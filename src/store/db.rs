@@ -216,6 +216,9 @@ pub(crate) use on_pool;
 /// The gate owns the writer connection of the hot paths (`store::sqlite`): holding
 /// the gate is what gives access to it. Rare writes still go through the pool
 /// while holding the gate.
+///
+/// It also keeps the read-only connections of the hot reads ([`WriteGate::read`]):
+/// they belong to the same file and need no gate.
 #[derive(Debug)]
 pub struct WriteGate {
     lock: Arc<tokio::sync::Mutex<rusqlite::Connection>>,

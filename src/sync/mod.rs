@@ -319,15 +319,12 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
     // The store writes records in one serialization (sorted keys), so the same
     // text is the same record: a re-sent state needs no parse and no diff.
     let same = cur.as_ref().and_then(|r| r.data.as_deref()) == Some(data_json.as_str());
-    let before = if same {
-        None
+    let (before, changes) = if same {
+        (None, Map::new())
     } else {
-        cur.as_ref().and_then(|r| parse_map(r.data.as_deref()))
-    };
-    let changes = if same {
-        Map::new()
-    } else {
-        diff(before.as_ref(), &data)
+        let before = cur.as_ref().and_then(|r| parse_map(r.data.as_deref()));
+        let changes = diff(before.as_ref(), &data);
+        (before, changes)
     };
     let row = EntityRow {
         id: c.id.clone(),
