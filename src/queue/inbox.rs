@@ -1,7 +1,6 @@
 //! Inbox rows: the append path used by ingress.
 
 use crate::store::db::Database;
-use sqlx::QueryBuilder;
 
 /// A verified delivery about to be stored.
 #[derive(Debug, Clone)]
@@ -16,11 +15,13 @@ pub struct NewDelivery {
     pub body: String,
 }
 
-/// Stays well under PostgreSQL's bound-parameter limit (65,535; 8 columns per row).
-pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
-
-const INSERT_HEAD: &str = "INSERT INTO inbox (svix_id, event_type, entity_key, object_id, \
-     svix_timestamp, event_timestamp, received_at, next_attempt_at) ";
+/// PostgreSQL: a batch of deliveries as one row per array element. unnest
+/// yields rows in array order, so seqs follow the order of the batch.
+const INSERT_UNNEST: &str = "INSERT INTO inbox (svix_id, event_type, entity_key, object_id, \
+     svix_timestamp, event_timestamp, received_at, next_attempt_at) \
+     SELECT i, t, k, o, st, et, r, r FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+     $5::bigint[], $6::bigint[], $7::bigint[]) AS d(i, t, k, o, st, et, r) \
+     ON CONFLICT (svix_id) DO NOTHING RETURNING seq, svix_id";
 
 /// Appends deliveries whose svix-ids are distinct, in one transaction; returns,
 /// for each row, whether it was new (false: that svix-id was already stored).
@@ -41,35 +42,50 @@ pub async fn append_batch(db: &Database, rows: &[NewDelivery]) -> Result<Vec<boo
             return Ok(flags);
         }
         Database::Postgres(pool) => {
+            // Whole columns as arrays: one statement text whatever the batch
+            // size, so each connection prepares it once. Rows built with one
+            // VALUES tuple per delivery were a new statement for every batch
+            // size, parsed and planned again whenever sqlx's cache evicted it.
             let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::<sqlx::Postgres>::new(INSERT_HEAD);
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(&r.svix_id)
-                        .push_bind(&r.event_type)
-                        .push_bind(&r.entity_key)
-                        .push_bind(&r.object_id)
-                        .push_bind(r.svix_timestamp)
-                        .push_bind(r.event_timestamp_ms)
-                        .push_bind(r.received_at_ms)
-                        .push_bind(r.received_at_ms);
-                });
-                qb.push(" ON CONFLICT (svix_id) DO NOTHING RETURNING seq, svix_id");
-                let new: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-                if new.is_empty() {
-                    continue;
-                }
+            let col = |f: fn(&NewDelivery) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+            let new: Vec<(i64, String)> = sqlx::query_as(INSERT_UNNEST)
+                .bind(col(|r| &r.svix_id))
+                .bind(col(|r| &r.event_type))
+                .bind(
+                    rows.iter()
+                        .map(|r| r.entity_key.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|r| r.object_id.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|r| r.svix_timestamp).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|r| r.event_timestamp_ms)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|r| r.received_at_ms).collect::<Vec<_>>())
+                .fetch_all(&mut *tx)
+                .await?;
+            if !new.is_empty() {
                 // Ids are distinct within `rows`, so each new seq has one body.
-                let by_id: std::collections::HashMap<&str, &str> = chunk
+                let by_id: std::collections::HashMap<&str, &str> = rows
                     .iter()
                     .map(|r| (r.svix_id.as_str(), r.body.as_str()))
                     .collect();
-                let mut qb =
-                    QueryBuilder::<sqlx::Postgres>::new("INSERT INTO inbox_bodies (seq, body) ");
-                qb.push_values(&new, |mut b, (seq, id)| {
-                    b.push_bind(*seq).push_bind(by_id[id.as_str()]);
-                });
-                qb.build().execute(&mut *tx).await?;
+                let seqs: Vec<i64> = new.iter().map(|(seq, _)| *seq).collect();
+                let bodies: Vec<&str> = new.iter().map(|(_, id)| by_id[id.as_str()]).collect();
+                sqlx::query(
+                    "INSERT INTO inbox_bodies (seq, body) \
+                     SELECT * FROM unnest($1::bigint[], $2::text[])",
+                )
+                .bind(&seqs)
+                .bind(&bodies)
+                .execute(&mut *tx)
+                .await?;
                 inserted.extend(new.into_iter().map(|(_, id)| id));
             }
             tx.commit().await?;

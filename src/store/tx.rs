@@ -8,7 +8,6 @@
 use crate::clerk::model::Kind;
 use crate::store::db::Database;
 use async_trait::async_trait;
-use sqlx::QueryBuilder;
 
 /// One row of an entity table.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
@@ -276,34 +275,51 @@ async fn write_contacts(
         ),
     ];
     for (head, rows) in by_table {
-        for chunk in rows.chunks(1000) {
-            let mut qb = QueryBuilder::new(format!("INSERT INTO {head} "));
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.0)
-                    .push_bind(r.1)
-                    .push_bind(r.2)
-                    .push_bind(r.3);
-            });
-            qb.push(" ON CONFLICT DO NOTHING");
-            qb.build().execute(&mut **tx).await?;
+        if rows.is_empty() {
+            continue;
         }
+        sqlx::query(&format!(
+            "INSERT INTO {head} SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) \
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
     }
     let accounts: Vec<(&str, &ExternalAccount)> = contacts
         .iter()
         .flat_map(|(u, c)| c.external_accounts.iter().map(move |a| (u.as_str(), a)))
         .collect();
-    for chunk in accounts.chunks(1000) {
-        let mut qb = QueryBuilder::new(
-            "INSERT INTO user_external_accounts (user_id, id, provider, email_address) ",
-        );
-        qb.push_values(chunk, |mut b, (u, (id, provider, email))| {
-            b.push_bind(*u)
-                .push_bind(id)
-                .push_bind(provider)
-                .push_bind(email);
-        });
-        qb.push(" ON CONFLICT DO NOTHING");
-        qb.build().execute(&mut **tx).await?;
+    if !accounts.is_empty() {
+        sqlx::query(
+            "INSERT INTO user_external_accounts (user_id, id, provider, email_address) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(accounts.iter().map(|(u, _)| *u).collect::<Vec<_>>())
+        .bind(
+            accounts
+                .iter()
+                .map(|(_, a)| a.0.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            accounts
+                .iter()
+                .map(|(_, a)| a.1.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            accounts
+                .iter()
+                .map(|(_, a)| a.2.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
@@ -468,14 +484,11 @@ impl StoreTx for PgTx {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut qb = QueryBuilder::new("SELECT seq, status FROM inbox WHERE seq IN (");
-        let mut list = qb.separated(", ");
-        for s in seqs {
-            list.push_bind(*s);
-        }
-        qb.push(")");
-        qb.push(" FOR UPDATE");
-        let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *self.tx).await?;
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, status FROM inbox WHERE seq = ANY($1) FOR UPDATE")
+                .bind(seqs)
+                .fetch_all(&mut *self.tx)
+                .await?;
         self.pending.statuses.extend(rows);
         Ok(())
     }
@@ -492,68 +505,60 @@ impl StoreTx for PgTx {
         for ((kind, _), row) in &pending.puts {
             by_kind.entry(*kind).or_default().push(row);
         }
+        // Each statement binds whole columns as arrays: one text per table
+        // whatever the batch size, so a connection prepares it once (one
+        // VALUES tuple per row made a new statement for every batch size).
         for (kind, rows) in by_kind {
-            // 8 parameters a row: far under PostgreSQL's 65,535.
-            for chunk in rows.chunks(1000) {
-                let mut qb = QueryBuilder::new(format!("INSERT INTO {} ({COLS}) ", kind.table()));
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(&r.id)
-                        .push_bind(r.version)
-                        .push_bind(&r.version_key)
-                        .push_bind(r.deleted)
-                        .push_bind(&r.user_id)
-                        .push_bind(&r.organization_id)
-                        .push_bind(&r.data)
-                        .push_bind(r.synced_at);
-                });
-                qb.push(ON_CONFLICT_UPDATE);
-                qb.build().execute(&mut *self.tx).await?;
-            }
+            sqlx::query(&format!(
+                "INSERT INTO {} ({COLS}) SELECT * FROM unnest($1::text[], $2::bigint[], \
+                 $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::bigint[]){ON_CONFLICT_UPDATE}",
+                kind.table()
+            ))
+            .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.version_key.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.deleted).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.user_id.as_deref()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.organization_id.as_deref()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.data.as_deref()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.synced_at).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
         }
         write_contacts(&mut self.tx, &pending.contacts).await?;
-        for chunk in pending.done.chunks(500) {
-            let mut qb = QueryBuilder::new(
+        if !pending.done.is_empty() {
+            sqlx::query(
                 "UPDATE inbox SET status = 'done', leased_until = NULL, attempts = attempts + 1, \
-                         processed_at = CASE seq",
-            );
-            for (seq, at, _) in chunk {
-                qb.push(" WHEN ")
-                    .push_bind(*seq)
-                    .push(" THEN ")
-                    .push_bind(*at);
-            }
-            qb.push(" END, duration_us = CASE seq");
-            for (seq, _, us) in chunk {
-                qb.push(" WHEN ")
-                    .push_bind(*seq)
-                    .push(" THEN ")
-                    .push_bind(*us);
-            }
-            qb.push(" END WHERE seq IN (");
-            let mut list = qb.separated(", ");
-            for (seq, _, _) in chunk {
-                list.push_bind(*seq);
-            }
-            qb.push(")");
-            qb.build().execute(&mut *self.tx).await?;
+                 processed_at = d.at, duration_us = d.us \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d(seq, at, us) \
+                 WHERE inbox.seq = d.seq",
+            )
+            .bind(pending.done.iter().map(|d| d.0).collect::<Vec<_>>())
+            .bind(pending.done.iter().map(|d| d.1).collect::<Vec<_>>())
+            .bind(pending.done.iter().map(|d| d.2).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
         }
-        for chunk in pending.audit.chunks(500) {
-            let mut qb = QueryBuilder::new(
-                        "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) ",
-                    );
-            qb.push_values(chunk, |mut b, a| {
-                b.push_bind(&a.svix_id)
-                    .push_bind(a.kind.as_str())
-                    .push_bind(&a.entity_id)
-                    .push_bind(&a.user_id)
-                    .push_bind(&a.operation)
-                    .push_bind(&a.changes)
-                    .push_bind(a.version)
-                    .push_bind(a.at);
-            });
-            qb.build().execute(&mut *self.tx).await?;
+        let audit = &pending.audit;
+        if !audit.is_empty() {
+            sqlx::query(
+                "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::bigint[], $8::bigint[])",
+            )
+            .bind(audit.iter().map(|a| a.svix_id.as_str()).collect::<Vec<_>>())
+            .bind(audit.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>())
+            .bind(audit.iter().map(|a| a.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(audit.iter().map(|a| a.user_id.as_deref()).collect::<Vec<_>>())
+            .bind(audit.iter().map(|a| a.operation.as_str()).collect::<Vec<_>>())
+            .bind(audit.iter().map(|a| a.changes.as_str()).collect::<Vec<_>>())
+            .bind(audit.iter().map(|a| a.version).collect::<Vec<_>>())
+            .bind(audit.iter().map(|a| a.at).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
         }
-        if !pending.feed.is_empty() {
+        let feed = &pending.feed;
+        if !feed.is_empty() {
             // A BIGSERIAL is handed out at insert, not at commit: two
             // transactions could commit their feed rows out of sequence
             // order and a consumer that has read past a gap would never
@@ -562,21 +567,21 @@ impl StoreTx for PgTx {
             sqlx::query("SELECT pg_advisory_xact_lock(7161285123001)")
                 .execute(&mut *self.tx)
                 .await?;
-        }
-        for chunk in pending.feed.chunks(500) {
-            let mut qb = QueryBuilder::new(
-                        "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) ",
-                    );
-            qb.push_values(chunk, |mut b, f| {
-                b.push_bind(f.kind.as_str())
-                    .push_bind(&f.entity_id)
-                    .push_bind(&f.operation)
-                    .push_bind(&f.changed_fields)
-                    .push_bind(f.version)
-                    .push_bind(&f.svix_id)
-                    .push_bind(f.committed_at);
-            });
-            qb.build().execute(&mut *self.tx).await?;
+            // unnest yields rows in array order: feed seqs follow the batch.
+            sqlx::query(
+                "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+                 $6::text[], $7::bigint[])",
+            )
+            .bind(feed.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>())
+            .bind(feed.iter().map(|f| f.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(feed.iter().map(|f| f.operation.as_str()).collect::<Vec<_>>())
+            .bind(feed.iter().map(|f| f.changed_fields.as_str()).collect::<Vec<_>>())
+            .bind(feed.iter().map(|f| f.version).collect::<Vec<_>>())
+            .bind(feed.iter().map(|f| f.svix_id.as_str()).collect::<Vec<_>>())
+            .bind(feed.iter().map(|f| f.committed_at).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
         }
         self.tx.commit().await?;
         Ok(pending
