@@ -400,8 +400,7 @@ impl Processor {
             // A single event takes its locks in `apply`.
             if items.len() > 1 && !sqlite {
                 let plan = plan_batch(&parsed);
-                tx.lock_all(&plan.locks).await?;
-                tx.prefetch(&plan.rows).await?;
+                plan.prepare(tx.as_mut()).await?;
             }
             tx.prefetch_statuses(&seqs).await?;
             let mut out = Vec::with_capacity(items.len());

@@ -24,7 +24,7 @@ pub struct EntityRow {
 }
 
 /// The referencing columns an entity can be found by.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RefCol {
     UserId,
     OrganizationId,
@@ -102,6 +102,19 @@ pub trait StoreTx: Send {
     /// `get` answers them without a round trip. Only for rows whose locks the
     /// transaction already holds: nobody else can change them before commit.
     async fn prefetch(&mut self, _keys: &[(Kind, String)]) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+    /// Reads the live rows of `kind` whose `by` column is one of `values` into
+    /// the transaction's memory (one query), so `live_by` answers them without
+    /// a round trip. Only for values whose exclusive lock the transaction
+    /// already holds: then nobody else can add, change or remove such a row
+    /// before commit.
+    async fn prefetch_live_by(
+        &mut self,
+        _kind: Kind,
+        _by: RefCol,
+        _values: &[String],
+    ) -> Result<(), sqlx::Error> {
         Ok(())
     }
     async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error>;
@@ -192,6 +205,9 @@ pub(crate) struct Pending {
     pub locks: std::collections::HashMap<String, bool>,
     /// Prefetched rows (None: no such row), kept current by this transaction's puts.
     pub rows: std::collections::HashMap<(Kind, String), Option<EntityRow>>,
+    /// Prefetched `live_by` answers as the database had them (puts are laid
+    /// over them when read).
+    pub live: std::collections::HashMap<(Kind, RefCol, String), Vec<EntityRow>>,
     /// Entity rows written by this transaction, upserted together at commit
     /// (PostgreSQL): the last write of each wins, reads see them first.
     pub puts: std::collections::BTreeMap<(Kind, String), EntityRow>,
@@ -377,6 +393,46 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
+    async fn prefetch_live_by(
+        &mut self,
+        kind: Kind,
+        by: RefCol,
+        values: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let todo: Vec<&str> = values
+            .iter()
+            .filter(|v| !self.pending.live.contains_key(&(kind, by, v.to_string())))
+            .map(String::as_str)
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT {COLS} FROM {} WHERE {} = ANY($1) AND deleted = $2 ORDER BY id",
+            kind.table(),
+            by.column()
+        );
+        let found: Vec<EntityRow> = sqlx::query_as(&sql)
+            .bind(&todo)
+            .bind(false)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        for v in todo {
+            self.pending
+                .live
+                .insert((kind, by, v.to_string()), Vec::new());
+        }
+        for row in found {
+            if let Some(v) = by.of(&row) {
+                let key = (kind, by, v.to_string());
+                if let Some(list) = self.pending.live.get_mut(&key) {
+                    list.push(row);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn get(&mut self, kind: Kind, id: &str) -> Result<Option<EntityRow>, sqlx::Error> {
         let key = (kind, id.to_string());
         if let Some(row) = self.pending.puts.get(&key) {
@@ -406,16 +462,21 @@ impl StoreTx for PgTx {
         by: RefCol,
         value: &str,
     ) -> Result<Vec<EntityRow>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {COLS} FROM {} WHERE {} = $1 AND deleted = $2 ORDER BY id",
-            kind.table(),
-            by.column()
-        );
-        let mut rows: Vec<EntityRow> = sqlx::query_as(&sql)
-            .bind(value)
-            .bind(false)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let mut rows: Vec<EntityRow> = match self.pending.live.get(&(kind, by, value.to_string())) {
+            Some(rows) => rows.clone(),
+            None => {
+                let sql = format!(
+                    "SELECT {COLS} FROM {} WHERE {} = $1 AND deleted = $2 ORDER BY id",
+                    kind.table(),
+                    by.column()
+                );
+                sqlx::query_as(&sql)
+                    .bind(value)
+                    .bind(false)
+                    .fetch_all(&mut *self.tx)
+                    .await?
+            }
+        };
         // The database has not seen this transaction's puts yet: lay them over.
         if self.pending.puts.keys().any(|(k, _)| *k == kind) {
             rows.retain(|r| !self.pending.puts.contains_key(&(kind, r.id.clone())));

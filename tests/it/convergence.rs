@@ -265,8 +265,7 @@ pub async fn run_batched(db: &Database, evs: &[Ev], order: &[usize], chunk: usiz
         let parsed: Vec<_> = part.iter().map(|&i| parse(&stored[i])).collect();
         let plan = plan_batch(&parsed);
         let mut tx = begin(db).await.unwrap();
-        tx.lock_all(&plan.locks).await.unwrap();
-        tx.prefetch(&plan.rows).await.unwrap();
+        plan.prepare(tx.as_mut()).await.unwrap();
         for (&i, p) in part.iter().zip(parsed) {
             apply_parsed(tx.as_mut(), &stored[i], p, 1)
                 .await
