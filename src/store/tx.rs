@@ -249,8 +249,8 @@ pub(crate) const ON_CONFLICT_UPDATE: &str =
      user_id = excluded.user_id, organization_id = excluded.organization_id, \
      data = excluded.data, synced_at = excluded.synced_at";
 
-/// Replaces the contact rows of every user in `contacts`: one delete per table
-/// for all of them, then one insert per table (4 parameters a row).
+/// Replaces the contact rows of every user in `contacts`: one statement deletes
+/// their rows from all three tables, then one insert per table.
 async fn write_contacts(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     contacts: &std::collections::BTreeMap<String, Contacts>,
@@ -259,12 +259,15 @@ async fn write_contacts(
         return Ok(());
     }
     let users: Vec<&str> = contacts.keys().map(String::as_str).collect();
-    for t in ["user_emails", "user_phones", "user_external_accounts"] {
-        sqlx::query(&format!("DELETE FROM {t} WHERE user_id = ANY($1)"))
-            .bind(&users)
-            .execute(&mut **tx)
-            .await?;
-    }
+    // One round trip for the three tables (writable CTEs all run).
+    sqlx::query(
+        "WITH e AS (DELETE FROM user_emails WHERE user_id = ANY($1)), \
+         p AS (DELETE FROM user_phones WHERE user_id = ANY($1)) \
+         DELETE FROM user_external_accounts WHERE user_id = ANY($1)",
+    )
+    .bind(&users)
+    .execute(&mut **tx)
+    .await?;
     // Emails and phones have one shape: (user, id, address or number, primary).
     type Point<'a> = (&'a str, &'a str, &'a str, bool);
     fn points<'a>(
