@@ -1,6 +1,7 @@
 //! Inbox rows: the append path used by ingress.
 
 use crate::store::db::Database;
+use crate::store::tx::column;
 
 /// A verified delivery about to be stored.
 #[derive(Debug, Clone)]
@@ -47,27 +48,14 @@ pub async fn append_batch(db: &Database, rows: &[NewDelivery]) -> Result<Vec<boo
             // VALUES tuple per delivery were a new statement for every batch
             // size, parsed and planned again whenever sqlx's cache evicted it.
             let mut tx = pool.begin().await?;
-            let col = |f: fn(&NewDelivery) -> &str| rows.iter().map(f).collect::<Vec<_>>();
             let new: Vec<(i64, String)> = sqlx::query_as(INSERT_UNNEST)
-                .bind(col(|r| &r.svix_id))
-                .bind(col(|r| &r.event_type))
-                .bind(
-                    rows.iter()
-                        .map(|r| r.entity_key.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    rows.iter()
-                        .map(|r| r.object_id.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(rows.iter().map(|r| r.svix_timestamp).collect::<Vec<_>>())
-                .bind(
-                    rows.iter()
-                        .map(|r| r.event_timestamp_ms)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(rows.iter().map(|r| r.received_at_ms).collect::<Vec<_>>())
+                .bind(column(rows, |r| r.svix_id.as_str()))
+                .bind(column(rows, |r| r.event_type.as_str()))
+                .bind(column(rows, |r| r.entity_key.as_deref()))
+                .bind(column(rows, |r| r.object_id.as_deref()))
+                .bind(column(rows, |r| r.svix_timestamp))
+                .bind(column(rows, |r| r.event_timestamp_ms))
+                .bind(column(rows, |r| r.received_at_ms))
                 .fetch_all(&mut *tx)
                 .await?;
             if !new.is_empty() {

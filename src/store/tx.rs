@@ -239,6 +239,13 @@ pub async fn begin(db: &Database) -> Result<Box<dyn StoreTx>, sqlx::Error> {
     })
 }
 
+/// One field of every item, as the array a PostgreSQL `unnest($n::type[])`
+/// binds: batch writes send whole columns, so their statement text does not
+/// depend on the batch size.
+pub(crate) fn column<'a, T, U>(items: &'a [T], f: impl FnMut(&'a T) -> U) -> Vec<U> {
+    items.iter().map(f).collect()
+}
+
 /// An entity table's columns, in [`EntityRow`]'s order.
 pub(crate) const COLS: &str =
     "id, version, version_key, deleted, user_id, organization_id, data, synced_at";
@@ -301,10 +308,10 @@ async fn write_contacts(
             "INSERT INTO {head} SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) \
              ON CONFLICT DO NOTHING"
         ))
-        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+        .bind(column(&rows, |r| r.0))
+        .bind(column(&rows, |r| r.1))
+        .bind(column(&rows, |r| r.2))
+        .bind(column(&rows, |r| r.3))
         .execute(&mut **tx)
         .await?;
     }
@@ -318,25 +325,10 @@ async fn write_contacts(
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
              ON CONFLICT DO NOTHING",
         )
-        .bind(accounts.iter().map(|(u, _)| *u).collect::<Vec<_>>())
-        .bind(
-            accounts
-                .iter()
-                .map(|(_, a)| a.0.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            accounts
-                .iter()
-                .map(|(_, a)| a.1.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            accounts
-                .iter()
-                .map(|(_, a)| a.2.as_deref())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(&accounts, |(u, _)| *u))
+        .bind(column(&accounts, |(_, a)| a.0.as_str()))
+        .bind(column(&accounts, |(_, a)| a.1.as_deref()))
+        .bind(column(&accounts, |(_, a)| a.2.as_deref()))
         .execute(&mut **tx)
         .await?;
     }
@@ -578,14 +570,14 @@ impl StoreTx for PgTx {
                  $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::bigint[]){ON_CONFLICT_UPDATE}",
                 kind.table()
             ))
-            .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.version_key.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.deleted).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.user_id.as_deref()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.organization_id.as_deref()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.data.as_deref()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.synced_at).collect::<Vec<_>>())
+            .bind(column(&rows, |r| r.id.as_str()))
+            .bind(column(&rows, |r| r.version))
+            .bind(column(&rows, |r| r.version_key.as_str()))
+            .bind(column(&rows, |r| r.deleted))
+            .bind(column(&rows, |r| r.user_id.as_deref()))
+            .bind(column(&rows, |r| r.organization_id.as_deref()))
+            .bind(column(&rows, |r| r.data.as_deref()))
+            .bind(column(&rows, |r| r.synced_at))
             .execute(&mut *self.tx)
             .await?;
         }
@@ -597,9 +589,9 @@ impl StoreTx for PgTx {
                  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d(seq, at, us) \
                  WHERE inbox.seq = d.seq",
             )
-            .bind(pending.done.iter().map(|d| d.0).collect::<Vec<_>>())
-            .bind(pending.done.iter().map(|d| d.1).collect::<Vec<_>>())
-            .bind(pending.done.iter().map(|d| d.2).collect::<Vec<_>>())
+            .bind(column(&pending.done, |d| d.0))
+            .bind(column(&pending.done, |d| d.1))
+            .bind(column(&pending.done, |d| d.2))
             .execute(&mut *self.tx)
             .await?;
         }
@@ -610,14 +602,14 @@ impl StoreTx for PgTx {
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                  $6::text[], $7::bigint[], $8::bigint[])",
             )
-            .bind(audit.iter().map(|a| a.svix_id.as_str()).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.entity_id.as_str()).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.user_id.as_deref()).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.operation.as_str()).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.changes.as_str()).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.version).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.at).collect::<Vec<_>>())
+            .bind(column(audit, |a| a.svix_id.as_str()))
+            .bind(column(audit, |a| a.kind.as_str()))
+            .bind(column(audit, |a| a.entity_id.as_str()))
+            .bind(column(audit, |a| a.user_id.as_deref()))
+            .bind(column(audit, |a| a.operation.as_str()))
+            .bind(column(audit, |a| a.changes.as_str()))
+            .bind(column(audit, |a| a.version))
+            .bind(column(audit, |a| a.at))
             .execute(&mut *self.tx)
             .await?;
         }
@@ -637,13 +629,13 @@ impl StoreTx for PgTx {
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
                  $6::text[], $7::bigint[])",
             )
-            .bind(feed.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>())
-            .bind(feed.iter().map(|f| f.entity_id.as_str()).collect::<Vec<_>>())
-            .bind(feed.iter().map(|f| f.operation.as_str()).collect::<Vec<_>>())
-            .bind(feed.iter().map(|f| f.changed_fields.as_str()).collect::<Vec<_>>())
-            .bind(feed.iter().map(|f| f.version).collect::<Vec<_>>())
-            .bind(feed.iter().map(|f| f.svix_id.as_str()).collect::<Vec<_>>())
-            .bind(feed.iter().map(|f| f.committed_at).collect::<Vec<_>>())
+            .bind(column(feed, |f| f.kind.as_str()))
+            .bind(column(feed, |f| f.entity_id.as_str()))
+            .bind(column(feed, |f| f.operation.as_str()))
+            .bind(column(feed, |f| f.changed_fields.as_str()))
+            .bind(column(feed, |f| f.version))
+            .bind(column(feed, |f| f.svix_id.as_str()))
+            .bind(column(feed, |f| f.committed_at))
             .execute(&mut *self.tx)
             .await?;
         }
