@@ -43,11 +43,9 @@ fn tools_present() -> bool {
     if Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists() {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{CHROMEDRIVER} or {CHROMIUM} is missing under CI=true (.ci/run installs them)");
-    }
-    eprintln!(
-        "SKIP: {CHROMEDRIVER} or {CHROMIUM} is missing; install Debian's chromium and chromium-driver"
+    crate::skip::skip(
+        &format!("{CHROMEDRIVER} or {CHROMIUM} is missing"),
+        "install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
     );
     false
 }
