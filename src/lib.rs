@@ -13,6 +13,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod feed;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loadgen;
 pub mod processor;
 pub mod queue;

@@ -4,6 +4,7 @@
 //! it as a bearer token. Must never: return a secret, or change an event that
 //! is already applied.
 
+use crate::api::cursor;
 use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
 use crate::api::read::bearer;
@@ -14,8 +15,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -81,24 +80,14 @@ async fn list(
             "limit must be between 1 and 500".into(),
         ));
     }
-    let before = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => Some(
-            B64URL
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?,
-        ),
-        None => None,
-    };
+    let before = cursor::decode_seq(p.cursor.as_deref())?;
     let rows = events::list(&s.db, &p.filter, before, limit + 1)
         .await
         .map_err(ApiError::internal)?;
     let more = rows.len() as i64 > limit;
     let rows = &rows[..rows.len().min(limit as usize)];
     let next = if more {
-        rows.last().map(|r| B64URL.encode(r.seq.to_string()))
+        rows.last().map(|r| cursor::encode(r.seq))
     } else {
         None
     };
@@ -186,15 +175,7 @@ async fn entity(
             "limit must be between 1 and 500".into(),
         ));
     }
-    let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => B64URL
-            .decode(c)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?,
-        None => 0,
-    };
+    let after = cursor::decode_seq(p.cursor.as_deref())?.unwrap_or(0);
     let row = read::get(&s.db, kind, &id)
         .await
         .map_err(ApiError::internal)?;
@@ -207,7 +188,7 @@ async fn entity(
     let more = audit.len() as i64 > limit;
     let audit = &audit[..audit.len().min(limit as usize)];
     let next = if more {
-        audit.last().map(|a| B64URL.encode(a.seq.to_string()))
+        audit.last().map(|a| cursor::encode(a.seq))
     } else {
         None
     };

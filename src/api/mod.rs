@@ -4,6 +4,7 @@
 //! (only ingress and the processor change data).
 
 pub mod admin;
+pub mod cursor;
 pub mod dashboard;
 pub mod error;
 pub mod extract;

@@ -3,6 +3,7 @@
 //! Answers from the synced store: 404 for an id never seen, 410 for a tombstone.
 //! `wait_ms` holds a request until the entity is synced, woken by apply commits.
 
+use crate::api::cursor;
 use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
 use crate::app::AppState;
@@ -15,8 +16,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -87,22 +86,6 @@ fn limit(p: &PageParams) -> Result<i64, ApiError> {
             "limit must be between 1 and {MAX_LIMIT}"
         ))),
     }
-}
-
-fn encode_cursor(s: &str) -> String {
-    B64URL.encode(s)
-}
-
-fn decode_cursor(c: Option<&str>) -> Result<Option<String>, ApiError> {
-    c.filter(|c| !c.is_empty())
-        .map(|c| {
-            B64URL
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))
-        })
-        .transpose()
 }
 
 fn valid_id(id: &str) -> Result<(), ApiError> {
@@ -243,7 +226,7 @@ async fn page(
     cache_key: Option<String>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(p)?;
-    let after = decode_cursor(p.cursor.as_deref())?;
+    let after = cursor::decode_id(p.cursor.as_deref())?;
     // With group invalidation a list's key is dropped whenever one of its
     // members changes, so its default first page can be cached like an entity.
     let cache_key = cache_key.filter(|_| {
@@ -274,7 +257,7 @@ async fn page(
     let more = rows.len() as i64 > limit;
     let rows = &rows[..rows.len().min(limit as usize)];
     let next = if more {
-        rows.last().map(|r| encode_cursor(&r.id))
+        rows.last().map(|r| cursor::encode(&r.id))
     } else {
         None
     };
@@ -334,7 +317,7 @@ async fn user_organizations(
     valid_id(&id)?;
     cached_entity(&s, Kind::User, &id).await?;
     let limit = limit(&p)?;
-    let after = decode_cursor(p.cursor.as_deref())?;
+    let after = cursor::decode_id(p.cursor.as_deref())?;
     let rows = read::list_live(
         &s.db,
         Kind::Membership,
@@ -371,7 +354,7 @@ async fn user_organizations(
         out.push(Value::Object(o));
     }
     let next = if more {
-        rows.last().map(|r| encode_cursor(&r.id))
+        rows.last().map(|r| cursor::encode(&r.id))
     } else {
         None
     };
@@ -397,19 +380,14 @@ async fn audit(
         limit: p.limit,
         cursor: None,
     })?;
-    let after = match decode_cursor(p.cursor.as_deref())? {
-        Some(c) => c
-            .parse::<i64>()
-            .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?,
-        None => 0,
-    };
+    let after = cursor::decode_seq(p.cursor.as_deref())?.unwrap_or(0);
     let rows = read::audit(&s.db, entity_id, after, limit + 1)
         .await
         .map_err(ApiError::internal)?;
     let more = rows.len() as i64 > limit;
     let rows = &rows[..rows.len().min(limit as usize)];
     let next = if more {
-        rows.last().map(|r| encode_cursor(&r.seq.to_string()))
+        rows.last().map(|r| cursor::encode(r.seq))
     } else {
         None
     };

@@ -669,7 +669,7 @@ async fn serve(
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ClientMessage {
+pub(crate) enum ClientMessage {
     Subscribe {
         topic: String,
         since: Option<i64>,
@@ -684,6 +684,11 @@ enum ClientMessage {
         token: String,
     },
     Ping,
+}
+
+/// One client frame; anything else is answered with an error frame.
+pub(crate) fn parse_client_message(text: &str) -> Result<ClientMessage, serde_json::Error> {
+    serde_json::from_str(text)
 }
 
 /// Reads client frames, answers them, keeps the heartbeat and the idle limit.
@@ -862,7 +867,7 @@ impl Controller<'_> {
     }
 
     async fn handle(&mut self, text: &str) -> Result<(), Close> {
-        let msg = match serde_json::from_str::<ClientMessage>(text) {
+        let msg = match parse_client_message(text) {
             Ok(m) => m,
             Err(e) => {
                 return self
