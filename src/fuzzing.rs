@@ -92,11 +92,10 @@ pub fn realtime_message(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match parse_client_message(text) {
-        Ok(ClientMessage::Subscribe { topic, .. } | ClientMessage::Unsubscribe { topic }) => {
-            let _ = crate::feed::realtime::Topic::parse(&topic);
-        }
-        Ok(_) | Err(_) => {}
+    if let Ok(ClientMessage::Subscribe { topic, .. } | ClientMessage::Unsubscribe { topic }) =
+        parse_client_message(text)
+    {
+        let _ = crate::feed::realtime::Topic::parse(&topic);
     }
 }
 
