@@ -96,7 +96,7 @@ impl Database {
                         url: u.clone(),
                         source,
                     })?;
-                sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+                crate::store::migrations::sqlite().run(&pool).await?;
                 let writer = crate::store::sqlite::open_writer(&file).map_err(|source| {
                     DbError::OpenWriter {
                         url: u.clone(),
@@ -130,7 +130,7 @@ impl Database {
                         url: redact_url(u),
                         source,
                     })?;
-                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                crate::store::migrations::postgres().run(&pool).await?;
                 Database::Postgres(pool)
             }
         };

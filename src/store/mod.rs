@@ -4,6 +4,7 @@
 //! what an event means (that is `sync`), or hold a transaction across a network call.
 
 pub mod db;
+pub mod migrations;
 
 pub use db::Database;
 

@@ -74,7 +74,7 @@ async fn a_database_from_before_the_bodies_table_upgrades_sqlite() {
         .filename(&path)
         .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    old_database(&pool, sqlx::migrate!("./migrations/sqlite")).await;
+    old_database(&pool, clerksync::store::migrations::sqlite()).await;
     pool.close().await;
     let url = format!("sqlite://{}", path.display());
     let s = start(&url, Box::new(dir), |c| {
@@ -91,7 +91,7 @@ async fn a_database_from_before_the_bodies_table_upgrades_postgres() {
     };
     let guard = SchemaGuard(schema);
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    old_database(&pool, sqlx::migrate!("./migrations/postgres")).await;
+    old_database(&pool, clerksync::store::migrations::postgres()).await;
     pool.close().await;
     let s = start(&url, Box::new(guard), |c| {
         c.admin_token = Some(Token::new(ADMIN))
