@@ -146,7 +146,7 @@ async fn postgres_url() -> Option<url::Url> {
     Some(url::Url::parse(&crate::backends::postgres_base_url()).unwrap())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_that_is_not_ready_is_one_line_once_with_a_hint() {
     let Some(base) = postgres_url().await else {
         return;
