@@ -854,6 +854,42 @@ mod tests {
     }
 
     #[test]
+    fn an_error_names_its_setting_as_it_was_given() {
+        let bad = || {
+            Config::from_settings(Settings {
+                webhook_secret: Some("notasecret".into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+        };
+        let from = |o: Option<Origin>| {
+            bad()
+                .named_by(|key| {
+                    assert_eq!(key, "webhook_secret");
+                    o
+                })
+                .to_string()
+        };
+        assert!(from(Some(Origin::Flag)).starts_with("--webhook-secret is malformed: expected"));
+        assert!(from(Some(Origin::Env)).starts_with("CLERKSYNC_WEBHOOK_SECRET is malformed"));
+        assert!(from(None).starts_with("CLERKSYNC_WEBHOOK_SECRET is malformed"));
+        let e = from(Some(Origin::File("c.toml".into())));
+        assert!(
+            e.starts_with("webhook_secret in config file c.toml is malformed"),
+            "{e}"
+        );
+        assert!(!e.contains("notasecret"), "never echo a secret: {e}");
+        let e = ConfigError::BadValue {
+            name: "CLERKSYNC_MAX_BODY_BYTES",
+            message: "must be at least 1024".into(),
+        };
+        assert_eq!(
+            e.named_by(|_| Some(Origin::Flag)).to_string(),
+            "--max-body-bytes is invalid: must be at least 1024"
+        );
+    }
+
+    #[test]
     fn debug_redacts_secrets() {
         let c = Config::for_tests("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "sqlite://x.db");
         let d = format!("{c:?}");

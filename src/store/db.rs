@@ -44,8 +44,13 @@ pub enum DbError {
     PgTimeout { addr: String, secs: u64 },
     #[error("PostgreSQL database \"{name}\" does not exist at {addr}: create it (`createdb {name}`) or fix the database name in CLERKSYNC_DATABASE_URL")]
     PgNoDatabase { name: String, addr: String },
-    #[error("PostgreSQL search_path {search_path} names no existing schema in database \"{name}\": create it (CREATE SCHEMA ...) or fix search_path in CLERKSYNC_DATABASE_URL")]
-    PgNoSchema { search_path: String, name: String },
+    #[error("PostgreSQL search_path {search_path} names no existing schema in database \"{name}\": create it (CREATE SCHEMA {schema}) or fix search_path in CLERKSYNC_DATABASE_URL")]
+    PgNoSchema {
+        search_path: String,
+        name: String,
+        /// The schema to create, as far as the path tells (else "...").
+        schema: String,
+    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
@@ -267,7 +272,23 @@ async fn check_postgres(opts: &PgConnectOptions, url: &str) -> Result<(), DbErro
     .await;
     let _ = conn.close().await;
     match schema {
-        Ok((None, search_path)) => Err(DbError::PgNoSchema { search_path, name }),
+        Ok((None, search_path)) => {
+            // The schema named on the path, leaving out the default "$user".
+            let named: Vec<&str> = search_path
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && *s != "\"$user\"")
+                .collect();
+            let schema = match named.as_slice() {
+                [one] => one.to_string(),
+                _ => "...".to_string(),
+            };
+            Err(DbError::PgNoSchema {
+                search_path,
+                name,
+                schema,
+            })
+        }
         Ok(_) => Ok(()),
         Err(source) => Err(DbError::Open {
             url: redact_url(url),

@@ -167,7 +167,11 @@ async fn postgres_that_is_not_ready_is_one_line_once_with_a_hint() {
     refused.set_port(Some(port)).unwrap();
 
     for (url, once, hint) in [
-        (&no_schema, "cs_no_such_schema", "CREATE SCHEMA"),
+        (
+            &no_schema,
+            "names no existing schema",
+            "CREATE SCHEMA cs_no_such_schema",
+        ),
         (&no_db, "cs_no_such_database\" does not exist", "createdb"),
         (&refused, "connection refused", "is the server running"),
     ] {
