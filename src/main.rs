@@ -1,4 +1,9 @@
 //! The `clerksync` command line: parse, load config, call into the library.
+//!
+//! Must never: print with `println!` (it panics on a closed pipe, `| head`):
+//! use [`out`]; or give an operator command the server's settings as flags
+//! (each command's `--help` shows only what it uses; the config file still
+//! supplies any key).
 
 use anyhow::Context;
 use clap::parser::ValueSource;
