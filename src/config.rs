@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 pub enum ConfigError {
     #[error("CLERKSYNC_WEBHOOK_SECRET is not set: set it (or --webhook-secret, or webhook_secret in the config file) to your Clerk endpoint's signing secret (whsec_...)")]
     MissingSecret,
-    #[error("CLERKSYNC_WEBHOOK_SECRET is malformed ({0}): use the signing secret from the Clerk dashboard, whsec_ followed by base64; separate several with commas")]
+    // The cause stays out of the text: "not valid base64 after the whsec_
+    // prefix" misleads when the value has no prefix at all.
+    #[error("CLERKSYNC_WEBHOOK_SECRET is malformed: expected the signing secret from the Clerk dashboard, whsec_ followed by base64 (several: separate them with commas)")]
     BadSecret(SecretError),
     #[error("CLERKSYNC_LISTEN '{0}' is not a socket address: use host:port, e.g. 127.0.0.1:8080")]
     BadListen(String),
@@ -30,6 +32,50 @@ pub enum ConfigError {
     ParseFile { path: PathBuf, message: String },
     #[error("{name} is invalid: {message}")]
     BadValue { name: &'static str, message: String },
+    /// Another error, its setting named as where the value came from ([`ConfigError::named_by`]).
+    #[error("{0}")]
+    Named(String),
+}
+
+/// Where a setting's value came from, to name it in an error as the user gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `--webhook-secret`
+    Flag,
+    /// `CLERKSYNC_WEBHOOK_SECRET`
+    Env,
+    /// `webhook_secret` in this config file.
+    File(PathBuf),
+}
+
+impl ConfigError {
+    /// The environment variable of the setting this error is about, if one.
+    pub fn setting(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::BadSecret(_) => Some("CLERKSYNC_WEBHOOK_SECRET"),
+            ConfigError::BadListen(_) => Some("CLERKSYNC_LISTEN"),
+            ConfigError::BadDatabaseUrl(_) => Some("CLERKSYNC_DATABASE_URL"),
+            ConfigError::BadValue { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The same error naming its setting as it was given: `--webhook-secret`,
+    /// `CLERKSYNC_WEBHOOK_SECRET`, or `webhook_secret in config file FILE`.
+    /// `origin` answers for a setting's key (`webhook_secret`); None leaves the
+    /// error as it is.
+    pub fn named_by(self, origin: impl FnOnce(&str) -> Option<Origin>) -> ConfigError {
+        let Some(var) = self.setting() else {
+            return self;
+        };
+        let key = var.trim_start_matches("CLERKSYNC_").to_ascii_lowercase();
+        let name = match origin(&key) {
+            None | Some(Origin::Env) => return self,
+            Some(Origin::Flag) => format!("--{}", key.replace('_', "-")),
+            Some(Origin::File(path)) => format!("{key} in config file {}", path.display()),
+        };
+        ConfigError::Named(self.to_string().replacen(var, &name, 1))
+    }
 }
 
 /// A bearer token; `Debug` never shows it.
@@ -805,6 +851,42 @@ mod tests {
         );
         let c = with("redis", Some("redis://u:hunter2@x:6379")).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_error_names_its_setting_as_it_was_given() {
+        let bad = || {
+            Config::from_settings(Settings {
+                webhook_secret: Some("notasecret".into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+        };
+        let from = |o: Option<Origin>| {
+            bad()
+                .named_by(|key| {
+                    assert_eq!(key, "webhook_secret");
+                    o
+                })
+                .to_string()
+        };
+        assert!(from(Some(Origin::Flag)).starts_with("--webhook-secret is malformed: expected"));
+        assert!(from(Some(Origin::Env)).starts_with("CLERKSYNC_WEBHOOK_SECRET is malformed"));
+        assert!(from(None).starts_with("CLERKSYNC_WEBHOOK_SECRET is malformed"));
+        let e = from(Some(Origin::File("c.toml".into())));
+        assert!(
+            e.starts_with("webhook_secret in config file c.toml is malformed"),
+            "{e}"
+        );
+        assert!(!e.contains("notasecret"), "never echo a secret: {e}");
+        let e = ConfigError::BadValue {
+            name: "CLERKSYNC_MAX_BODY_BYTES",
+            message: "must be at least 1024".into(),
+        };
+        assert_eq!(
+            e.named_by(|_| Some(Origin::Flag)).to_string(),
+            "--max-body-bytes is invalid: must be at least 1024"
+        );
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! The `clerksync` command line: parse, load config, call into the library.
+//!
+//! Must never: print with `println!` (it panics on a closed pipe, `| head`):
+//! use [`out`]; or give an operator command the server's settings as flags
+//! (each command's `--help` shows only what it uses; the config file still
+//! supplies any key).
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use clerksync::config::{Config, Settings};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clerksync::config::{Config, ConfigError, Origin, Settings};
 use clerksync::App;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 // glibc's malloc took about 10% of the server's CPU under load (`perf`: many
 // small short-lived allocations of JSON and rows across threads).
@@ -25,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of `serve`'s settings does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Receive webhooks and serve the API.
@@ -35,7 +44,7 @@ enum Command {
     /// Create or upgrade the database schema, then exit.
     Migrate {
         #[command(flatten)]
-        settings: Settings,
+        db: DbArgs,
     },
     /// Generate a signed Clerk event stream and send it to a running server.
     Loadgen(clerksync::loadgen::LoadgenArgs),
@@ -46,7 +55,7 @@ enum Command {
     /// Inspect and operate on stored events (works with the server stopped).
     Events {
         #[command(flatten)]
-        settings: Settings,
+        db: DbArgs,
         #[command(subcommand)]
         action: EventsAction,
     },
@@ -63,12 +72,18 @@ enum Command {
     /// Rebuild a store from the stored event log.
     Replay {
         #[command(flatten)]
-        settings: Settings,
+        db: DbArgs,
+        /// Most events applied in one transaction [default: 256 on SQLite, 32 on PostgreSQL].
+        #[arg(long, env = "CLERKSYNC_BATCH_MAX")]
+        batch_max: Option<usize>,
+        /// Most events applied at once [default: 1 on SQLite, 4 per core on PostgreSQL].
+        #[arg(long, env = "CLERKSYNC_MAX_CONCURRENT")]
+        max_concurrent: Option<usize>,
         /// Database URL of an EMPTY database to rebuild into (sqlite://... or postgres://...).
         #[arg(long, conflicts_with = "since")]
         into: Option<String>,
-        /// Re-apply deliveries received at or after this time (unix ms or RFC 3339-ish
-        /// `YYYY-MM-DDTHH:MM:SSZ`) on top of the current store.
+        /// Re-apply deliveries received at or after this time (unix ms or RFC 3339,
+        /// e.g. 2026-01-31T12:00:00Z) on top of the current store.
         #[arg(long)]
         since: Option<String>,
         /// Required with --since: it re-queues events of the live database.
@@ -77,14 +92,48 @@ enum Command {
     },
 }
 
+/// Where the database is: all that the operator commands take as flags (with
+/// their `CLERKSYNC_*` variables); the config file still supplies any setting.
+/// The server's other settings stay out of their `--help`.
+#[derive(clap::Args)]
+struct DbArgs {
+    /// Directory of the embedded database [default: data].
+    #[arg(long, global = true, env = "CLERKSYNC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite://path or postgres://... [default: sqlite://<data dir>/clerksync.db].
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+}
+
+impl DbArgs {
+    fn settings(self) -> Settings {
+        Settings {
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            ..Settings::default()
+        }
+    }
+}
+
 /// Arguments of `clerksync reindex` (its help is on `Command::Reindex`).
 #[derive(clap::Args)]
 struct ReindexArgs {
     #[command(flatten)]
-    settings: Settings,
+    db: DbArgs,
+    /// Directory of the search index [default: <data dir>/search].
+    #[arg(long, env = "CLERKSYNC_SEARCH_DIR")]
+    search_dir: Option<PathBuf>,
     /// Base URL of a running server, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     url: Option<String>,
+    /// The server's admin token (with --url).
+    #[arg(long, env = "CLERKSYNC_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -121,67 +170,164 @@ enum EventsAction {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(cli)) {
+    let sources = Sources {
+        matches,
+        file: cli.config.clone(),
+    };
+    if let Err(e) = rt.block_on(run(cli, &sources)) {
         // One line that says what went wrong and, for config, what to set.
-        eprintln!("error: {e:#}");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "error: {}", one_line(&e));
         std::process::exit(2);
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// The error and its causes as `{:#}` shows them, but each text once: sqlx
+/// repeats a database's message in its own text and again as its source.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Set once stdout is closed (`clerksync events list | head`).
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Prints a line on stdout. A closed pipe ends the output quietly, as Unix
+/// tools do (println! would panic); the command itself runs to its end, so a
+/// reindex piped into `head` still finishes.
+fn out(line: impl std::fmt::Display) {
+    use std::io::Write;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+        }
+    }
+}
+
+/// Where each setting came from, to name it in errors as the user gave it.
+struct Sources {
+    matches: ArgMatches,
+    file: Option<PathBuf>,
+}
+
+impl Sources {
+    fn name(&self, e: ConfigError) -> ConfigError {
+        e.named_by(|key| {
+            // Global flags reach the innermost subcommand's matches.
+            let mut m = &self.matches;
+            while let Some((_, sub)) = m.subcommand() {
+                m = sub;
+            }
+            if m.ids().any(|id| id.as_str() == key) {
+                match m.value_source(key) {
+                    Some(ValueSource::CommandLine) => return Some(Origin::Flag),
+                    Some(ValueSource::EnvVariable) => return Some(Origin::Env),
+                    _ => {}
+                }
+            }
+            let path = self.file.as_deref()?;
+            let table: toml::Table = std::fs::read_to_string(path).ok()?.parse().ok()?;
+            table
+                .contains_key(key)
+                .then(|| Origin::File(path.to_path_buf()))
+        })
+    }
+
+    /// Validated settings of a command that verifies no delivery.
+    fn without_secret(&self, flags: Settings) -> anyhow::Result<Config> {
+        let merged = flags.or(file_settings(self.file.as_deref())?);
+        Ok(Config::without_secret(merged).map_err(|e| self.name(e))?)
+    }
+}
+
+async fn run(cli: Cli, sources: &Sources) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { settings } => {
-            let config = Config::load(settings, cli.config.as_deref())?;
+            let config =
+                Config::load(settings, cli.config.as_deref()).map_err(|e| sources.name(e))?;
             clerksync::telemetry::init_logging(config.log_format);
             serve(config).await
         }
-        Command::Migrate { settings } => {
-            let config =
-                Config::without_secret(settings.or(file_settings(cli.config.as_deref())?))?;
+        Command::Migrate { db } => {
+            let config = sources.without_secret(db.settings())?;
             clerksync::telemetry::init_logging(config.log_format);
             let db = clerksync::store::Database::open(&config.database_url).await?;
             db.close().await;
-            println!("database is up to date ({})", db.backend_name());
+            out(format_args!(
+                "database is up to date ({})",
+                db.backend_name()
+            ));
             Ok(())
         }
-        Command::Events { settings, action } => {
-            let config =
-                Config::without_secret(settings.or(file_settings(cli.config.as_deref())?))?;
-            let db = clerksync::store::Database::open(&config.database_url).await?;
+        Command::Events { db, action } => {
+            let config = sources.without_secret(db.settings())?;
+            let db = clerksync::store::Database::open_existing(&config.database_url).await?;
             let r = events(&db, action).await;
             db.close().await;
             r
         }
         Command::Replay {
-            settings,
+            db,
+            batch_max,
+            max_concurrent,
             into,
             since,
             confirm,
         } => {
-            let config =
-                Config::without_secret(settings.or(file_settings(cli.config.as_deref())?))?;
+            let config = sources.without_secret(Settings {
+                batch_max,
+                max_concurrent,
+                ..db.settings()
+            })?;
             clerksync::telemetry::init_logging(config.log_format);
             replay(config, into, since, confirm).await
         }
-        Command::Reindex(ReindexArgs { settings, url }) => {
-            let config =
-                Config::without_secret(settings.or(file_settings(cli.config.as_deref())?))?;
+        Command::Reindex(ReindexArgs {
+            db,
+            search_dir,
+            url,
+            admin_token,
+        }) => {
+            let config = sources.without_secret(Settings {
+                search_dir,
+                admin_token,
+                ..db.settings()
+            })?;
             clerksync::telemetry::init_logging(config.log_format);
             reindex(config, url).await
         }
         Command::Loadgen(args) => {
-            let report = clerksync::loadgen::run(args).await?;
-            println!("{report}");
+            let (text, report) = clerksync::loadgen::execute(args).await?;
+            out(text);
+            // Scripts notice a run the server did not answer as it should.
+            if let Some(why) = report.and_then(|r| r.failure()) {
+                anyhow::bail!(why);
+            }
             Ok(())
         }
         Command::Wsbench(args) => {
             let report = clerksync::loadgen::ws::run(args).await?;
-            println!("{report}");
+            out(report);
             Ok(())
         }
         Command::Demo(args) => {
@@ -192,7 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn file_settings(path: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+fn file_settings(path: Option<&Path>) -> anyhow::Result<Settings> {
     Ok(match path {
         Some(p) => Settings::from_file(p)?,
         None => Settings::default(),
@@ -201,13 +347,20 @@ fn file_settings(path: Option<&std::path::Path>) -> anyhow::Result<Settings> {
 
 async fn events(db: &clerksync::store::Database, action: EventsAction) -> anyhow::Result<()> {
     use clerksync::store::events::{self, EventFilter, Transition, STATUSES};
-    let transition = |t: Transition, id: &str, what: &str| match t {
+    use clerksync::store::events::{describe_status, DISCARDABLE, RETRYABLE};
+    // `done`: what was done ("queued"); `verb`: the operation ("retried").
+    let transition = |t: Transition, id: &str, done: &str, verb: &str, applies_to: &[&str]| match t
+    {
         Transition::Done => {
-            println!("{id}: {what}");
+            out(format_args!("{id}: {done}"));
             Ok(())
         }
         Transition::NotFound => anyhow::bail!("no event with svix id {id}"),
-        Transition::Conflict => anyhow::bail!("event {id} cannot be {what} in its current status"),
+        Transition::Conflict { status } => anyhow::bail!(
+            "event {id} is {}: only {} events can be {verb}",
+            describe_status(&status),
+            or_list(applies_to)
+        ),
     };
     match action {
         EventsAction::List {
@@ -237,15 +390,15 @@ async fn events(db: &clerksync::store::Database, action: EventsAction) -> anyhow
             let rows = events::list(db, &filter, None, limit).await?;
             if json {
                 for r in &rows {
-                    println!("{}", serde_json::to_string(r)?);
+                    out(serde_json::to_string(r)?);
                 }
             } else {
-                println!(
+                out(format_args!(
                     "{:<8} {:<32} {:<32} {:<10} {:>8}  error",
                     "seq", "svix_id", "type", "status", "attempts"
-                );
+                ));
                 for r in &rows {
-                    println!(
+                    out(format_args!(
                         "{:<8} {:<32} {:<32} {:<10} {:>8}  {}",
                         r.seq,
                         r.svix_id,
@@ -253,7 +406,7 @@ async fn events(db: &clerksync::store::Database, action: EventsAction) -> anyhow
                         r.status,
                         r.attempts,
                         r.last_error.as_deref().unwrap_or("")
-                    );
+                    ));
                 }
             }
             Ok(())
@@ -264,71 +417,57 @@ async fn events(db: &clerksync::store::Database, action: EventsAction) -> anyhow
                 .ok_or_else(|| anyhow::anyhow!("no event with svix id {svix_id}"))?;
             let mut v = serde_json::to_value(&rec)?;
             v["body"] = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            out(serde_json::to_string_pretty(&v)?);
             Ok(())
         }
         EventsAction::Retry { svix_id, all_dead } => match (svix_id, all_dead) {
             (_, true) => {
                 let n = events::retry_all_dead(db).await?;
-                println!("queued {n} dead event(s); a running server applies them within a second");
+                out(format_args!(
+                    "queued {n} dead event(s); a running server applies them within a second"
+                ));
                 Ok(())
             }
-            (Some(id), false) => transition(events::retry(db, &id).await?, &id, "queued"),
+            (Some(id), false) => {
+                let t = events::retry(db, &id).await?;
+                transition(t, &id, "queued", "retried", RETRYABLE)
+            }
             (None, false) => anyhow::bail!("give a svix id or --all-dead"),
         },
         EventsAction::Discard { svix_id } => {
-            transition(events::discard(db, &svix_id).await?, &svix_id, "discarded")
+            let t = events::discard(db, &svix_id).await?;
+            transition(t, &svix_id, "discarded", "discarded", DISCARDABLE)
         }
         EventsAction::Stats => {
             let c = clerksync::store::inbox_counts(db).await?;
-            println!("{}", serde_json::to_string_pretty(&c)?);
+            out(serde_json::to_string_pretty(&c)?);
             Ok(())
         }
     }
 }
 
-/// Unix ms, or `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+/// "a, b or c".
+fn or_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// Unix milliseconds, or an RFC 3339 time (`2026-01-31T12:00:00Z`, any offset).
 fn parse_time(s: &str) -> anyhow::Result<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let s = s.trim();
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    let bad = || anyhow::anyhow!("--since '{s}': use unix milliseconds or YYYY-MM-DDTHH:MM:SSZ");
-    let b = s.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
-        return Err(bad());
-    }
-    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().map_err(|_| bad());
-    let (y, mo, d, h, mi, se) = (
-        n(0..4)?,
-        n(5..7)?,
-        n(8..10)?,
-        n(11..13)?,
-        n(14..16)?,
-        n(17..19)?,
-    );
-    anyhow::ensure!(
-        (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && se < 61,
-        bad()
-    );
-    // Days from civil (Howard Hinnant's algorithm).
-    let (y2, m2) = if mo <= 2 {
-        (y - 1, mo + 9)
-    } else {
-        (y, mo - 3)
-    };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(((days * 86_400) + h * 3600 + mi * 60 + se) * 1000)
+    let t = time::OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+        anyhow::anyhow!(
+            "--since '{s}': use unix milliseconds or an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"
+        )
+    })?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 async fn replay(
@@ -338,7 +477,7 @@ async fn replay(
     confirm: bool,
 ) -> anyhow::Result<()> {
     use clerksync::processor::{replay, ProcessorConfig};
-    let source = clerksync::store::Database::open(&config.database_url).await?;
+    let source = clerksync::store::Database::open_existing(&config.database_url).await?;
     let mut pc = ProcessorConfig::from_config(&config);
     let clock = clerksync::clock::system();
     let (n, report) = match (into, since) {
@@ -364,13 +503,13 @@ async fn replay(
         _ => anyhow::bail!("give --into EMPTY_DATABASE_URL or --since TIME --confirm"),
     };
     source.close().await;
-    println!(
+    out(format_args!(
         "replayed {n} deliveries: {} applied, {} failed in {:.1}s ({:.0} events/s)",
         report.applied,
         report.failed,
         report.elapsed.as_secs_f64(),
         report.per_second()
-    );
+    ));
     Ok(())
 }
 
@@ -379,16 +518,18 @@ async fn reindex(config: Config, url: Option<String>) -> anyhow::Result<()> {
         let token = config
             .admin_token
             .as_ref()
-            .context("reindex --url needs the server's admin token: set CLERKSYNC_ADMIN_TOKEN")?;
-        clerksync::api::search::reindex_remote(&url, token.expose(), |l| println!("{l}")).await?;
+            .context(
+                "reindex --url needs the server's admin token: set CLERKSYNC_ADMIN_TOKEN or --admin-token",
+            )?;
+        clerksync::api::search::reindex_remote(&url, token.expose(), out).await?;
         return Ok(());
     }
     let dir = config
         .search_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.join("search"));
-    let db = clerksync::store::Database::open(&config.database_url).await?;
-    let r = clerksync::feed::search::reindex_offline(&db, &dir, |l| println!("{l}")).await;
+    let db = clerksync::store::Database::open_existing(&config.database_url).await?;
+    let r = clerksync::feed::search::reindex_offline(&db, &dir, out).await;
     db.close().await;
     r?;
     Ok(())
@@ -430,4 +571,38 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown requested: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_unix_ms_or_rfc_3339() {
+        assert_eq!(parse_time("1700000000123").unwrap(), 1_700_000_000_123);
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1000);
+        assert_eq!(
+            parse_time("2024-02-29T12:00:00.250Z").unwrap(),
+            1_709_208_000_250
+        );
+        assert_eq!(
+            parse_time("2024-02-29T13:00:00+01:00").unwrap(),
+            1_709_208_000_000
+        );
+        for bad in ["2024-02-30T00:00:00Z", "yesterday", "2024-02-29"] {
+            let e = parse_time(bad).unwrap_err().to_string();
+            assert!(e.contains("RFC 3339"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let e = anyhow::anyhow!("no schema")
+            .context("error returned from database: no schema")
+            .context("cannot open the database");
+        assert_eq!(
+            one_line(&e),
+            "cannot open the database: error returned from database: no schema"
+        );
+    }
 }

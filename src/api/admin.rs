@@ -108,8 +108,9 @@ fn answer(t: Transition, what: &str) -> Result<Json<Value>, ApiError> {
     match t {
         Transition::Done => Ok(Json(json!({ "status": what }))),
         Transition::NotFound => Err(ApiError::NotFound),
-        Transition::Conflict => Err(ApiError::Conflict(format!(
-            "the event cannot be {what} in its current status"
+        Transition::Conflict { status } => Err(ApiError::Conflict(format!(
+            "the event cannot be {what}: it is {}",
+            events::describe_status(&status)
         ))),
     }
 }

@@ -277,6 +277,12 @@ fn write_expect(path: &Path, state: &expect::ExpectedState) -> Result<(), Loadge
 
 /// Runs the command; the returned text (or JSON) is what `main` prints.
 pub async fn run(args: LoadgenArgs) -> Result<String, LoadgenError> {
+    execute(args).await.map(|(text, _)| text)
+}
+
+/// [`run`], with the report of a run that generated a stream (none for
+/// `--check`), so that `main` can set the exit status from [`Report::failure`].
+pub async fn execute(args: LoadgenArgs) -> Result<(String, Option<Report>), LoadgenError> {
     args.validate()?;
     let url = reqwest::Url::parse(&args.url).map_err(|source| LoadgenError::Url {
         url: args.url.clone(),
@@ -286,7 +292,7 @@ pub async fn run(args: LoadgenArgs) -> Result<String, LoadgenError> {
         let base = format!("{}://{}", url.scheme(), url.authority());
         let report = check::check(file, &base, args.api_token.clone()).await?;
         return if report.mismatches.is_empty() {
-            Ok(report.to_string())
+            Ok((report.to_string(), None))
         } else {
             Err(LoadgenError::Mismatch(report.to_string()))
         };
@@ -389,12 +395,13 @@ pub async fn run(args: LoadgenArgs) -> Result<String, LoadgenError> {
         report.throughput_acks_per_s = s.status_2xx as f64 / report.elapsed_s.max(1e-9);
         report.latency_ms = Latency::from_stats(s);
     }
-    Ok(if args.json {
+    let text = if args.json {
         report.to_json()
     } else {
         // `main` adds the final newline.
         report.to_string().trim_end().to_owned()
-    })
+    };
+    Ok((text, Some(report)))
 }
 
 #[cfg(test)]

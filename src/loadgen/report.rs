@@ -78,6 +78,38 @@ impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report always serializes")
     }
+
+    /// Why this run did not go as a correct server answers, for the exit status:
+    /// transport errors, genuine deliveries answered non-2xx, or forged ones
+    /// answered anything but 401 (401 is the expected answer to a forgery).
+    /// None for a dry run or a clean run.
+    pub fn failure(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if self.transport_errors > 0 {
+            why.push(format!("{} transport errors", self.transport_errors));
+        }
+        let non_2xx: u64 = self.non_2xx.values().sum();
+        if non_2xx > 0 {
+            why.push(format!(
+                "{non_2xx} genuine deliveries answered non-2xx ({})",
+                by_status(&self.non_2xx)
+            ));
+        }
+        let forged_unexpected: BTreeMap<u16, u64> = self
+            .forged_by_status
+            .iter()
+            .filter(|(s, _)| **s != 401)
+            .map(|(s, n)| (*s, *n))
+            .collect();
+        if !forged_unexpected.is_empty() {
+            why.push(format!(
+                "{} forged deliveries answered other than 401 ({})",
+                forged_unexpected.values().sum::<u64>(),
+                by_status(&forged_unexpected)
+            ));
+        }
+        (!why.is_empty()).then(|| format!("loadgen: {}", why.join("; ")))
+    }
 }
 
 fn by_status(m: &BTreeMap<u16, u64>) -> String {

@@ -36,6 +36,21 @@ pub enum DbError {
     },
     #[error("CLERKSYNC_DATABASE_URL {0} is an in-memory SQLite database: clerksync acknowledges a webhook only once it is on disk, so give it a file (sqlite://path/to/clerksync.db)")]
     InMemory(String),
+    #[error("no database at {path}: check --data-dir or --database-url (CLERKSYNC_DATA_DIR, CLERKSYNC_DATABASE_URL); `clerksync migrate` creates one")]
+    Missing { path: String },
+    #[error("cannot connect to PostgreSQL at {addr}: connection refused (is the server running and listening there? check CLERKSYNC_DATABASE_URL)")]
+    PgRefused { addr: String },
+    #[error("cannot connect to PostgreSQL at {addr}: no answer within {secs} s (check the host and port in CLERKSYNC_DATABASE_URL)")]
+    PgTimeout { addr: String, secs: u64 },
+    #[error("PostgreSQL database \"{name}\" does not exist at {addr}: create it (`createdb {name}`) or fix the database name in CLERKSYNC_DATABASE_URL")]
+    PgNoDatabase { name: String, addr: String },
+    #[error("PostgreSQL search_path {search_path} names no existing schema in database \"{name}\": create it (CREATE SCHEMA {schema}) or fix search_path in CLERKSYNC_DATABASE_URL")]
+    PgNoSchema {
+        search_path: String,
+        name: String,
+        /// The schema to create, as far as the path tells (else "...").
+        schema: String,
+    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
@@ -52,6 +67,24 @@ pub enum Database {
 }
 
 impl Database {
+    /// Opens a database that must already exist, and migrates it: for commands
+    /// that read or operate on stored data (`events`, `reindex`, `replay`), where
+    /// a mistyped path must not silently become an empty store.
+    pub async fn open_existing(url: &DatabaseUrl) -> Result<Database, DbError> {
+        if let DatabaseUrl::Sqlite(u) = url {
+            if let Ok(opts) = SqliteConnectOptions::from_str(u) {
+                let file = opts.get_filename();
+                if file.as_os_str() != ":memory:" && !file.exists() {
+                    return Err(DbError::Missing {
+                        path: file.display().to_string(),
+                    });
+                }
+            }
+        }
+        // PostgreSQL: a missing database is refused by the server itself.
+        Database::open(url).await
+    }
+
     /// Opens (creating a SQLite file if needed) and migrates.
     pub async fn open(url: &DatabaseUrl) -> Result<Database, DbError> {
         let db = match url {
@@ -121,6 +154,7 @@ impl Database {
                     url: redact_url(u),
                     source,
                 })?;
+                check_postgres(&opts, u).await?;
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
@@ -186,6 +220,80 @@ impl Database {
             Database::Sqlite(..) => "sqlite",
             Database::Postgres(_) => "postgres",
         }
+    }
+}
+
+/// How long one first connection to PostgreSQL may take before start-up gives up.
+const PG_CONNECT_SECS: u64 = 10;
+
+/// One connection before the pool: the pool retries a failed connect until its
+/// acquire timeout and then only says "pool timed out", where a single attempt
+/// tells a refused port at once, and which database or schema is missing.
+async fn check_postgres(opts: &PgConnectOptions, url: &str) -> Result<(), DbError> {
+    use sqlx::{ConnectOptions, Connection};
+    let addr = format!("{}:{}", opts.get_host(), opts.get_port());
+    let name = opts
+        .get_database()
+        .unwrap_or(opts.get_username())
+        .to_string();
+    let timeout = Duration::from_secs(PG_CONNECT_SECS);
+    let mut conn = match tokio::time::timeout(timeout, opts.connect()).await {
+        Err(_) => {
+            return Err(DbError::PgTimeout {
+                addr,
+                secs: PG_CONNECT_SECS,
+            })
+        }
+        Ok(Ok(c)) => c,
+        Ok(Err(sqlx::Error::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(DbError::PgRefused { addr })
+        }
+        Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("3D000") => {
+            return Err(DbError::PgNoDatabase { name, addr })
+        }
+        Ok(Err(source)) => {
+            return Err(DbError::Open {
+                url: redact_url(url),
+                source,
+            })
+        }
+    };
+    // With no schema on the search_path that exists, every CREATE fails with "no
+    // schema has been selected to create in": say which path, once.
+    let schema: Result<(Option<String>, String), sqlx::Error> = async {
+        let current = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&mut conn)
+            .await?;
+        let path = sqlx::query_scalar("SHOW search_path")
+            .fetch_one(&mut conn)
+            .await?;
+        Ok((current, path))
+    }
+    .await;
+    let _ = conn.close().await;
+    match schema {
+        Ok((None, search_path)) => {
+            // The schema named on the path, leaving out the default "$user".
+            let named: Vec<&str> = search_path
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && *s != "\"$user\"")
+                .collect();
+            let schema = match named.as_slice() {
+                [one] => one.to_string(),
+                _ => "...".to_string(),
+            };
+            Err(DbError::PgNoSchema {
+                search_path,
+                name,
+                schema,
+            })
+        }
+        Ok(_) => Ok(()),
+        Err(source) => Err(DbError::Open {
+            url: redact_url(url),
+            source,
+        }),
     }
 }
 

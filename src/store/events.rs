@@ -82,13 +82,33 @@ pub async fn show(
 }
 
 /// What `retry`/`discard` found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
     Done,
     NotFound,
-    /// The event is in a status the operation does not apply to.
-    Conflict,
+    /// The event is in a status the operation does not apply to (this one).
+    Conflict {
+        status: String,
+    },
 }
+
+/// A status as an operator reads it, e.g. "done (processed)".
+pub fn describe_status(status: &str) -> String {
+    let meaning = match status {
+        "pending" => "waiting to be applied",
+        "done" => "processed",
+        "failed" => "failed, to be retried",
+        "dead" => "out of attempts",
+        "discarded" => "set aside",
+        _ => return status.to_string(),
+    };
+    format!("{status} ({meaning})")
+}
+
+/// Statuses `retry` applies to.
+pub const RETRYABLE: &[&str] = &["failed", "dead", "discarded"];
+/// Statuses `discard` applies to.
+pub const DISCARDABLE: &[&str] = &["pending", "failed", "dead"];
 
 /// Queues a failed, dead or discarded event for an immediate new attempt.
 pub async fn retry(db: &Database, svix_id: &str) -> Result<Transition, sqlx::Error> {
@@ -123,16 +143,15 @@ async fn transition(db: &Database, svix_id: &str, sql: &str) -> Result<Transitio
     if n > 0 {
         return Ok(Transition::Done);
     }
-    let exists: Option<i64> = on_pool!(db, |p| sqlx::query_scalar(
-        "SELECT seq FROM inbox WHERE svix_id = $1"
+    let status: Option<String> = on_pool!(db, |p| sqlx::query_scalar(
+        "SELECT status FROM inbox WHERE svix_id = $1"
     )
     .bind(svix_id)
     .fetch_optional(p)
     .await)?;
-    Ok(if exists.is_some() {
-        Transition::Conflict
-    } else {
-        Transition::NotFound
+    Ok(match status {
+        Some(status) => Transition::Conflict { status },
+        None => Transition::NotFound,
     })
 }
 

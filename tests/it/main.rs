@@ -11,6 +11,7 @@ mod backends;
 mod bad_input;
 mod browser;
 mod cache;
+mod cli;
 mod convergence;
 mod dashboard;
 mod fuzz_seeds;
