@@ -199,6 +199,72 @@ async fn a_wrongly_typed_field_dead_letters_with_its_error() {
     );
 }
 
+/// The chart's history comes from the server: a freshly opened page gets the
+/// last five minutes, per second, and they add up to what `/admin/stats` counts
+/// (duplicates and refused deliveries are not "received"; a dead letter is
+/// received but never processed).
+#[tokio::test]
+async fn throughput_history_adds_up_to_the_stored_counts() {
+    let s = with_admin().await;
+    assert_eq!(s.get_json("/admin/throughput", None).await.0, 401);
+    assert_eq!(s.get_json("/admin/throughput", Some("wrong")).await.0, 401);
+    let (st, empty) = s.get_json("/admin/throughput", Some(TOKEN)).await;
+    assert_eq!(st, 200);
+    assert_eq!(empty["received"].as_array().unwrap().len(), 300, "{empty}");
+    assert_eq!(empty["processed"].as_array().unwrap().len(), 300);
+    assert_eq!(empty["interval_secs"], 1);
+
+    for i in 0..6 {
+        let id = format!("msg_tp_{i}");
+        assert_eq!(
+            s.post(&id, &user(&format!("user_tp{i}"), "Ada", 10 + i))
+                .await,
+            200
+        );
+    }
+    // A retry of a stored delivery, a forgery and a poisoned event.
+    assert_eq!(s.post("msg_tp_0", &user("user_tp0", "Ada", 10)).await, 200);
+    let (body, ts) = (
+        user("user_tp9", "Eve", 1).to_string(),
+        crate::helpers::system_now_secs().to_string(),
+    );
+    let forged = s
+        .client
+        .post(s.url("/webhooks/clerk"))
+        .header("svix-id", "msg_tp_forged")
+        .header("svix-timestamp", &ts)
+        .header(
+            "svix-signature",
+            crate::helpers::sign(b"not the key", "msg_tp_forged", &ts, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let poison = json!({"type": "user.updated", "object": "event", "timestamp": 1,
+                        "data": {"id": "user_tp_poison", "object": "user", "first_name": 42}});
+    assert_eq!(s.post("msg_tp_poison", &poison).await, 200);
+    s.settle().await;
+
+    let (_, stats) = s.get_json("/admin/stats", Some(TOKEN)).await;
+    assert_eq!(stats["received"], 7, "{stats}");
+    assert_eq!(stats["processed"], 6, "{stats}");
+    // A fresh GET, as a page opened now makes it.
+    let (_, h) = s.get_json("/admin/throughput", Some(TOKEN)).await;
+    let sum = |k: &str| {
+        let v = h[k].as_array().unwrap();
+        assert_eq!(v.len(), 300, "{h}");
+        v.iter().map(|n| n.as_u64().unwrap()).sum::<u64>()
+    };
+    assert_eq!(sum("received"), 7, "{h}");
+    assert_eq!(sum("processed"), 6, "{h}");
+    assert!(
+        h["until"].as_i64().unwrap() >= crate::helpers::system_now_secs() - 5,
+        "{h}"
+    );
+}
+
 /// `clerksync demo` as a newcomer runs it: it prints the dashboard address with
 /// its token, the stream and the poisoned events arrive, SIGTERM stops it.
 #[tokio::test]
