@@ -29,6 +29,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::task::Poll;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -157,6 +158,12 @@ pub async fn run(
     let app = App::build(config, listener).await?;
     let base = format!("http://{}", reachable(app.local_addr()));
 
+    // Polled once before the banner: a shutdown future that installs signal
+    // handlers when first polled (main's does) then has them in place, so a
+    // Ctrl-C right after the banner stops the demo gracefully instead of the
+    // signal's default action killing it.
+    let mut shutdown = Box::pin(shutdown);
+    let asked = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     print_banner(&base, &whsec, &admin_token, &args, fresh);
 
     // The stream stops the moment shutdown is asked for: it is a client of the
@@ -174,7 +181,9 @@ pub async fn run(
     });
     let served = app
         .run(async move {
-            shutdown.await;
+            if !asked {
+                shutdown.await;
+            }
             stop.cancel();
         })
         .await;
