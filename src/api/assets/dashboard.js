@@ -152,7 +152,7 @@
   let newestSeq = null;
   // The last answer of /admin/throughput (kept by the server, so a page opened
   // now shows the last five minutes, not only what this tab saw).
-  let history = null;
+  let recent = null;
 
   function setConn(state, text) {
     const c = $('conn');
@@ -193,7 +193,7 @@
     openEntityId = null;
     lastEventsKey = lastDeadKey = lastEntityKey = '';
     newestSeq = null;
-    history = null;
+    recent = null;
   }
 
   async function start() {
@@ -250,7 +250,7 @@
 
   async function refreshThroughput() {
     const h = await api('/admin/throughput');
-    if (h && Array.isArray(h.received) && Array.isArray(h.processed)) history = h;
+    if (h && Array.isArray(h.received) && Array.isArray(h.processed)) recent = h;
     drawChart();
   }
 
@@ -258,8 +258,8 @@
   // second. The server's last entry is the second still running: left out, so
   // the line does not dip at its end every time.
   function series(key) {
-    if (!history) return [];
-    const values = history[key].slice(0, -1);
+    if (!recent) return [];
+    const values = recent[key].slice(0, -1);
     return values.map((v, i) => ({
       ago: values.length - i,
       v: typeof v === 'number' && v > 0 ? v : 0,
