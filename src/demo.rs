@@ -101,6 +101,8 @@ const OWN_FILES: &[&str] = &[
 /// Events per generated batch of the live stream: a few minutes of watching,
 /// and the only part of the stream in memory at any time.
 const LIVE_BATCH: usize = 200;
+/// Requests of the live stream in flight at once, at most.
+const LIVE_IN_FLIGHT: usize = 8;
 
 /// Deliveries whose envelope is well-formed and signed but whose data can
 /// never apply (a typed field of the wrong type): the processor dead-letters
@@ -442,14 +444,25 @@ async fn feed(
 /// users and organizations, their updates, memberships, some deletes), dated
 /// from now, delivered with the same share of duplicates, disorder and
 /// forgeries as the burst. One batch is generated at a time, so memory stays
-/// the same however long it runs; one request at a time, so a slow server only
-/// slows the stream.
+/// the same however long it runs; at most [`LIVE_IN_FLIGHT`] requests are in
+/// flight (an ack waits for an fsync), so a slow server only slows the stream.
 async fn live(client: &reqwest::Client, url: &str, secret: &WebhookSecret, rate: f64) {
     let forger = WebhookSecret::from_key(rand::random::<[u8; 32]>().to_vec());
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     // After a stall, carry on at the rate instead of catching up in a burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Owned here: dropping this future at shutdown aborts the requests too.
+    let mut in_flight = tokio::task::JoinSet::new();
     let mut failing = false;
+    let mut report = |result: Result<Result<reqwest::StatusCode, reqwest::Error>, _>| match result {
+        Ok(Ok(_)) => failing = false,
+        // Said once per outage, not once per delivery.
+        Ok(Err(e)) if !failing => {
+            failing = true;
+            eprintln!("demo: the live stream cannot reach the server: {e}");
+        }
+        Ok(Err(_)) | Err(_) => {}
+    };
     loop {
         let seed = rand::random::<u64>();
         let gen = GenConfig {
@@ -467,16 +480,18 @@ async fn live(client: &reqwest::Client, url: &str, secret: &WebhookSecret, rate:
         let batch = plan::plan(&generate::generate(&gen), &plan_cfg);
         for d in batch.deliveries {
             tick.tick().await;
-            let key = if d.forged { &forger } else { secret };
-            match post_signed(client, url, key, &d.svix_id, d.body).await {
-                Ok(_) => failing = false,
-                // Said once per outage, not once per delivery.
-                Err(e) if !failing => {
-                    failing = true;
-                    eprintln!("demo: the live stream cannot reach the server: {e}");
+            while in_flight.len() >= LIVE_IN_FLIGHT {
+                if let Some(r) = in_flight.join_next().await {
+                    report(r);
                 }
-                Err(_) => {}
             }
+            while let Some(r) = in_flight.try_join_next() {
+                report(r);
+            }
+            let key = if d.forged { &forger } else { secret }.clone();
+            let (client, url) = (client.clone(), url.to_string());
+            in_flight
+                .spawn(async move { post_signed(&client, &url, &key, &d.svix_id, d.body).await });
         }
     }
 }
