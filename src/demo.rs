@@ -1,17 +1,24 @@
 //! `clerksync demo`: the whole service on one command, for a newcomer.
 //!
-//! Owns: generating a throwaway webhook secret and admin token, a fresh demo
-//! data directory, starting the app on the embedded database, feeding it a
-//! loadgen stream plus a few poisoned deliveries in the background (so every
-//! dashboard panel has something to show), and printing where to look.
+//! Owns: generating a throwaway webhook secret and admin token, the demo data
+//! directory (made by the demo itself, emptied of its own files on the next
+//! run), starting the app on the embedded database, feeding it in the
+//! background (an opening loadgen burst, three poisoned deliveries, then a
+//! gentle live stream until Ctrl-C, so every dashboard panel keeps moving), and
+//! printing where to look.
 //!
 //! Must never: install a signal handler (the caller passes the shutdown future,
-//! as for `serve`), delete a directory it did not create (only one carrying its
-//! marker file), or reach the server other than over HTTP like Svix would (the
-//! feed signs its deliveries; nothing is written into the database directly).
+//! as for `serve`); delete anything but the files it writes itself ([`OWN_FILES`])
+//! in a directory it made itself with `create_dir` (marked by [`MARKER`]), nor
+//! write its marker into a directory that already existed; hold more than one
+//! small batch of the live stream in memory (it runs for hours); or reach the
+//! server other than over HTTP like Svix would (the feed signs its deliveries;
+//! nothing is written into the database directly).
 
 use crate::app::{App, BuildError};
 use crate::config::{Config, ConfigError, Settings};
+use crate::loadgen::generate::{self, GenConfig};
+use crate::loadgen::plan::{self, PlanConfig};
 use crate::loadgen::{self, LoadgenArgs};
 use crate::webhook::WebhookSecret;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -22,6 +29,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::task::Poll;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -31,16 +39,21 @@ pub struct DemoArgs {
     /// Address to listen on.
     #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: String,
-    /// Directory of the demo's database and search index. Emptied at start when
-    /// an earlier demo made it; refused when it holds anything else.
+    /// Directory of the demo's database and search index. The demo creates it;
+    /// a later demo deletes only its own files in it, and refuses a directory it
+    /// did not create or one holding anything else.
     #[arg(long, default_value = "demo-data")]
     pub data_dir: PathBuf,
-    /// Events the background load generator sends.
+    /// Events of the opening burst.
     #[arg(long, default_value_t = 5_000)]
     pub events: usize,
-    /// Deliveries per second of the background stream (slow enough to watch).
+    /// Deliveries per second of the opening burst (slow enough to watch).
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
+    /// Deliveries per second of the live stream that follows the burst until
+    /// Ctrl-C (0: none).
+    #[arg(long, default_value_t = 10.0)]
+    pub live_rate: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +64,15 @@ pub enum DemoError {
     AddrInUse(SocketAddr),
     #[error("cannot listen on {addr}: {source} (pass another address with --listen)")]
     Listen { addr: SocketAddr, source: io::Error },
-    #[error("{0} exists and was not made by `clerksync demo`: pass another --data-dir (the demo empties its directory at start)")]
+    #[error("{0} exists and was not made by `clerksync demo`: pass a --data-dir that does not exist yet (the demo creates it, and a later demo deletes its own files in it)")]
     ForeignDataDir(PathBuf),
+    #[error("{dir} holds {entry}, which `clerksync demo` did not write: move it away or pass another --data-dir (nothing was deleted)")]
+    ForeignEntry { dir: PathBuf, entry: String },
+    #[error("--data-dir {0} is refused: the demo needs a directory of its own, e.g. --data-dir demo-data")]
+    UnsafeDataDir(PathBuf),
     #[error("cannot prepare the demo data directory {path}: {source}")]
     DataDir { path: PathBuf, source: io::Error },
-    #[error("--events must be at least 1 and --rate a positive number")]
+    #[error("--events must be at least 1, --rate a positive number and --live-rate a number from 0 to 10000")]
     BadStream,
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -65,8 +82,27 @@ pub enum DemoError {
     Serve(io::Error),
 }
 
-/// Marks a directory as the demo's own, so a later demo may empty it.
+/// Marks a directory the demo created itself, so a later demo may delete its
+/// own files in it.
 const MARKER: &str = ".clerksync-demo";
+
+/// Everything the demo writes into its directory: the database (with SQLite's
+/// WAL, shared-memory and rollback-journal files), the search index directory
+/// and the marker. Only these are ever deleted.
+const OWN_FILES: &[&str] = &[
+    MARKER,
+    "clerksync.db",
+    "clerksync.db-wal",
+    "clerksync.db-shm",
+    "clerksync.db-journal",
+    "search",
+];
+
+/// Events per generated batch of the live stream: a few minutes of watching,
+/// and the only part of the stream in memory at any time.
+const LIVE_BATCH: usize = 200;
+/// Requests of the live stream in flight at once, at most.
+const LIVE_IN_FLIGHT: usize = 8;
 
 /// Deliveries whose envelope is well-formed and signed but whose data can
 /// never apply (a typed field of the wrong type): the processor dead-letters
@@ -92,7 +128,10 @@ pub async fn run(
         .trim()
         .parse()
         .map_err(|_| DemoError::BadListen(args.listen.clone()))?;
-    if args.events == 0 || !(args.rate.is_finite() && args.rate > 0.0) {
+    if args.events == 0
+        || !(args.rate.is_finite() && args.rate > 0.0)
+        || !(0.0..=10_000.0).contains(&args.live_rate)
+    {
         return Err(DemoError::BadStream);
     }
     // Bind before touching the directory: a second demo on a taken port must
@@ -121,6 +160,12 @@ pub async fn run(
     let app = App::build(config, listener).await?;
     let base = format!("http://{}", reachable(app.local_addr()));
 
+    // Polled once before the banner: a shutdown future that installs signal
+    // handlers when first polled (main's does) then has them in place, so a
+    // Ctrl-C right after the banner stops the demo gracefully instead of the
+    // signal's default action killing it.
+    let mut shutdown = Box::pin(shutdown);
+    let asked = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     print_banner(&base, &whsec, &admin_token, &args, fresh);
 
     // The stream stops the moment shutdown is asked for: it is a client of the
@@ -128,18 +173,19 @@ pub async fn run(
     let stop = CancellationToken::new();
     let feeder = tokio::spawn({
         let stop = stop.clone();
-        let events = args.events;
-        let rate = args.rate;
+        let (events, rate, live_rate) = (args.events, args.rate, args.live_rate);
         async move {
             tokio::select! {
-                _ = feed(base, secret, whsec, events, rate) => {}
+                _ = feed(base, secret, whsec, events, rate, live_rate) => {}
                 _ = stop.cancelled() => {}
             }
         }
     });
     let served = app
         .run(async move {
-            shutdown.await;
+            if !asked {
+                shutdown.await;
+            }
             stop.cancel();
         })
         .await;
@@ -162,33 +208,120 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Creates the directory, or empties one an earlier demo made. Returns whether
-/// an earlier demo's data was removed.
+/// Makes the demo's directory, or deletes the demo's own files from one an
+/// earlier demo made. Returns whether an earlier demo's data was removed.
+///
+/// Refused, with nothing deleted: `.`, `..`, `/`, the home directory, any
+/// directory that contains the current one, a symlink, a directory the demo did
+/// not create (no marker: even an empty one, which never gets a marker), and a
+/// directory of the demo's holding anything it did not write (named).
 fn prepare_data_dir(dir: &Path) -> Result<bool, DemoError> {
     let err = |source| DemoError::DataDir {
         path: dir.to_path_buf(),
         source,
     };
-    let mut removed = false;
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if dir.join(MARKER).is_file() {
-                std::fs::remove_dir_all(dir).map_err(err)?;
-                removed = true;
-            } else if entries.next().is_some() {
-                return Err(DemoError::ForeignDataDir(dir.to_path_buf()));
+    if is_unsafe(dir) {
+        return Err(DemoError::UnsafeDataDir(dir.to_path_buf()));
+    }
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(err)?;
+            }
+            // create_dir, not create_dir_all: it fails on a directory that
+            // appeared meanwhile, so the marker only ever goes into our own.
+            std::fs::create_dir(dir).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => DemoError::ForeignDataDir(dir.to_path_buf()),
+                _ => err(e),
+            })?;
+            std::fs::write(
+                dir.join(MARKER),
+                "made by `clerksync demo`; the next demo deletes its own files here \
+                 (clerksync.db*, search/) and refuses to touch anything else\n",
+            )
+            .map_err(err)?;
+            return Ok(false);
+        }
+        Err(e) => return Err(err(e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(DemoError::UnsafeDataDir(dir.to_path_buf()));
+    }
+    if !meta.is_dir() || !std::fs::symlink_metadata(dir.join(MARKER)).is_ok_and(|m| m.is_file()) {
+        return Err(DemoError::ForeignDataDir(dir.to_path_buf()));
+    }
+    // Look at everything before deleting anything.
+    let mut own = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name();
+        match name.to_str().filter(|n| OWN_FILES.contains(n)) {
+            Some(n) if n != MARKER => own.push(entry.path()),
+            Some(_) => {}
+            None => {
+                return Err(DemoError::ForeignEntry {
+                    dir: dir.to_path_buf(),
+                    entry: name.to_string_lossy().into_owned(),
+                })
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
     }
-    std::fs::create_dir_all(dir).map_err(err)?;
-    std::fs::write(
-        dir.join(MARKER),
-        "made by `clerksync demo`; the next demo empties this directory\n",
-    )
-    .map_err(err)?;
+    let removed = !own.is_empty();
+    for path in own {
+        let meta = std::fs::symlink_metadata(&path).map_err(err)?;
+        if meta.is_dir() {
+            // The search index: a directory of index files the app wrote.
+            std::fs::remove_dir_all(&path).map_err(err)?;
+        } else {
+            // A file, or a symlink (removed as a link, never followed).
+            std::fs::remove_file(&path).map_err(err)?;
+        }
+    }
     Ok(removed)
+}
+
+/// `.`, `..`, `/`, the home directory, or any directory the current one is in:
+/// places that hold other things than a demo's data.
+fn is_unsafe(dir: &Path) -> bool {
+    use std::path::Component;
+    let named = dir.components().any(|c| matches!(c, Component::Normal(_)));
+    let ends_in_dots = matches!(
+        dir.components().next_back(),
+        Some(Component::CurDir | Component::ParentDir)
+    );
+    if !named || ends_in_dots {
+        return true;
+    }
+    let Ok(canonical) = dir.canonicalize() else {
+        // Does not exist yet: it will be created, so it holds nothing else.
+        return false;
+    };
+    let home = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok());
+    let cwd = std::env::current_dir().and_then(|d| d.canonicalize()).ok();
+    canonical.parent().is_none()
+        || home.as_deref() == Some(canonical.as_path())
+        || cwd.is_some_and(|c| c.starts_with(&canonical))
+}
+
+/// The command line that runs this same binary (or `cargo run` when its path is
+/// unknown), quoted for a POSIX shell.
+fn self_command() -> String {
+    match std::env::current_exe() {
+        Ok(path) => shell_word(&path.to_string_lossy()),
+        Err(_) => "cargo run --release --".to_string(),
+    }
+}
+
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=,@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn print_banner(base: &str, whsec: &str, token: &str, args: &DemoArgs, fresh: bool) {
@@ -198,11 +331,20 @@ fn print_banner(base: &str, whsec: &str, token: &str, args: &DemoArgs, fresh: bo
     } else {
         ""
     };
+    let live = if args.live_rate > 0.0 {
+        format!(
+            "then a live stream of {}/s (new users, updates, memberships, some deletes) \
+             until Ctrl-C",
+            args.live_rate
+        )
+    } else {
+        "then nothing more (--live-rate 0)".to_string()
+    };
     println!(
         "\n\
-clerksync demo is running: {events} events at {rate}/s are on their way, with \
-duplicates, out-of-order and forged deliveries mixed in, and 3 poisoned events that \
-dead-letter.
+clerksync demo is running: an opening burst of {events} events at {rate}/s, {live}; \
+with duplicates, out-of-order and forged deliveries mixed in, and 3 poisoned events \
+that dead-letter.
 
   Dashboard:       {base}/admin#token={token}
   Admin token:     {token}
@@ -212,18 +354,27 @@ dead-letter.
 Try:
   curl -s -H 'Authorization: Bearer {token}' {base}/admin/stats
   curl -s '{base}/v1/users?limit=2'
-  clerksync loadgen --url {base}/webhooks/clerk --secret {whsec} --events 1000
+  CLERKSYNC_WEBHOOK_SECRET={whsec} {exe} loadgen --url {base}/webhooks/clerk --events 1000
 
 Ctrl-C stops it.
 ",
         events = args.events,
         rate = args.rate,
+        exe = self_command(),
     );
 }
 
-/// The background stream: loadgen at a watchable rate, and the poisoned
-/// deliveries a few seconds in, so they show up in the middle of the live list.
-async fn feed(base: String, secret: WebhookSecret, whsec: String, events: usize, rate: f64) {
+/// The background stream: an opening loadgen burst at a watchable rate with the
+/// poisoned deliveries a few seconds in (so they show up in the middle of the
+/// live list), then the live stream until the future is dropped at shutdown.
+async fn feed(
+    base: String,
+    secret: WebhookSecret,
+    whsec: String,
+    events: usize,
+    rate: f64,
+    live_rate: f64,
+) {
     #[derive(Parser)]
     struct Wrap {
         #[command(flatten)]
@@ -248,50 +399,146 @@ async fn feed(base: String, secret: WebhookSecret, whsec: String, events: usize,
         "--json".into(),
         "-q".into(),
     ]);
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("demo: cannot make an HTTP client for the stream: {e}");
+            return;
+        }
+    };
+    let url = format!("{base}/webhooks/clerk");
     // Joined, not spawned: dropping this future at shutdown drops the stream too.
     let (report, ()) = tokio::join!(loadgen::run(wrap.args), async {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        if let Err(e) = post_poisoned(&base, &secret).await {
+        if let Err(e) = post_poisoned(&client, &url, &secret).await {
             eprintln!("demo: could not send the poisoned events: {e}");
         }
     });
+    let then = if live_rate > 0.0 {
+        format!("a live stream of {live_rate}/s follows until Ctrl-C")
+    } else {
+        "the server keeps running (Ctrl-C stops it)".to_string()
+    };
     match report {
         Ok(json) => match serde_json::from_str::<loadgen::report::Report>(&json) {
             Ok(r) => println!(
-                "demo stream done: {} deliveries sent, {} accepted, {} forged ones refused; \
-                 the server keeps running (Ctrl-C stops it)",
+                "demo burst done: {} deliveries sent, {} accepted, {} forged ones refused; {then}",
                 r.sent,
                 r.status_2xx,
                 r.forged_by_status.get(&401).copied().unwrap_or(0)
             ),
-            Err(_) => println!("demo stream done"),
+            Err(_) => println!("demo burst done; {then}"),
         },
-        Err(e) => eprintln!("demo: the background stream failed: {e}"),
+        Err(e) => eprintln!("demo: the opening burst failed: {e}; {then}"),
+    }
+    if live_rate > 0.0 {
+        live(&client, &url, &secret, live_rate).await;
     }
 }
 
-async fn post_poisoned(base: &str, secret: &WebhookSecret) -> Result<(), reqwest::Error> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let now_ms = std::time::SystemTime::now()
+/// The live stream, forever (until dropped): batches of [`LIVE_BATCH`] events
+/// from the load generator, each a fresh slice of a Clerk instance's life (new
+/// users and organizations, their updates, memberships, some deletes), dated
+/// from now, delivered with the same share of duplicates, disorder and
+/// forgeries as the burst. One batch is generated at a time, so memory stays
+/// the same however long it runs; at most [`LIVE_IN_FLIGHT`] requests are in
+/// flight (an ack waits for an fsync), so a slow server only slows the stream.
+async fn live(client: &reqwest::Client, url: &str, secret: &WebhookSecret, rate: f64) {
+    let forger = WebhookSecret::from_key(rand::random::<[u8; 32]>().to_vec());
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    // After a stall, carry on at the rate instead of catching up in a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Owned here: dropping this future at shutdown aborts the requests too.
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut failing = false;
+    let mut report = |result: Result<Result<reqwest::StatusCode, reqwest::Error>, _>| match result {
+        Ok(Ok(_)) => failing = false,
+        // Said once per outage, not once per delivery.
+        Ok(Err(e)) if !failing => {
+            failing = true;
+            eprintln!("demo: the live stream cannot reach the server: {e}");
+        }
+        Ok(Err(_)) | Err(_) => {}
+    };
+    loop {
+        let seed = rand::random::<u64>();
+        let gen = GenConfig {
+            seed,
+            events: LIVE_BATCH,
+            start_ms: now_ms(),
+            ..GenConfig::default()
+        };
+        let plan_cfg = PlanConfig {
+            seed,
+            out_of_order: 0.1,
+            duplicates: 0.05,
+            forged: 0.01,
+        };
+        let batch = plan::plan(&generate::generate(&gen), &plan_cfg);
+        for d in batch.deliveries {
+            tick.tick().await;
+            while in_flight.len() >= LIVE_IN_FLIGHT {
+                if let Some(r) = in_flight.join_next().await {
+                    report(r);
+                }
+            }
+            while let Some(r) = in_flight.try_join_next() {
+                report(r);
+            }
+            let key = if d.forged { &forger } else { secret }.clone();
+            let (client, url) = (client.clone(), url.to_string());
+            in_flight
+                .spawn(async move { post_signed(&client, &url, &key, &d.svix_id, d.body).await });
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// One delivery as Svix sends it: signed now with `key`.
+async fn post_signed(
+    client: &reqwest::Client,
+    url: &str,
+    key: &WebhookSecret,
+    svix_id: &str,
+    body: impl Into<reqwest::Body> + AsRef<[u8]>,
+) -> Result<reqwest::StatusCode, reqwest::Error> {
+    let ts = now_ms() / 1000;
+    let signature = key.sign(svix_id, ts, body.as_ref());
+    Ok(client
+        .post(url)
+        .header("svix-id", svix_id)
+        .header("svix-timestamp", ts.to_string())
+        .header("svix-signature", signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?
+        .status())
+}
+
+async fn post_poisoned(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &WebhookSecret,
+) -> Result<(), String> {
+    let now_ms = now_ms();
     for (i, event) in poisoned_events(now_ms).into_iter().enumerate() {
         let svix_id = loadgen::ids::svix_id(now_ms, i as u32, &mut rand::thread_rng());
-        let body = event.to_string();
-        let ts = now_ms / 1000;
-        client
-            .post(format!("{base}/webhooks/clerk"))
-            .header("svix-id", &svix_id)
-            .header("svix-timestamp", ts.to_string())
-            .header("svix-signature", secret.sign(&svix_id, ts, body.as_bytes()))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?
-            .error_for_status()?;
+        let status = post_signed(client, url, secret, &svix_id, event.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("the server answered {status}"));
+        }
     }
     Ok(())
 }
@@ -305,21 +552,70 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("demo");
         assert!(!prepare_data_dir(&dir).unwrap());
+        assert!(dir.join(MARKER).is_file());
         std::fs::write(dir.join("clerksync.db"), b"old").unwrap();
+        std::fs::write(dir.join("clerksync.db-wal"), b"old").unwrap();
+        std::fs::create_dir(dir.join("search")).unwrap();
+        std::fs::write(dir.join("search/meta.json"), b"{}").unwrap();
         assert!(prepare_data_dir(&dir).unwrap());
-        assert!(
-            !dir.join("clerksync.db").exists(),
-            "an earlier demo's data goes"
-        );
+        assert!(!dir.join("clerksync.db").exists(), "its own data goes");
+        assert!(!dir.join("clerksync.db-wal").exists());
+        assert!(!dir.join("search").exists());
+        assert!(dir.join(MARKER).is_file(), "the directory stays the demo's");
 
+        // Anything else in it: refused, named, nothing deleted.
+        std::fs::write(dir.join("clerksync.db"), b"old").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+        match prepare_data_dir(&dir) {
+            Err(DemoError::ForeignEntry { entry, .. }) => assert_eq!(entry, "notes.txt"),
+            other => panic!("{other:?}"),
+        }
+        assert!(dir.join("clerksync.db").exists() && dir.join("notes.txt").exists());
+
+        // A directory it did not make, empty or not, never gets a marker.
         let foreign = tmp.path().join("data");
         std::fs::create_dir_all(&foreign).unwrap();
+        assert!(matches!(
+            prepare_data_dir(&foreign),
+            Err(DemoError::ForeignDataDir(_))
+        ));
+        assert!(!foreign.join(MARKER).exists());
         std::fs::write(foreign.join("clerksync.db"), b"precious").unwrap();
         assert!(matches!(
             prepare_data_dir(&foreign),
             Err(DemoError::ForeignDataDir(_))
         ));
         assert!(foreign.join("clerksync.db").exists());
+
+        // A symlink to the demo's own directory is refused too.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(matches!(
+            prepare_data_dir(&link),
+            Err(DemoError::UnsafeDataDir(_))
+        ));
+    }
+
+    #[test]
+    fn places_that_hold_other_things_are_unsafe() {
+        for p in [".", "..", "/", "./", "a/..", "", "./."] {
+            assert!(is_unsafe(Path::new(p)), "{p:?}");
+        }
+        let cwd = std::env::current_dir().unwrap();
+        assert!(is_unsafe(&cwd));
+        assert!(is_unsafe(cwd.parent().unwrap()));
+        if let Some(home) = std::env::var_os("HOME") {
+            assert!(is_unsafe(Path::new(&home)));
+        }
+        assert!(!is_unsafe(Path::new("demo-data")));
+        assert!(!is_unsafe(Path::new("./demo-data")));
+        assert!(!is_unsafe(&cwd.join("no-such-dir-yet")));
+    }
+
+    #[test]
+    fn the_suggested_command_is_one_shell_word() {
+        assert_eq!(shell_word("/usr/bin/clerksync"), "/usr/bin/clerksync");
+        assert_eq!(shell_word("/a b/it's"), "'/a b/it'\\''s'");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The admin API (`/admin`): queue statistics and event operations.
+//! The admin API (`/admin`): queue statistics, recent throughput and event operations.
 //!
 //! Disabled (404) unless `CLERKSYNC_ADMIN_TOKEN` is set; then every request needs
 //! it as a bearer token. Must never: return a secret, or change an event that
@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/stats", get(stats))
+        .route("/admin/throughput", get(throughput))
         .route("/admin/events", get(list))
         .route("/admin/events/retry-dead", post(retry_dead))
         .route("/admin/events/{svix_id}", get(show))
@@ -52,6 +53,12 @@ async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!(c)))
+}
+
+/// The last five minutes of per-second received/processed counts, kept by the
+/// server, so a page opened now draws the whole chart at once.
+async fn throughput(State(s): State<AppState>) -> Json<crate::telemetry::history::History> {
+    Json(s.metrics.throughput.snapshot())
 }
 
 #[derive(Deserialize)]

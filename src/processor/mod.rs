@@ -472,6 +472,7 @@ impl Processor {
                 status: status.into(),
             })
             .inc();
+        self.metrics.throughput.processed();
         let lag = (self.clock.now_ms() - d.received_at).max(0) as f64 / 1000.0;
         self.metrics.sync_lag_seconds.observe(lag);
         // Ingress already read Clerk's timestamp into the inbox row.

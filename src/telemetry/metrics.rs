@@ -85,6 +85,8 @@ pub struct Metrics {
     pub db_pool_idle: Gauge,
     /// Read at scrape time from the search index (live documents).
     pub search_index_documents: Gauge,
+    /// The last five minutes of received/processed per second (the dashboard's chart).
+    pub throughput: super::history::Throughput,
 }
 
 /// The commit this binary was built from, when the build said (no build script:
@@ -256,6 +258,7 @@ impl Metrics {
         );
         let realtime = RealtimeMetrics::register(&mut registry);
         Self {
+            throughput: super::history::Throughput::new(),
             realtime,
             build_info,
             db_pool_in_use,
@@ -303,6 +306,9 @@ impl Metrics {
     }
 
     pub fn delivery(&self, outcome: Outcome) {
+        if outcome == Outcome::accepted {
+            self.throughput.received();
+        }
         self.deliveries
             .get_or_create(&OutcomeLabels { outcome })
             .inc();

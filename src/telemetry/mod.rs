@@ -4,6 +4,7 @@
 //! one test process never mix their counters) and the log subscriber. Must never:
 //! label a metric with an unbounded value (raw paths, ids) or log secrets.
 
+pub mod history;
 pub mod metrics;
 
 use crate::config::LogFormat;

@@ -3,7 +3,9 @@
 //!
 //! What an operator does: the page refuses a wrong token and opens with the
 //! right one; a posted webhook shows up in the live stream; a dead-lettered
-//! event is retried with its button and turns processed; a screenshot is saved.
+//! event is retried with its button and turns processed; a page opened afresh
+//! draws the server's throughput history with round axis labels; a screenshot
+//! is saved.
 //!
 //! Needs /usr/bin/chromedriver and /usr/bin/chromium (`.ci/run` installs them).
 //! Without them the test says so and skips, except under CI=true, where it fails.
@@ -305,6 +307,32 @@ async fn steps(s: &Server, c: &Client) {
         Value::Null,
     )
     .await;
+
+    // A page opened now draws the server's history at once: the deliveries of
+    // the last minutes are on the chart before this tab has polled twice, and
+    // the axis is labelled with round numbers.
+    c.goto(&s.url(&format!("/admin#token={TOKEN}")))
+        .await
+        .unwrap();
+    let drawn = until(
+        c,
+        "the chart to draw the server's history",
+        "const d = document.getElementById('chart').dataset; \
+         return Number(d.received) >= 2 && Number(d.processed) >= 2 ? d.ticks : null;",
+        Value::Null,
+    )
+    .await;
+    let ticks: Vec<u64> = drawn
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(|t| t.parse().expect("whole-number tick labels"))
+        .collect();
+    assert_eq!(ticks[0], 0, "{drawn}");
+    let step = ticks[1];
+    let mantissa = step / 10u64.pow(step.ilog10());
+    assert!([1, 2, 5].contains(&mantissa), "{drawn}");
+    assert!(ticks.windows(2).all(|w| w[1] - w[0] == step), "{drawn}");
 
     let png = c.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");

@@ -199,60 +199,207 @@ async fn a_wrongly_typed_field_dead_letters_with_its_error() {
     );
 }
 
-/// `clerksync demo` as a newcomer runs it: it prints the dashboard address with
-/// its token, the stream and the poisoned events arrive, SIGTERM stops it.
+/// The chart's history comes from the server: a freshly opened page gets the
+/// last five minutes, per second, and they add up to what `/admin/stats` counts
+/// (duplicates and refused deliveries are not "received"; a dead letter is
+/// received but never processed).
 #[tokio::test]
-async fn demo_prints_a_working_dashboard_address_and_stops_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+async fn throughput_history_adds_up_to_the_stored_counts() {
+    let s = with_admin().await;
+    assert_eq!(s.get_json("/admin/throughput", None).await.0, 401);
+    assert_eq!(s.get_json("/admin/throughput", Some("wrong")).await.0, 401);
+    let (st, empty) = s.get_json("/admin/throughput", Some(TOKEN)).await;
+    assert_eq!(st, 200);
+    assert_eq!(empty["received"].as_array().unwrap().len(), 300, "{empty}");
+    assert_eq!(empty["processed"].as_array().unwrap().len(), 300);
+    assert_eq!(empty["interval_secs"], 1);
+
+    for i in 0..6 {
+        let id = format!("msg_tp_{i}");
+        assert_eq!(
+            s.post(&id, &user(&format!("user_tp{i}"), "Ada", 10 + i))
+                .await,
+            200
+        );
+    }
+    // A retry of a stored delivery, a forgery and a poisoned event.
+    assert_eq!(s.post("msg_tp_0", &user("user_tp0", "Ada", 10)).await, 200);
+    let (body, ts) = (
+        user("user_tp9", "Eve", 1).to_string(),
+        crate::helpers::system_now_secs().to_string(),
+    );
+    let forged = s
+        .client
+        .post(s.url("/webhooks/clerk"))
+        .header("svix-id", "msg_tp_forged")
+        .header("svix-timestamp", &ts)
+        .header(
+            "svix-signature",
+            crate::helpers::sign(b"not the key", "msg_tp_forged", &ts, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let poison = json!({"type": "user.updated", "object": "event", "timestamp": 1,
+                        "data": {"id": "user_tp_poison", "object": "user", "first_name": 42}});
+    assert_eq!(s.post("msg_tp_poison", &poison).await, 200);
+    s.settle().await;
+
+    let (_, stats) = s.get_json("/admin/stats", Some(TOKEN)).await;
+    assert_eq!(stats["received"], 7, "{stats}");
+    assert_eq!(stats["processed"], 6, "{stats}");
+    // A fresh GET, as a page opened now makes it.
+    let (_, h) = s.get_json("/admin/throughput", Some(TOKEN)).await;
+    let sum = |k: &str| {
+        let v = h[k].as_array().unwrap();
+        assert_eq!(v.len(), 300, "{h}");
+        v.iter().map(|n| n.as_u64().unwrap()).sum::<u64>()
+    };
+    assert_eq!(sum("received"), 7, "{h}");
+    assert_eq!(sum("processed"), 6, "{h}");
+    assert!(
+        h["until"].as_i64().unwrap() >= crate::helpers::system_now_secs() - 5,
+        "{h}"
+    );
+}
+
+/// A running `clerksync demo` child with its stdout lines arriving on `lines`.
+struct Demo {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::path::PathBuf,
+    printed: Vec<String>,
+}
+
+impl Demo {
+    /// Starts `clerksync demo` in `cwd` with a clean environment.
+    fn start(cwd: &std::path::Path, args: &[&str]) -> Demo {
+        let stderr = cwd.join(format!("stderr-{}.log", rand::random::<u32>()));
+        let mut cmd = demo_command(cwd, args);
+        cmd.stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let mut child = cmd.spawn().expect("spawn clerksync demo");
+        let stdout = child.stdout.take().unwrap();
+        // stdout is read by a thread, so the demo never blocks on it.
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Demo {
+            child,
+            lines,
+            stderr,
+            printed: Vec::new(),
+        }
+    }
+
+    /// The first stdout line containing `needle` (hang guard: 60 s).
+    fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.printed.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line with {needle:?}; stdout: {:?}; stderr: {}",
+                        self.printed,
+                        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                    )
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status and the rest of stdout.
+    fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(term.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("demo did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The child is gone, so its stdout ends and the reader thread hangs up.
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            rest.push(line);
+        }
+        (status, rest)
+    }
+}
+
+fn demo_command(cwd: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
-    cmd.args([
-        "demo",
-        "--listen",
-        "127.0.0.1:0",
+    cmd.arg("demo")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+async fn admin_stats(client: &reqwest::Client, base: &str, token: &str) -> Value {
+    client
+        .get(format!("{base}/admin/stats"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `clerksync demo` as a newcomer runs it: it prints the dashboard address with
+/// its token, the opening burst and the poisoned events arrive, the live stream
+/// keeps going after the burst, the suggested loadgen line works as printed,
+/// SIGTERM stops it; a second run reuses its directory cleanly, and refuses it
+/// once something foreign is in there.
+#[tokio::test]
+async fn demo_prints_a_working_dashboard_address_keeps_streaming_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
         "--data-dir",
         "demo",
         "--events",
         "200",
         "--rate",
         "1000",
-    ])
-    .current_dir(dir.path())
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd.spawn().expect("spawn clerksync demo");
-    let stdout = child.stdout.take().unwrap();
-    // The rest of stdout is collected by a thread, so the demo never blocks on it.
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut printed = Vec::new();
-    let url = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "no dashboard line; stdout: {printed:?}; stderr: {}",
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-                )
-            });
-        printed.push(line.clone());
-        if let Some(u) = line.trim().strip_prefix("Dashboard:") {
-            break u.trim().to_string();
-        }
-    };
+        "--live-rate",
+        "50",
+    ];
+    let mut demo = Demo::start(dir.path(), &args);
+    let url = demo.wait_line("Dashboard:");
+    let url = url.trim().strip_prefix("Dashboard:").unwrap().trim();
     let (page, token) = url.split_once("#token=").expect("token in the fragment");
     assert!(
         page.starts_with("http://127.0.0.1:") && page.ends_with("/admin"),
@@ -260,30 +407,24 @@ async fn demo_prints_a_working_dashboard_address_and_stops_cleanly() {
     );
     let base = page.trim_end_matches("/admin").to_string();
     let client = reqwest::Client::new();
+    let loadgen_line = demo.wait_line(" loadgen --url ").trim().to_string();
 
     let html = client.get(page).send().await.unwrap();
     assert_eq!(html.status(), 200);
     assert!(!html.text().await.unwrap().contains(token));
 
-    // The whole stream and the three poisoned deliveries land.
+    // The whole burst and the three poisoned deliveries land.
+    demo.wait_line("demo burst done");
+    let deadline = Instant::now() + Duration::from_secs(60);
     let stats = loop {
-        let s: Value = client
-            .get(format!("{base}/admin/stats"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["dead"] == 3 && s["pending"] == 0 && s["received"].as_i64() >= Some(203) {
+        let s = admin_stats(&client, &base, token).await;
+        if s["dead"] == 3 && s["received"].as_i64() >= Some(203) {
             break s;
         }
         assert!(Instant::now() < deadline, "stats never settled: {s}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(stats["failed"], 0, "{stats}");
-    assert!(stats["processed"].as_i64().unwrap() >= 200, "{stats}");
     let wrong = client
         .get(format!("{base}/admin/stats"))
         .bearer_auth("not-the-token")
@@ -292,29 +433,118 @@ async fn demo_prints_a_working_dashboard_address_and_stops_cleanly() {
         .unwrap();
     assert_eq!(wrong.status(), 401);
 
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(term.success());
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
+    // After the burst, the live stream keeps arriving and being applied.
+    let after_burst = stats["processed"].as_i64().unwrap();
+    loop {
+        let s = admin_stats(&client, &base, token).await;
+        if s["processed"].as_i64().unwrap() >= after_burst + 20 {
+            break;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("demo did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
-    // The child is gone, so its stdout ends and the reader thread hangs up.
-    let mut rest = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
-        rest.push(line);
+        assert!(
+            Instant::now() < deadline,
+            "no live stream after the burst: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The suggested loadgen line runs as printed, the secret in its environment
+    // rather than on its command line (where `ps` would show it).
+    assert!(
+        loadgen_line.starts_with("CLERKSYNC_WEBHOOK_SECRET=whsec_")
+            && !loadgen_line.contains("--secret"),
+        "{loadgen_line}"
+    );
+    let before = admin_stats(&client, &base, token).await["received"]
+        .as_i64()
+        .unwrap();
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &loadgen_line])
+        .current_dir(dir.path())
+        .stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CLERKSYNC_") {
+            sh.env_remove(k);
+        }
+    }
+    let out = sh.output().expect("run the printed loadgen line");
+    assert!(
+        out.status.success(),
+        "{loadgen_line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = admin_stats(&client, &base, token).await["received"]
+        .as_i64()
+        .unwrap();
+    assert!(after >= before + 1000, "{before} -> {after}");
+
+    let (status, rest) = demo.stop();
+    assert!(status.success(), "{status}");
     assert!(rest.iter().any(|l| l.contains("demo stopped")), "{rest:?}");
-    assert!(dir.path().join("demo/clerksync.db").exists());
+    let data = dir.path().join("demo");
+    assert!(data.join("clerksync.db").exists());
+
+    // A second run reuses the directory it made: its own files go, it serves.
+    let mut again = Demo::start(dir.path(), &args);
+    let line = again.wait_line("Data directory:");
+    assert!(
+        line.contains("the previous demo's data was removed"),
+        "{line}"
+    );
+    let (status, _) = again.stop();
+    assert!(status.success(), "{status}");
+
+    // Something the demo did not write: refused, named, and nothing deleted.
+    std::fs::write(data.join("notes.txt"), b"mine").unwrap();
+    let out = demo_command(dir.path(), &args).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("notes.txt") && stderr.contains("nothing was deleted"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(data.join("notes.txt")).unwrap(), b"mine");
+    assert!(data.join("clerksync.db").exists());
+}
+
+/// `--data-dir .` (or any directory the demo did not make, even an empty one)
+/// is refused before anything is written or deleted.
+#[test]
+fn demo_refuses_directories_it_did_not_make() {
+    let cwd = tempfile::tempdir().unwrap();
+    // What an earlier demo version left behind: its marker in a project folder.
+    std::fs::write(cwd.path().join(".clerksync-demo"), b"").unwrap();
+    std::fs::write(cwd.path().join("Cargo.toml"), b"[package]").unwrap();
+    let out = demo_command(cwd.path(), &["--data-dir", "."])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--data-dir . is refused"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(cwd.path().join("Cargo.toml").exists());
+    assert!(cwd.path().join(".clerksync-demo").exists());
+    let mut names: Vec<_> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".clerksync-demo", "Cargo.toml"], "nothing written");
+
+    // An existing empty directory: refused, and it never gets a marker.
+    std::fs::create_dir(cwd.path().join("empty")).unwrap();
+    let out = demo_command(cwd.path(), &["--data-dir", "empty"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("was not made by `clerksync demo`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path().join("empty")).unwrap().count(),
+        0
+    );
 }
 
 #[test]

@@ -9,8 +9,8 @@
 (function () {
   const TOKEN_KEY = 'clerksync.adminToken';
   const POLL_MS = 1000;
-  // Five minutes of one-second samples for the throughput chart.
-  const CHART_SAMPLES = 300;
+  // The chart spans the server's history: five minutes of one-second counts.
+  const CHART_SECONDS = 300;
   const STATUS_CLASSES = ['pending', 'done', 'failed', 'dead', 'discarded'];
   const ENTITY_ID = /^(user|org)_[A-Za-z0-9_-]{1,120}$/;
 
@@ -150,7 +150,9 @@
   let lastDeadKey = '';
   let lastEntityKey = '';
   let newestSeq = null;
-  const samples = [];
+  // The last answer of /admin/throughput (kept by the server, so a page opened
+  // now shows the last five minutes, not only what this tab saw).
+  let recent = null;
 
   function setConn(state, text) {
     const c = $('conn');
@@ -191,7 +193,7 @@
     openEntityId = null;
     lastEventsKey = lastDeadKey = lastEntityKey = '';
     newestSeq = null;
-    samples.length = 0;
+    recent = null;
   }
 
   async function start() {
@@ -218,7 +220,7 @@
   async function tick(gen) {
     if (!running || gen !== generation) return;
     try {
-      const jobs = [refreshStats(), refreshDead()];
+      const jobs = [refreshStats(), refreshThroughput(), refreshDead()];
       if (!paused) jobs.push(refreshEvents());
       if (openEntityId) jobs.push(refreshEntity(openEntityId, false));
       await Promise.all(jobs);
@@ -244,28 +246,39 @@
     for (const k of ['received', 'pending', 'processed', 'failed', 'dead', 'discarded']) {
       $('c-' + k).textContent = fmtNum(s[k]);
     }
-    samples.push({ t: performance.now(), processed: s.processed, received: s.received });
-    while (samples.length > CHART_SAMPLES + 1) samples.shift();
+  }
+
+  async function refreshThroughput() {
+    const h = await api('/admin/throughput');
+    if (h && Array.isArray(h.received) && Array.isArray(h.processed)) recent = h;
     drawChart();
   }
 
-  // Rates between successive samples; a counter that went down (a purge, a
-  // restart onto another database) counts as zero, never negative.
-  function rates(key) {
-    const out = [];
-    for (let i = 1; i < samples.length; i++) {
-      const dt = (samples[i].t - samples[i - 1].t) / 1000;
-      const dv = samples[i][key] - samples[i - 1][key];
-      out.push({ t: samples[i].t, v: dt > 0 && dv > 0 ? dv / dt : 0 });
-    }
-    return out;
+  // Per-second counts as points `secondsAgo` back from the newest complete
+  // second. The server's last entry is the second still running: left out, so
+  // the line does not dip at its end every time.
+  function series(key) {
+    if (!recent) return [];
+    const values = recent[key].slice(0, -1);
+    return values.map((v, i) => ({
+      ago: values.length - i,
+      v: typeof v === 'number' && v > 0 ? v : 0,
+    }));
   }
 
-  function niceCeil(v) {
-    if (v <= 5) return 5;
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
-    return 10 * p;
+  // A round axis: steps of 1, 2 or 5 times a power of ten (at least 1: the
+  // counts are whole numbers), at most 4 of them up to the top, e.g. 137 per
+  // second gives 0, 50, 100, 150.
+  function niceScale(v) {
+    const max = Math.max(1, v);
+    const rough = max / 4;
+    const p = Math.pow(10, Math.floor(Math.log10(rough)));
+    let step = 10 * p;
+    for (const m of [1, 2, 5]) {
+      if (m * p >= rough) { step = m * p; break; }
+    }
+    step = Math.max(1, Math.round(step));
+    return { top: Math.ceil(max / step) * step, step: step };
   }
 
   function drawChart() {
@@ -280,14 +293,16 @@
     const ctx = canvas.getContext('2d');
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
-    const processed = rates('processed');
-    const received = rates('received');
+    const processed = series('processed');
+    const received = series('received');
     const left = 48, right = 8, top = 8, bottom = 20;
     const pw = w - left - right, ph = h - top - bottom;
-    const max = niceCeil(Math.max(1, ...processed.map((p) => p.v), ...received.map((p) => p.v)));
-    const now = performance.now();
-    const span = CHART_SAMPLES * POLL_MS;
-    const x = (t) => left + pw * (1 - (now - t) / span);
+    let peak = 0;
+    for (const p of processed.concat(received)) if (p.v > peak) peak = p.v;
+    const scale = niceScale(peak);
+    const max = scale.top;
+    const span = CHART_SECONDS * 1000;
+    const x = (ago) => left + pw * (1 - (ago * 1000) / span);
     const y = (v) => top + ph * (1 - v / max);
 
     ctx.font = '11px system-ui, sans-serif';
@@ -296,12 +311,18 @@
     ctx.lineWidth = 1;
     ctx.textAlign = 'right';
     ctx.textBaseline = 'middle';
-    for (let i = 0; i <= 4; i++) {
-      const v = (max * i) / 4;
+    const ticks = [];
+    for (let v = 0; v <= max; v += scale.step) ticks.push(v);
+    for (const v of ticks) {
       const yy = Math.round(y(v)) + 0.5;
       ctx.beginPath(); ctx.moveTo(left, yy); ctx.lineTo(w - right, yy); ctx.stroke();
-      ctx.fillText(v >= 10 ? String(Math.round(v)) : v.toFixed(1), left - 6, yy);
+      ctx.fillText(v.toLocaleString(), left - 6, yy);
     }
+    // What is drawn, for tests and scripts (the canvas itself is pixels).
+    canvas.dataset.ticks = ticks.join(',');
+    const total = (pts) => pts.reduce((a, p) => a + p.v, 0);
+    canvas.dataset.received = String(total(received));
+    canvas.dataset.processed = String(total(processed));
     ctx.textAlign = 'center';
     ctx.textBaseline = 'top';
     for (const m of [5, 4, 3, 2, 1, 0]) {
@@ -315,7 +336,7 @@
       ctx.lineWidth = 2;
       ctx.beginPath();
       pts.forEach((p, i) => {
-        const px = Math.max(left, x(p.t));
+        const px = Math.max(left, x(p.ago));
         if (i === 0) ctx.moveTo(px, y(p.v)); else ctx.lineTo(px, y(p.v));
       });
       ctx.stroke();
@@ -324,8 +345,8 @@
     line(processed, '#16a34a');
 
     const last = (pts) => (pts.length ? pts[pts.length - 1].v : 0);
-    $('rate-now').textContent = 'now: ' + last(processed).toFixed(0) + ' processed/s, '
-      + last(received).toFixed(0) + ' received/s';
+    $('rate-now').textContent = 'last second: ' + last(processed).toLocaleString() + ' processed, '
+      + last(received).toLocaleString() + ' received';
   }
 
   // --- the live event stream -------------------------------------------------
