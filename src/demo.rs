@@ -191,11 +191,11 @@ pub async fn run(
         .await;
     let _ = feeder.await;
     served.map_err(DemoError::Serve)?;
-    println!(
+    crate::output::line(format!(
         "demo stopped; its data stays in {} until the next demo (clerksync events stats --data-dir {})",
         args.data_dir.display(),
         args.data_dir.display()
-    );
+    ));
     Ok(())
 }
 
@@ -340,7 +340,7 @@ fn print_banner(base: &str, whsec: &str, token: &str, args: &DemoArgs, fresh: bo
     } else {
         "then nothing more (--live-rate 0)".to_string()
     };
-    println!(
+    crate::output::line(format!(
         "\n\
 clerksync demo is running: an opening burst of {events} events at {rate}/s, {live}; \
 with duplicates, out-of-order and forged deliveries mixed in, and 3 poisoned events \
@@ -361,7 +361,7 @@ Ctrl-C stops it.
         events = args.events,
         rate = args.rate,
         exe = self_command(),
-    );
+    ));
 }
 
 /// The background stream: an opening loadgen burst at a watchable rate with the
@@ -424,13 +424,13 @@ async fn feed(
     };
     match report {
         Ok(json) => match serde_json::from_str::<loadgen::report::Report>(&json) {
-            Ok(r) => println!(
+            Ok(r) => crate::output::line(format!(
                 "demo burst done: {} deliveries sent, {} accepted, {} forged ones refused; {then}",
                 r.sent,
                 r.status_2xx,
                 r.forged_by_status.get(&401).copied().unwrap_or(0)
-            ),
-            Err(_) => println!("demo burst done; {then}"),
+            )),
+            Err(_) => crate::output::line(format!("demo burst done; {then}")),
         },
         Err(e) => eprintln!("demo: the opening burst failed: {e}; {then}"),
     }

@@ -16,6 +16,7 @@ pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod loadgen;
+pub mod output;
 pub mod processor;
 pub mod queue;
 pub mod store;

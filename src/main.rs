@@ -11,7 +11,6 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use clerksync::config::{Config, ConfigError, Origin, Settings};
 use clerksync::App;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 // glibc's malloc took about 10% of the server's CPU under load (`perf`: many
 // small short-lived allocations of JSON and rows across threads).
@@ -205,23 +204,9 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
-/// Set once stdout is closed (`clerksync events list | head`).
-static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
-
-/// Prints a line on stdout. A closed pipe ends the output quietly, as Unix
-/// tools do (println! would panic); the command itself runs to its end, so a
-/// reindex piped into `head` still finishes.
+/// Prints a line on stdout, quietly ending on a closed pipe (`output::line`).
 fn out(line: impl std::fmt::Display) {
-    use std::io::Write;
-    if STDOUT_GONE.load(Ordering::Relaxed) {
-        return;
-    }
-    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
-        STDOUT_GONE.store(true, Ordering::Relaxed);
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
-        }
-    }
+    clerksync::output::line(line);
 }
 
 /// Where each setting came from, to name it in errors as the user gave it.
