@@ -16,6 +16,7 @@ pub mod feed;
 pub mod loadgen;
 pub mod processor;
 pub mod queue;
+pub mod serve;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
