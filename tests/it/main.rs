@@ -23,4 +23,5 @@ mod process;
 mod processor;
 mod realtime;
 mod search;
+mod slowloris;
 mod upgrade;
