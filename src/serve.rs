@@ -439,3 +439,55 @@ impl HttpBody for DeadlineBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_bad_values_name_the_setting() {
+        let c = HttpConfig::from_settings(&Settings::default()).unwrap();
+        assert_eq!(c, HttpConfig::default());
+        assert!(c.max_connections < 1024, "fits a 1,024-descriptor process");
+        let bad = |s: Settings, name: &str| {
+            let e = HttpConfig::from_settings(&s).unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+        };
+        bad(
+            Settings {
+                http_header_timeout_secs: Some(0),
+                ..Default::default()
+            },
+            "CLERKSYNC_HTTP_HEADER_TIMEOUT_SECS",
+        );
+        bad(
+            Settings {
+                http_body_timeout_secs: Some(100_000),
+                ..Default::default()
+            },
+            "CLERKSYNC_HTTP_BODY_TIMEOUT_SECS",
+        );
+        bad(
+            Settings {
+                http_max_connections: Some(0),
+                ..Default::default()
+            },
+            "CLERKSYNC_HTTP_MAX_CONNECTIONS",
+        );
+        bad(
+            Settings {
+                max_body_bytes: Some(2 << 20),
+                max_buffered_body_bytes: Some(1 << 20),
+                ..Default::default()
+            },
+            "CLERKSYNC_MAX_BUFFERED_BODY_BYTES",
+        );
+        // A body limit above the default budget raises the default budget.
+        let c = HttpConfig::from_settings(&Settings {
+            max_body_bytes: Some(100 << 20),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_buffered_body_bytes, 100 << 20);
+    }
+}
