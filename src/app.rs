@@ -15,6 +15,7 @@ use crate::processor::{Processor, ProcessorConfig};
 use crate::queue::GroupCommitter;
 use crate::store::db::{Database, DbError};
 use crate::telemetry::metrics::Metrics;
+use crate::webhook::handler::BodyBudget;
 use crate::webhook::SecretSet;
 use axum::routing::post;
 use axum::Router;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub secrets: SecretSet,
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
+    /// Webhook body bytes that may be held in memory at once (webhook/handler.rs).
+    pub body_budget: BodyBudget,
     pub committer: GroupCommitter,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
@@ -131,6 +134,10 @@ impl App {
             secrets: config.secrets.clone(),
             clock,
             max_body_bytes: config.max_body_bytes,
+            body_budget: BodyBudget::new(
+                config.http.max_buffered_body_bytes,
+                metrics.http.body_bytes_reserved.clone(),
+            ),
             committer,
             metrics,
             config: Arc::new(config),
@@ -192,10 +199,17 @@ impl App {
         }
         let consumers = spawn_consumers(&state, cancel.child_token());
         let signal = cancel.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        tokio::spawn(async move {
             shutdown.await;
             signal.cancel();
         });
+        let server = crate::serve::serve(
+            listener,
+            router,
+            state.config.http,
+            state.metrics.http.clone(),
+            cancel.clone(),
+        );
         let server = async move {
             let grace = async {
                 cancel.cancelled().await;

@@ -195,6 +195,18 @@ pub struct Settings {
     /// Largest accepted webhook body, in bytes.
     #[arg(long, global = true, env = "CLERKSYNC_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Webhook body bytes held in memory at once, over all requests (past it: 503).
+    #[arg(long, global = true, env = "CLERKSYNC_MAX_BUFFERED_BODY_BYTES")]
+    pub max_buffered_body_bytes: Option<usize>,
+    /// Seconds a client has to send a request's headers (also bounds an idle keep-alive connection).
+    #[arg(long, global = true, env = "CLERKSYNC_HTTP_HEADER_TIMEOUT_SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's whole body.
+    #[arg(long, global = true, env = "CLERKSYNC_HTTP_BODY_TIMEOUT_SECS")]
+    pub http_body_timeout_secs: Option<u64>,
+    /// Most HTTP connections open at once (WebSockets included).
+    #[arg(long, global = true, env = "CLERKSYNC_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
     /// Log format: human or json.
     #[arg(long, global = true, env = "CLERKSYNC_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -328,6 +340,14 @@ impl Settings {
             admin_token: self.admin_token.or(lower.admin_token),
             data_dir: self.data_dir.or(lower.data_dir),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            max_buffered_body_bytes: self
+                .max_buffered_body_bytes
+                .or(lower.max_buffered_body_bytes),
+            http_header_timeout_secs: self
+                .http_header_timeout_secs
+                .or(lower.http_header_timeout_secs),
+            http_body_timeout_secs: self.http_body_timeout_secs.or(lower.http_body_timeout_secs),
+            http_max_connections: self.http_max_connections.or(lower.http_max_connections),
             log_format: self.log_format.or(lower.log_format),
             max_concurrent: self.max_concurrent.or(lower.max_concurrent),
             max_attempts: self.max_attempts.or(lower.max_attempts),
@@ -408,6 +428,8 @@ pub struct Config {
     pub admin_token: Option<Token>,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
+    /// Timeouts, the connection cap and the buffered-body budget (serve.rs).
+    pub http: crate::serve::HttpConfig,
     pub log_format: LogFormat,
     pub max_concurrent: usize,
     pub max_attempts: u32,
@@ -547,6 +569,7 @@ impl Config {
         let realtime = crate::api::realtime::RealtimeConfig::from_settings(&s)?;
         let cache_backend = cache_backend(&s)?;
         let alerts = alert_config(&s)?;
+        let http = crate::serve::HttpConfig::from_settings(&s)?;
         let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_s
             .trim()
@@ -650,6 +673,7 @@ impl Config {
             admin_token: token(s.admin_token),
             data_dir,
             max_body_bytes,
+            http,
             log_format,
             max_concurrent,
             max_attempts,

@@ -19,6 +19,7 @@ pub mod loadgen;
 pub mod output;
 pub mod processor;
 pub mod queue;
+pub mod serve;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -58,6 +58,8 @@ pub struct Metrics {
     registry: Registry,
     /// `/v1/realtime` (names used by dashboards: keep them).
     pub realtime: RealtimeMetrics,
+    /// The HTTP server's connection limits and the webhook body budget (serve.rs).
+    pub http: HttpMetrics,
     pub deliveries: Family<OutcomeLabels, Counter>,
     pub ack_seconds: Histogram,
     pub events_processed: Family<EventLabels, Counter>,
@@ -257,9 +259,11 @@ impl Metrics {
             search_index_documents.clone(),
         );
         let realtime = RealtimeMetrics::register(&mut registry);
+        let http = HttpMetrics::register(&mut registry);
         Self {
             throughput: super::history::Throughput::new(),
             realtime,
+            http,
             build_info,
             db_pool_in_use,
             db_pool_idle,
@@ -349,6 +353,60 @@ pub enum RejectReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub reason: RejectReason,
+}
+
+/// The HTTP server's limits at work (`clerksync_http_*`, `clerksync_webhook_body_*`).
+#[derive(Clone, Debug, Default)]
+pub struct HttpMetrics {
+    /// Open connections (upgraded WebSockets included).
+    pub connections: Gauge,
+    /// Connections closed because their headers did not arrive in time.
+    pub header_timeouts: Counter,
+    /// Connections closed while idle or still sending headers, to make room at the cap.
+    pub evicted: Counter,
+    /// Connections closed on accept: at the cap with none to evict.
+    pub refused: Counter,
+    /// Webhook body bytes reserved right now (the buffered-body budget in use).
+    pub body_bytes_reserved: Gauge,
+    /// Webhook deliveries answered 503 because the buffered-body budget was spent.
+    pub body_budget_exhausted: Counter,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = HttpMetrics::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections (WebSockets included)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "http_header_timeouts",
+            "Connections closed because a request's headers did not arrive in time",
+            m.header_timeouts.clone(),
+        );
+        registry.register(
+            "http_connections_evicted",
+            "Idle or header-reading connections closed to make room at the connection cap",
+            m.evicted.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "Connections closed on accept: at the cap with none idle to evict",
+            m.refused.clone(),
+        );
+        registry.register(
+            "webhook_body_bytes_reserved",
+            "Webhook body bytes reserved from the buffered-body budget right now",
+            m.body_bytes_reserved.clone(),
+        );
+        registry.register(
+            "webhook_body_budget_exhausted",
+            "Webhook deliveries answered 503 because the buffered-body budget was spent",
+            m.body_budget_exhausted.clone(),
+        );
+        m
+    }
 }
 
 /// The realtime stream's metrics (`clerksync_realtime_*`).

@@ -11,9 +11,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::field::Empty;
 use tracing::Instrument;
 
@@ -23,28 +26,125 @@ fn header<'a>(h: &'a HeaderMap, svix: &str, standard: &str) -> Option<&'a str> {
         .map(|v| v.to_str().unwrap_or(""))
 }
 
+/// Webhook body bytes held in memory at once, over all requests. A delivery
+/// reserves its declared length (the body limit when it declares none) before
+/// reading, so many slow bodies cannot add up to more than the budget.
+#[derive(Clone)]
+pub struct BodyBudget {
+    permits: Arc<Semaphore>,
+    reserved: Gauge,
+}
+
+/// Bytes reserved from the [`BodyBudget`]; given back when dropped.
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
+    bytes: i64,
+    reserved: Gauge,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reserved.dec_by(self.bytes);
+    }
+}
+
+impl BodyBudget {
+    /// `bytes` must fit in a u32 (config.rs checks it).
+    pub fn new(bytes: usize, reserved: Gauge) -> BodyBudget {
+        BodyBudget {
+            permits: Arc::new(Semaphore::new(bytes)),
+            reserved,
+        }
+    }
+
+    /// None when the budget cannot cover `bytes` right now.
+    pub fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
+        let n = u32::try_from(bytes.max(1)).ok()?;
+        let permit = self.permits.clone().try_acquire_many_owned(n).ok()?;
+        self.reserved.inc_by(i64::from(n));
+        Some(Reservation {
+            _permit: permit,
+            bytes: i64::from(n),
+            reserved: self.reserved.clone(),
+        })
+    }
+}
+
+/// How much of a refused body is read and thrown away after the 413, as a
+/// multiple of the body limit: a client that writes its whole body before
+/// reading the answer then sees the 413, not a reset connection. Past this
+/// (or the body timeout) the connection is closed.
+const DRAIN_FACTOR: usize = 16;
+
 /// Reads at most `limit` bytes; a larger body is refused without buffering it
 /// (a declared Content-Length over the limit is refused before reading at all).
 async fn read_limited(
-    headers: &HeaderMap,
+    declared: Option<u64>,
     body: Body,
     limit: usize,
 ) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        drain_in_background(body, limit.saturating_mul(DRAIN_FACTOR));
         return Err(ApiError::TooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge(limit)),
-        Err(_) => Err(ApiError::BadRequest(
-            "could not read the request body".into(),
-        )),
+    let mut body = body;
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    if buf.len() + data.len() > limit {
+                        let left = limit.saturating_mul(DRAIN_FACTOR).saturating_sub(buf.len());
+                        drain_in_background(body, left);
+                        return Err(ApiError::TooLarge(limit));
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+            Err(e) if crate::serve::is_body_timeout(&e) => {
+                return Err(ApiError::RequestTimeout(
+                    "the request body did not arrive in time".into(),
+                ))
+            }
+            Err(_) => {
+                return Err(ApiError::BadRequest(
+                    "could not read the request body".into(),
+                ))
+            }
+        }
     }
+    Ok(buf.freeze())
 }
+
+/// Reads and discards up to `max` more bytes of a refused body while the 413
+/// goes out (the body's own deadline bounds the time), so the client is not
+/// reset in the middle of its write; then the rest, if any, closes the connection.
+fn drain_in_background(mut body: Body, max: usize) {
+    tokio::spawn(async move {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+            }
+            if seen > max {
+                break;
+            }
+        }
+    });
+}
+
+/// The svix-id is stored and used as the deduplication key: it must look like
+/// one (Svix sends `msg_` + 27 characters).
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid svix-id header: expected at most {MAX_ID_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+pub const MAX_ID_LEN: usize = 256;
 
 pub async fn receive(
     State(state): State<AppState>,
@@ -116,7 +216,29 @@ async fn receive_inner(
         let e = verify(&state.secrets, dh, b"", 0, false).unwrap_err();
         return Err(ApiError::BadRequest(e.to_string()));
     }
-    let body = read_limited(headers, body, state.max_body_bytes).await?;
+    check_id(dh.id.map(str::trim).unwrap_or_default())?;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = state.max_body_bytes;
+    // Past the limit is a 413 whatever the budget; below it, the declared
+    // length (or the limit, for a body of unknown length) is reserved first.
+    let reserve = declared.map_or(limit, |n| n.min(limit as u64) as usize);
+    let _reservation = match state.body_budget.try_reserve(reserve) {
+        Some(r) => r,
+        None if declared.is_some_and(|n| n > limit as u64) => {
+            drain_in_background(body, limit.saturating_mul(DRAIN_FACTOR));
+            return Err(ApiError::TooLarge(limit));
+        }
+        None => {
+            state.metrics.http.body_budget_exhausted.inc();
+            return Err(ApiError::Unavailable(
+                "too many deliveries in progress; retry later".into(),
+            ));
+        }
+    };
+    let body = read_limited(declared, body, limit).await?;
     let now = state.clock.now_secs();
     let verified = verify(&state.secrets, dh, &body, now, true).map_err(|e| match e {
         e @ (VerifyError::MissingHeader(_) | VerifyError::InvalidTimestamp) => {

@@ -216,3 +216,38 @@ async fn a_replayed_delivery_after_the_tolerance_window_is_401() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].svix_id, "msg_1");
 }
+
+/// A correctly signed delivery whose id is not one Svix would send: the id is
+/// the stored deduplication key, so it is refused before the body is read.
+#[tokio::test]
+async fn a_ten_kb_svix_id_is_400_even_when_signed() {
+    let app = TestApp::spawn().await;
+    let body = user_event("user.created", "user_long_id");
+    let long = format!("msg_{}", "a".repeat(10 * 1024));
+    let resp = app.post_webhook(&long, app.now_secs(), &body).await;
+    assert_refused(&app, resp, StatusCode::BAD_REQUEST, "10 KB svix-id").await;
+    // The Standard Webhooks name is held to the same rule.
+    let ts = app.now_secs().to_string();
+    let sig = sign(&app.key, &long, &ts, &body);
+    let std_headers = vec![
+        ("webhook-id".to_string(), long.clone()),
+        ("webhook-timestamp".to_string(), ts),
+        ("webhook-signature".to_string(), sig),
+    ];
+    let resp = app.post_raw(&std_headers, body.clone()).await;
+    assert_refused(&app, resp, StatusCode::BAD_REQUEST, "10 KB webhook-id").await;
+    // 256 characters is still an id.
+    let ok = format!("msg_{}", "b".repeat(252));
+    let resp = app.post_webhook(&ok, app.now_secs(), &body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_svix_id_with_invisible_characters_is_400_even_when_signed() {
+    let app = TestApp::spawn().await;
+    let body = user_event("user.created", "user_odd_id");
+    for id in ["msg_a b", "msg_a\tb"] {
+        let resp = app.post_webhook(id, app.now_secs(), &body).await;
+        assert_refused(&app, resp, StatusCode::BAD_REQUEST, &format!("{id:?}")).await;
+    }
+}

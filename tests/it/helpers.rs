@@ -66,6 +66,8 @@ pub struct Options {
     pub clock: Option<Arc<FixedClock>>,
     /// The configured secret list (default: `whsec(TEST_KEY)`).
     pub secrets: Option<String>,
+    /// Overrides `Config.http` (timeouts, connection cap, body budget).
+    pub http: Option<clerksync::serve::HttpConfig>,
 }
 
 pub struct TestApp {
@@ -94,6 +96,9 @@ impl TestApp {
         let mut config = Config::for_tests(&secrets, &format!("sqlite://{}", db_path.display()));
         if let Some(n) = opts.max_body_bytes {
             config.max_body_bytes = n;
+        }
+        if let Some(h) = opts.http {
+            config.http = h;
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -26,4 +26,5 @@ mod processor;
 mod realtime;
 mod search;
 mod skip;
+mod slowloris;
 mod upgrade;

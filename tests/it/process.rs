@@ -141,9 +141,9 @@ fn serve_on_a_taken_port_says_it_cannot_listen() {
 }
 
 /// A running `clerksync serve` on a port of its own choosing, with its own database.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     db_path: PathBuf,
 }
 
@@ -152,21 +152,22 @@ impl Server {
     /// other tests for a port), learns the address from its JSON start-up log
     /// line, then waits for `/healthz`.
     async fn start(dir: &Path) -> Server {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// As [`Server::start`], with more settings.
+    pub(crate) async fn start_with(dir: &Path, extra: &[(&str, &str)]) -> Server {
         let db_path = dir.join("t.db");
-        let mut child = serve(
-            dir,
-            &[
-                ("CLERKSYNC_WEBHOOK_SECRET", &whsec(TEST_KEY)),
-                (
-                    "CLERKSYNC_DATABASE_URL",
-                    &format!("sqlite://{}", db_path.display()),
-                ),
-                ("CLERKSYNC_LISTEN", "127.0.0.1:0"),
-                ("CLERKSYNC_LOG_FORMAT", "json"),
-            ],
-        )
-        .spawn()
-        .expect("spawn clerksync");
+        let db_url = format!("sqlite://{}", db_path.display());
+        let secret = whsec(TEST_KEY);
+        let mut env = vec![
+            ("CLERKSYNC_WEBHOOK_SECRET", secret.as_str()),
+            ("CLERKSYNC_DATABASE_URL", db_url.as_str()),
+            ("CLERKSYNC_LISTEN", "127.0.0.1:0"),
+            ("CLERKSYNC_LOG_FORMAT", "json"),
+        ];
+        env.extend_from_slice(extra);
+        let mut child = serve(dir, &env).spawn().expect("spawn clerksync");
         let deadline = Instant::now() + GUARD;
         let addr = loop {
             if let Some(addr) = listening_addr(&stderr_of(dir)) {
