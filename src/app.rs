@@ -192,7 +192,12 @@ impl App {
         }
         let consumers = spawn_consumers(&state, cancel.child_token());
         let signal = cancel.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        // Connect info: realtime budgets anonymous clients per address.
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             shutdown.await;
             signal.cancel();
         });

@@ -37,20 +37,70 @@ pub fn routes(state: AppState) -> Router<AppState> {
         ))
 }
 
-/// Bearer `CLERKSYNC_API_TOKEN` when one is configured.
+/// Bearer `CLERKSYNC_API_TOKEN` when one is configured; without one, only
+/// requests addressed to this machine by a loopback name (see [`local_host_only`]).
 pub async fn require_api_token(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &state.config.api_token {
-        if !bearer(&req).is_some_and(|t| token.matches(t)) {
-            return Err(ApiError::Unauthorized(
-                "missing or invalid bearer token".into(),
-            ));
+    match &state.config.api_token {
+        Some(token) => {
+            if !bearer(&req).is_some_and(|t| token.matches(t)) {
+                return Err(ApiError::Unauthorized(
+                    "missing or invalid bearer token".into(),
+                ));
+            }
         }
+        None => local_host_only(&state.config, req.headers())?,
     }
     Ok(next.run(req).await)
+}
+
+/// On a token-less server (loopback only, see `Config::check_exposure`) the
+/// Host must name the loopback interface: a web page whose DNS name was
+/// rebound to 127.0.0.1 sends its own name as Host and is refused. An operator
+/// who opened the API on purpose (`CLERKSYNC_INSECURE_OPEN_API`) serves any Host.
+pub fn local_host_only(
+    config: &crate::config::Config,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    if config.api_token.is_some() || config.insecure_open_api {
+        return Ok(());
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if host.is_some_and(is_loopback_host) {
+        return Ok(());
+    }
+    Err(ApiError::MisdirectedHost(
+        "this server has no API token and answers only requests for localhost, 127.0.0.1 or [::1]: set CLERKSYNC_API_TOKEN to serve other names".into(),
+    ))
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') && valid_port(port) => {
+                return ip == "::1"
+            }
+            _ => return false,
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) if valid_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1"
+}
+
+fn valid_port(p: &str) -> bool {
+    p.strip_prefix(':').unwrap_or(p).parse::<u16>().is_ok()
 }
 
 pub fn bearer(req: &Request) -> Option<&str> {

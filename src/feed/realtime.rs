@@ -591,8 +591,8 @@ pub fn control(v: Value) -> Outbound {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
-    #[error("too many connections for this token (limit {0})")]
-    TooManyConnections(usize),
+    #[error("too many connections for this {0} (limit {1})")]
+    TooManyConnections(&'static str, usize),
     #[error("already subscribed to this topic")]
     AlreadySubscribed,
     #[error("too many subscriptions on this connection (limit {0})")]
@@ -623,7 +623,8 @@ struct Sub {
 struct ConnSlot {
     tx: mpsc::Sender<Outbound>,
     viewer: Viewer,
-    key: String,
+    /// The budgets this connection counts against.
+    keys: Vec<String>,
     too_slow: CancellationToken,
     topics: HashSet<Topic>,
 }
@@ -777,10 +778,12 @@ impl Drop for Connection {
                     }
                 }
             }
-            if let Some(n) = reg.per_key.get_mut(&c.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    reg.per_key.remove(&c.key);
+            for key in &c.keys {
+                if let Some(n) = reg.per_key.get_mut(key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        reg.per_key.remove(key);
+                    }
                 }
             }
         }
@@ -828,22 +831,32 @@ impl RealtimeHub {
         self.lock().conns.len()
     }
 
-    /// Registers a connection of `key` (one per token identity) if it is under
-    /// `max_per_key`; returns it with the receiving end of its queue.
+    /// Registers a connection if each of its `budgets` (key, most connections:
+    /// a token identity, a client address) has room; returns it with the
+    /// receiving end of its queue.
     pub fn connect(
         self: &Arc<Self>,
-        key: String,
+        budgets: Vec<(String, usize)>,
         viewer: Viewer,
-        max_per_key: usize,
     ) -> Result<(Connection, mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>), HubError> {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let too_slow = CancellationToken::new();
         let mut reg = self.lock();
-        let n = reg.per_key.get(&key).copied().unwrap_or(0);
-        if n >= max_per_key {
-            return Err(HubError::TooManyConnections(max_per_key));
+        for (key, max) in &budgets {
+            if reg.per_key.get(key).copied().unwrap_or(0) >= *max {
+                let what = if key.starts_with("addr:") {
+                    "address"
+                } else {
+                    "token"
+                };
+                return Err(HubError::TooManyConnections(what, *max));
+            }
         }
-        reg.per_key.insert(key.clone(), n + 1);
+        let mut keys = Vec::with_capacity(budgets.len());
+        for (key, _) in budgets {
+            *reg.per_key.entry(key.clone()).or_default() += 1;
+            keys.push(key);
+        }
         reg.next_id += 1;
         let id = reg.next_id;
         reg.conns.insert(
@@ -851,7 +864,7 @@ impl RealtimeHub {
             ConnSlot {
                 tx: tx.clone(),
                 viewer,
-                key,
+                keys,
                 too_slow: too_slow.clone(),
                 topics: HashSet::new(),
             },

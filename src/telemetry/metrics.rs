@@ -338,6 +338,10 @@ pub enum RejectReason {
     refresh_refused,
     /// An open connection closed because its session token expired.
     session_expired,
+    /// A subscribe request over the connection's per-minute allowance.
+    subscribe_rate,
+    /// A browser page from an origin not allowed to connect.
+    origin_denied,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
