@@ -53,9 +53,10 @@ use crate::api::extract::Query;
 use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
+use crate::feed::count_filtered;
 use crate::feed::realtime::{
-    check_resume, control, is_member, replay_page, Connection, HubError, Outbound, RealtimeHub,
-    ResumeWindow, Topic, Viewer,
+    check_resume, control, feed_filter, is_member, replay_page, Connection, HubError, Outbound,
+    RealtimeHub, ResumeRefused, ResumeWindow, Topic, Viewer,
 };
 use crate::telemetry::metrics::{RealtimeMetrics, RejectReason};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -1160,14 +1161,27 @@ impl Controller<'_> {
             return Ok(());
         };
         let now = self.state.clock.now_ms();
-        match check_resume(
-            &self.state.db,
-            since,
-            now,
-            &self.state.config.realtime.resume,
-        )
-        .await
-        {
+        let rt = &self.state.config.realtime;
+        let resume = match check_resume(&self.state.db, since, now, &rt.resume).await {
+            // A replay is bounded: past `max_replay` changes the client
+            // reloads the topic's state instead (cheaper for both sides).
+            Ok(Ok(())) => count_filtered(
+                &self.state.db,
+                feed_filter(&topic),
+                since,
+                rt.max_replay + 1,
+            )
+            .await
+            .map(|n| {
+                if n > rt.max_replay {
+                    Err(ResumeRefused::TooMany(rt.max_replay))
+                } else {
+                    Ok(())
+                }
+            }),
+            other => other,
+        };
+        match resume {
             Ok(Ok(())) => {
                 // The writer acks, replays, then lets the buffered live frames through.
                 let ack = json!({"type": "subscribed", "topic": raw, "since": since});
@@ -1360,6 +1374,7 @@ impl Writer {
                     }
                 }
             }
+            self.metrics.replay_rows_read.inc_by(page.read as u64);
             after = page.covered;
             if page.done {
                 break;

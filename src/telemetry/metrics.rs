@@ -361,6 +361,8 @@ pub struct RealtimeMetrics {
     pub rejected: Family<RejectLabels, Counter>,
     /// A live change's commit -> its frame handed to the socket.
     pub delivery_lag_seconds: Histogram,
+    /// Change-feed rows read by `since` replays (a topic's rows only).
+    pub replay_rows_read: Counter,
 }
 
 impl RealtimeMetrics {
@@ -372,6 +374,7 @@ impl RealtimeMetrics {
             resyncs: Counter::default(),
             rejected: Family::default(),
             delivery_lag_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            replay_rows_read: Counter::default(),
         };
         registry.register(
             "realtime_connections",
@@ -397,6 +400,11 @@ impl RealtimeMetrics {
             "realtime_delivery_lag_seconds",
             "Time from a change's commit to its frame being handed to the WebSocket",
             m.delivery_lag_seconds.clone(),
+        );
+        registry.register(
+            "realtime_replay_rows_read",
+            "Change-feed rows read to replay realtime subscriptions (since)",
+            m.replay_rows_read.clone(),
         );
         m
     }
