@@ -1,7 +1,8 @@
 //! The read API (`/v1`): users, organizations, memberships, audit.
 //!
 //! Answers from the synced store: 404 for an id never seen, 410 for a tombstone.
-//! `wait_ms` holds a request until the entity is synced, woken by apply commits.
+//! `wait_ms` holds a request until the entity is synced, woken by the apply
+//! commits that change that id (feed/waiters.rs).
 
 use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
@@ -207,20 +208,26 @@ async fn get_entity(
     }
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(p.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
-    let mut applied = state.applied.clone();
+    // Woken only by commits that changed this id: one read per change of it,
+    // not one per commit.
+    let mut waiter = state.waiters.wait_for(id);
     loop {
-        // Mark the current commit count seen before reading, so a commit that
-        // lands after the read wakes us.
-        applied.borrow_and_update();
+        // Mark what is seen before reading, so a commit that lands after the
+        // read wakes us.
+        waiter.seen();
         match read::get(&state.db, kind, id)
             .await
             .map_err(ApiError::internal)?
         {
             Some(r) if r.deleted => return Err(ApiError::Gone(id.to_string())),
             Some(r) if p.min_updated_at.is_none_or(|t| r.version >= t) => return Ok(r),
+            // Present but not yet as fresh as asked: at the deadline the
+            // stalest answer is still an answer.
+            Some(r) if tokio::time::Instant::now() >= deadline => return Ok(r),
+            None if tokio::time::Instant::now() >= deadline => return Err(ApiError::NotFound),
             _ => {}
         }
-        if tokio::time::timeout_at(deadline, applied.changed())
+        if tokio::time::timeout_at(deadline, waiter.changed())
             .await
             .is_err()
         {
@@ -229,7 +236,6 @@ async fn get_entity(
                 .map_err(ApiError::internal)?
             {
                 Some(r) if r.deleted => Err(ApiError::Gone(id.to_string())),
-                // Present but not yet as fresh as asked: the stalest answer is still an answer.
                 Some(r) => Ok(r),
                 None => Err(ApiError::NotFound),
             };

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub mod cache;
 pub mod realtime;
 pub mod search;
+pub mod waiters;
 
 /// One committed change.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
