@@ -280,3 +280,43 @@ async fn one_address_cannot_take_every_anonymous_slot() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// 1,000 `wait_ms` requests for one id all answer once it is synced, with
+/// other ids' commits before it (that those wake none of them is the unit
+/// test in feed/waiters.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiters_on_one_id_all_answer_when_it_arrives() {
+    let s = std::sync::Arc::new(sqlite_server(|_| {}).await);
+    let waiting: Vec<_> = (0..1000)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.client
+                    .get(s.url("/v1/users/user_w?wait_ms=30000"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    // Other users' commits meanwhile.
+    for i in 0..20 {
+        let body: serde_json::Value = serde_json::from_slice(&crate::helpers::user_event(
+            "user.created",
+            &format!("user_x{i}"),
+        ))
+        .unwrap();
+        assert!(s.post(&format!("msg_w_x{i}"), &body).await.is_success());
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(&crate::helpers::user_event("user.created", "user_w")).unwrap();
+    assert!(s.post("msg_w_w", &body).await.is_success());
+    for w in waiting {
+        let status = tokio::time::timeout(GUARD, w)
+            .await
+            .expect("a waiter hung")
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+}
