@@ -15,7 +15,14 @@
 //!   cannot set headers on a WebSocket). A bad or missing token is refused with
 //!   HTTP 401 before the upgrade, too many connections for one token with 429.
 //!   With neither `CLERKSYNC_API_TOKEN` nor a Clerk key configured the stream is
-//!   open, like the read API.
+//!   open, like the read API: on a loopback address and `Host` only (421), to
+//!   same-origin pages and `CLERKSYNC_ALLOWED_ORIGINS` only (403: a page on
+//!   any site could otherwise read it), and with a per-address share (429) of
+//!   the anonymous connection budget. Session tokens need `sid` and a lifetime
+//!   (`exp - iat`) within `CLERKSYNC_CLERK_MAX_TOKEN_LIFETIME_SECS`.
+//! - subscribe requests past `CLERKSYNC_REALTIME_SUBSCRIBES_PER_MINUTE` get an
+//!   error frame; a `since` with more than `CLERKSYNC_REALTIME_MAX_REPLAY`
+//!   changes of the topic gets `resync`.
 //! - server: `{"type":"ready","user_id":..|null,"seq":N}` once connected.
 //! - client: `{"type":"subscribe","topic":"user:ID"|"org:ID"|"*","since":SEQ?,"snapshot":bool?}`
 //!   → `{"type":"subscribed","topic":..,"seq":N}` (live after N); with
