@@ -1094,7 +1094,7 @@ async fn the_ws_bench_delivers_every_change_to_every_client_once_in_order() {
 /// store for every membership in it); past `max_replay` the client resyncs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_replay_reads_only_its_rows_and_is_bounded() {
-    let s = server(|c| c.realtime.max_replay = 3).await;
+    let s = server(|c| c.realtime.max_replay = 4).await;
     post(&s, "msg_q_org", &org("org_q", 1, "q")).await;
     post(&s, "msg_q_a0", &user("user_a", 1, "a0")).await;
     s.settle().await;
@@ -1114,53 +1114,55 @@ async fn a_topic_replay_reads_only_its_rows_and_is_bounded() {
         &membership("orgmem_qa", "org_q", "user_a", 1),
     )
     .await;
+    // Also refreshes user_a's membership: two rows.
     post(&s, "msg_q_a2", &user("user_a", 3, "a2")).await;
     s.settle().await;
-    let want: Vec<i64> = {
-        let a1 = s
-            .scalar("SELECT MAX(seq) FROM change_feed WHERE svix_id = 'msg_q_a1'")
-            .await;
-        let am = s
-            .scalar("SELECT MAX(seq) FROM change_feed WHERE svix_id = 'msg_q_am'")
-            .await;
-        let a2 = s
-            .scalar("SELECT MAX(seq) FROM change_feed WHERE svix_id = 'msg_q_a2'")
-            .await;
-        vec![a1, am, a2]
-    };
+    let mine = "svix_id IN ('msg_q_a1', 'msg_q_am', 'msg_q_a2')";
+    let n = s
+        .scalar(&format!("SELECT COUNT(*) FROM change_feed WHERE {mine}"))
+        .await;
+    assert_eq!(n, 4);
+    let first = s
+        .scalar(&format!("SELECT MIN(seq) FROM change_feed WHERE {mine}"))
+        .await;
+    let last = s
+        .scalar(&format!("SELECT MAX(seq) FROM change_feed WHERE {mine}"))
+        .await;
     let read_before = s
         .metric("clerksync_realtime_replay_rows_read_total")
         .await
         .unwrap_or(0.0);
-    let mut a = connect(&s, Some(&session("user_a"))).await.unwrap();
+    let mut a = connect(&s, Some(API)).await.unwrap();
     a.send(json!({"type": "subscribe", "topic": "user:user_a", "since": since}))
         .await;
-    assert_eq!(a.next().await.unwrap()["type"], "subscribed");
+    let ack = a.next().await.unwrap();
+    assert_eq!(ack["type"], "subscribed", "{ack}");
     let mut got = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         let f = a.next().await.unwrap();
         assert_eq!(f["topic"], "user:user_a", "{f}");
         got.push(f["seq"].as_i64().unwrap());
     }
-    assert_eq!(got, want);
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+    assert_eq!((got[0], got[got.len() - 1]), (first, last), "{got:?}");
     let done = a.next().await.unwrap();
     assert_eq!(done["type"], "replayed", "{done}");
-    assert_eq!(done["count"], 3, "{done}");
+    assert_eq!(done["count"], n, "{done}");
     let read = s
         .metric("clerksync_realtime_replay_rows_read_total")
         .await
         .unwrap()
         - read_before;
-    assert_eq!(read, 3.0, "feed rows read for a replay of 3 changes");
-    // Four changes to replay with a bound of three: reload instead.
+    assert_eq!(read, n as f64, "feed rows read: only the topic's");
+    // Two more changes of the topic, six in all, with a bound of four: reload instead.
     post(&s, "msg_q_a3", &user("user_a", 4, "a3")).await;
     s.settle().await;
-    let mut b = connect(&s, Some(&session("user_a"))).await.unwrap();
+    let mut b = connect(&s, Some(API)).await.unwrap();
     b.send(json!({"type": "subscribe", "topic": "user:user_a", "since": since}))
         .await;
     let r = b.next().await.unwrap();
     assert_eq!(r["type"], "resync", "{r}");
-    assert!(r["reason"].as_str().unwrap().contains("more than 3"), "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("more than 4"), "{r}");
     assert_eq!(b.next().await.unwrap()["type"], "subscribed");
 }
 
