@@ -42,8 +42,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Notified after each inbox commit that stored new deliveries.
     pub inbox_committed: Arc<Notify>,
-    /// Changes after every apply commit (read API `wait_ms` waiters watch it).
+    /// Changes after every apply commit (change-feed consumers watch it).
     pub applied: watch::Receiver<u64>,
+    /// Read API `wait_ms` waiters, woken by the ids a commit changed.
+    pub waiters: Arc<crate::feed::waiters::Waiters>,
     pub cache: Arc<EntityCache>,
     /// Search index over users and organizations, fed by the change feed.
     pub search: Arc<SearchIndex>,
@@ -111,6 +113,7 @@ impl App {
             crate::feed::last_seq(&db).await.map_err(DbError::from)?,
             config.realtime.queue,
         ));
+        let waiters = Arc::new(crate::feed::waiters::Waiters::default());
         let mut metrics = Metrics::new();
         metrics.register_cache(&cache.hits, &cache.misses, &cache.errors);
         let metrics = Arc::new(metrics);
@@ -128,6 +131,7 @@ impl App {
             applied: applied_tx,
             observer,
             cache: Some(cache.clone()),
+            waiters: Some(waiters.clone()),
         };
         let state = AppState {
             db,
@@ -143,6 +147,7 @@ impl App {
             config: Arc::new(config),
             inbox_committed,
             applied,
+            waiters,
             cache,
             search,
             realtime,

@@ -21,6 +21,8 @@ pub enum ConfigError {
     BadSecret(SecretError),
     #[error("CLERKSYNC_LISTEN '{0}' is not a socket address: use host:port, e.g. 127.0.0.1:8080")]
     BadListen(String),
+    #[error("refusing to serve /v1 without a token on {0}, which other machines can reach: set CLERKSYNC_API_TOKEN (or listen on 127.0.0.1, or set CLERKSYNC_INSECURE_OPEN_API=true to let anyone read your users)")]
+    OpenApi(String),
     #[error("CLERKSYNC_DATABASE_URL '{0}' is not usable: use sqlite://path/to/file.db or postgres://user@host/db")]
     BadDatabaseUrl(String),
     #[error("cannot read config file {path}: {source}")]
@@ -181,6 +183,9 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub api_token: Option<String>,
+    /// Serve /v1 without a token on a non-loopback address (anyone who can reach it reads everything).
+    #[arg(long, global = true, env = "CLERKSYNC_INSECURE_OPEN_API")]
+    pub insecure_open_api: Option<bool>,
     /// Bearer token for /admin; /admin is disabled when unset.
     #[arg(
         long,
@@ -302,6 +307,12 @@ pub struct Settings {
     /// Clock skew tolerated on session-token `exp`/`nbf`, in seconds (default 5).
     #[arg(long, global = true, env = "CLERKSYNC_CLERK_LEEWAY_SECS")]
     pub clerk_leeway_secs: Option<u64>,
+    /// Longest session-token lifetime (`exp - iat`) accepted, in seconds (default 3600).
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_MAX_TOKEN_LIFETIME_SECS")]
+    pub clerk_max_token_lifetime_secs: Option<u64>,
+    /// Browser origins allowed to open /v1/realtime, comma-separated.
+    #[arg(long, global = true, env = "CLERKSYNC_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
     /// Most realtime connections per token (per user for session tokens).
     #[arg(
         long,
@@ -309,6 +320,19 @@ pub struct Settings {
         env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_TOKEN"
     )]
     pub realtime_max_connections_per_token: Option<usize>,
+    /// Most anonymous realtime connections from one client address (open server).
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
+    pub realtime_max_connections_per_address: Option<usize>,
+    /// Most changes one realtime `since` replay sends; past it the client resyncs.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_MAX_REPLAY")]
+    pub realtime_max_replay: Option<i64>,
+    /// Subscribe requests one realtime connection may make per minute.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_SUBSCRIBES_PER_MINUTE")]
+    pub realtime_subscribes_per_minute: Option<u32>,
     /// Messages a realtime connection may have waiting before it counts as too slow.
     #[arg(long, global = true, env = "CLERKSYNC_REALTIME_QUEUE")]
     pub realtime_queue: Option<usize>,
@@ -337,6 +361,7 @@ impl Settings {
             listen: self.listen.or(lower.listen),
             database_url: self.database_url.or(lower.database_url),
             api_token: self.api_token.or(lower.api_token),
+            insecure_open_api: self.insecure_open_api.or(lower.insecure_open_api),
             admin_token: self.admin_token.or(lower.admin_token),
             data_dir: self.data_dir.or(lower.data_dir),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
@@ -381,9 +406,20 @@ impl Settings {
                 .clerk_authorized_parties
                 .or(lower.clerk_authorized_parties),
             clerk_leeway_secs: self.clerk_leeway_secs.or(lower.clerk_leeway_secs),
+            clerk_max_token_lifetime_secs: self
+                .clerk_max_token_lifetime_secs
+                .or(lower.clerk_max_token_lifetime_secs),
+            allowed_origins: self.allowed_origins.or(lower.allowed_origins),
             realtime_max_connections_per_token: self
                 .realtime_max_connections_per_token
                 .or(lower.realtime_max_connections_per_token),
+            realtime_max_connections_per_address: self
+                .realtime_max_connections_per_address
+                .or(lower.realtime_max_connections_per_address),
+            realtime_max_replay: self.realtime_max_replay.or(lower.realtime_max_replay),
+            realtime_subscribes_per_minute: self
+                .realtime_subscribes_per_minute
+                .or(lower.realtime_subscribes_per_minute),
             realtime_queue: self.realtime_queue.or(lower.realtime_queue),
             realtime_max_message_bytes: self
                 .realtime_max_message_bytes
@@ -425,6 +461,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database_url: DatabaseUrl,
     pub api_token: Option<Token>,
+    /// `/v1` without a token on a non-loopback address, asked for explicitly.
+    pub insecure_open_api: bool,
     pub admin_token: Option<Token>,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
@@ -560,6 +598,7 @@ impl Config {
             webhook_secret: None,
             ..s
         })?;
+        rest.check_exposure()?;
         Ok(Config { secrets, ..rest })
     }
 
@@ -670,6 +709,7 @@ impl Config {
             listen,
             database_url,
             api_token: token(s.api_token),
+            insecure_open_api: s.insecure_open_api.unwrap_or(false),
             admin_token: token(s.admin_token),
             data_dir,
             max_body_bytes,
@@ -689,6 +729,15 @@ impl Config {
             realtime,
             alerts,
         })
+    }
+
+    /// Refuses to serve `/v1` without a token on an address other machines can
+    /// reach, unless that was asked for by name (`CLERKSYNC_INSECURE_OPEN_API`).
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.api_token.is_none() && !self.insecure_open_api && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::OpenApi(self.listen.to_string()));
+        }
+        Ok(())
     }
 
     /// A config for tests and embedding: the given secret and database, defaults elsewhere.

@@ -20,6 +20,11 @@ pub enum ApiError {
     Gone(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request for a host name this server does not answer for (421).
+    #[error("{0}")]
+    MisdirectedHost(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
     #[error("{0}")]
@@ -46,6 +51,8 @@ impl IntoResponse for ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,7 +1,8 @@
 //! The read API (`/v1`): users, organizations, memberships, audit.
 //!
 //! Answers from the synced store: 404 for an id never seen, 410 for a tombstone.
-//! `wait_ms` holds a request until the entity is synced, woken by apply commits.
+//! `wait_ms` holds a request until the entity is synced, woken by the apply
+//! commits that change that id (feed/waiters.rs).
 
 use crate::api::cursor;
 use crate::api::error::ApiError;
@@ -36,20 +37,70 @@ pub fn routes(state: AppState) -> Router<AppState> {
         ))
 }
 
-/// Bearer `CLERKSYNC_API_TOKEN` when one is configured.
+/// Bearer `CLERKSYNC_API_TOKEN` when one is configured; without one, only
+/// requests addressed to this machine by a loopback name (see [`local_host_only`]).
 pub async fn require_api_token(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &state.config.api_token {
-        if !bearer(&req).is_some_and(|t| token.matches(t)) {
-            return Err(ApiError::Unauthorized(
-                "missing or invalid bearer token".into(),
-            ));
+    match &state.config.api_token {
+        Some(token) => {
+            if !bearer(&req).is_some_and(|t| token.matches(t)) {
+                return Err(ApiError::Unauthorized(
+                    "missing or invalid bearer token".into(),
+                ));
+            }
         }
+        None => local_host_only(&state.config, req.headers())?,
     }
     Ok(next.run(req).await)
+}
+
+/// On a token-less server (loopback only, see `Config::check_exposure`) the
+/// Host must name the loopback interface: a web page whose DNS name was
+/// rebound to 127.0.0.1 sends its own name as Host and is refused. An operator
+/// who opened the API on purpose (`CLERKSYNC_INSECURE_OPEN_API`) serves any Host.
+pub fn local_host_only(
+    config: &crate::config::Config,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    if config.api_token.is_some() || config.insecure_open_api {
+        return Ok(());
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if host.is_some_and(is_loopback_host) {
+        return Ok(());
+    }
+    Err(ApiError::MisdirectedHost(
+        "this server has no API token and answers only requests for localhost, 127.0.0.1 or [::1]: set CLERKSYNC_API_TOKEN to serve other names".into(),
+    ))
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') && valid_port(port) => {
+                return ip == "::1"
+            }
+            _ => return false,
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) if valid_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1"
+}
+
+fn valid_port(p: &str) -> bool {
+    p.strip_prefix(':').unwrap_or(p).parse::<u16>().is_ok()
 }
 
 pub fn bearer(req: &Request) -> Option<&str> {
@@ -140,20 +191,26 @@ async fn get_entity(
     }
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(p.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
-    let mut applied = state.applied.clone();
+    // Woken only by commits that changed this id: one read per change of it,
+    // not one per commit.
+    let mut waiter = state.waiters.wait_for(id);
     loop {
-        // Mark the current commit count seen before reading, so a commit that
-        // lands after the read wakes us.
-        applied.borrow_and_update();
+        // Mark what is seen before reading, so a commit that lands after the
+        // read wakes us.
+        waiter.seen();
         match read::get(&state.db, kind, id)
             .await
             .map_err(ApiError::internal)?
         {
             Some(r) if r.deleted => return Err(ApiError::Gone(id.to_string())),
             Some(r) if p.min_updated_at.is_none_or(|t| r.version >= t) => return Ok(r),
+            // Present but not yet as fresh as asked: at the deadline the
+            // stalest answer is still an answer.
+            Some(r) if tokio::time::Instant::now() >= deadline => return Ok(r),
+            None if tokio::time::Instant::now() >= deadline => return Err(ApiError::NotFound),
             _ => {}
         }
-        if tokio::time::timeout_at(deadline, applied.changed())
+        if tokio::time::timeout_at(deadline, waiter.changed())
             .await
             .is_err()
         {
@@ -162,7 +219,6 @@ async fn get_entity(
                 .map_err(ApiError::internal)?
             {
                 Some(r) if r.deleted => Err(ApiError::Gone(id.to_string())),
-                // Present but not yet as fresh as asked: the stalest answer is still an answer.
                 Some(r) => Ok(r),
                 None => Err(ApiError::NotFound),
             };

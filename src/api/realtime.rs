@@ -15,7 +15,14 @@
 //!   cannot set headers on a WebSocket). A bad or missing token is refused with
 //!   HTTP 401 before the upgrade, too many connections for one token with 429.
 //!   With neither `CLERKSYNC_API_TOKEN` nor a Clerk key configured the stream is
-//!   open, like the read API.
+//!   open, like the read API: on a loopback address and `Host` only (421), to
+//!   same-origin pages and `CLERKSYNC_ALLOWED_ORIGINS` only (403: a page on
+//!   any site could otherwise read it), and with a per-address share (429) of
+//!   the anonymous connection budget. Session tokens need `sid` and a lifetime
+//!   (`exp - iat`) within `CLERKSYNC_CLERK_MAX_TOKEN_LIFETIME_SECS`.
+//! - subscribe requests past `CLERKSYNC_REALTIME_SUBSCRIBES_PER_MINUTE` get an
+//!   error frame; a `since` with more than `CLERKSYNC_REALTIME_MAX_REPLAY`
+//!   changes of the topic gets `resync`.
 //! - server: `{"type":"ready","user_id":..|null,"seq":N}` once connected.
 //! - client: `{"type":"subscribe","topic":"user:ID"|"org:ID"|"*","since":SEQ?,"snapshot":bool?}`
 //!   → `{"type":"subscribed","topic":..,"seq":N}` (live after N); with
@@ -53,17 +60,19 @@ use crate::api::extract::Query;
 use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
+use crate::feed::count_filtered;
 use crate::feed::realtime::{
-    check_resume, control, is_member, replay_page, Connection, HubError, Outbound, RealtimeHub,
-    ResumeWindow, Topic, Viewer,
+    check_resume, control, feed_filter, is_member, replay_page, Connection, HubError, Outbound,
+    RealtimeHub, ResumeRefused, ResumeWindow, Topic, Viewer,
 };
 use crate::telemetry::metrics::{RealtimeMetrics, RejectReason};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -71,6 +80,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::json;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -78,6 +88,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_MAX_CONNECTIONS_PER_TOKEN: usize = 100;
+/// Anonymous connections (open server) from one client address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 10;
+/// Longest session-token lifetime (`exp - iat`) accepted; Clerk's own live 60 s.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 3600;
+/// Most changes one `since` replay sends before the client is told to resync.
+pub const DEFAULT_MAX_REPLAY: i64 = 10_000;
+/// Subscribe requests per connection per minute (also the burst).
+pub const DEFAULT_SUBSCRIBES_PER_MINUTE: u32 = 120;
 pub const DEFAULT_QUEUE: usize = 1024;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
 pub const DEFAULT_PING_SECS: u64 = 25;
@@ -174,6 +192,18 @@ pub struct RealtimeConfig {
     /// open connection outlives its session token's `exp`.
     pub leeway_secs: i64,
     pub max_connections_per_token: usize,
+    /// Anonymous connections (no token configured) from one client address.
+    pub max_connections_per_address: usize,
+    /// Longest `exp - iat` a session token may claim, in seconds.
+    pub max_token_lifetime_secs: i64,
+    /// Browser origins (`scheme://host[:port]`) allowed to connect. Empty: any
+    /// origin when connecting needs a token (a page cannot lift one from a
+    /// cookie), only same-origin pages on an open server.
+    pub allowed_origins: Vec<String>,
+    /// Most changes one `since` replay sends; more and the client resyncs.
+    pub max_replay: i64,
+    /// Subscribe requests one connection may make per minute (and in a burst).
+    pub subscribes_per_minute: u32,
     /// Frames one connection may have waiting (and buffer during a resume).
     pub queue: usize,
     /// Largest client message accepted; a larger one closes the connection.
@@ -259,6 +289,33 @@ impl RealtimeConfig {
             leeway_secs: s
                 .clerk_leeway_secs
                 .map_or(LEEWAY_SECS, |v| v.min(3600) as i64),
+            max_connections_per_address: positive(
+                s.realtime_max_connections_per_address.map(|v| v as u64),
+                DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as u64,
+                "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_ADDRESS",
+            )? as usize,
+            max_token_lifetime_secs: positive(
+                s.clerk_max_token_lifetime_secs,
+                DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+                "CLERKSYNC_CLERK_MAX_TOKEN_LIFETIME_SECS",
+            )?
+            .min(i64::MAX as u64) as i64,
+            allowed_origins: list(s.allowed_origins.as_deref())
+                .into_iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+            max_replay: positive(
+                s.realtime_max_replay.map(|v| v.max(0) as u64),
+                DEFAULT_MAX_REPLAY as u64,
+                "CLERKSYNC_REALTIME_MAX_REPLAY",
+            )?
+            .min(i64::MAX as u64) as i64,
+            subscribes_per_minute: positive(
+                s.realtime_subscribes_per_minute.map(u64::from),
+                DEFAULT_SUBSCRIBES_PER_MINUTE as u64,
+                "CLERKSYNC_REALTIME_SUBSCRIBES_PER_MINUTE",
+            )?
+            .min(u32::MAX as u64) as u32,
             max_connections_per_token: positive(
                 s.realtime_max_connections_per_token.map(|v| v as u64),
                 DEFAULT_MAX_CONNECTIONS_PER_TOKEN as u64,
@@ -352,11 +409,15 @@ pub enum AuthError {
     IssuerNotAllowed,
     #[error("session token authorized party (azp) is not allowed")]
     PartyNotAllowed,
+    #[error("session token lives longer than {0} s (exp - iat): use a Clerk session token, not a long-lived JWT template")]
+    TooLong(i64),
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
+    sid: Option<String>,
+    iat: Option<i64>,
     exp: Option<i64>,
     nbf: Option<i64>,
     iss: Option<String>,
@@ -428,8 +489,9 @@ pub fn verify_session(
     verify_session_claims(rt, keys, token, now).map(|s| s.sub)
 }
 
-/// Verifies a Clerk session token: signature, `exp`/`nbf` with the leeway,
-/// `iss` and `azp` allow-lists, a non-empty `sub`.
+/// Verifies a Clerk session token: signature, `exp`/`nbf` with the leeway, a
+/// `sid`, a lifetime (`exp - iat`) within the cap, `iss` and `azp` allow-lists,
+/// a non-empty `sub`.
 pub fn verify_session_claims(
     rt: &RealtimeConfig,
     keys: &SessionKeys,
@@ -492,6 +554,15 @@ pub fn verify_session_claims(
     {
         return Err(AuthError::NotYetValid);
     }
+    // A session token names its session; a JWT template handed to a third
+    // party need not, and may live for years: neither opens a stream.
+    if c.sid.as_deref().is_none_or(str::is_empty) {
+        return Err(AuthError::MissingClaim("sid"));
+    }
+    let issued = c.iat.unwrap_or(now);
+    if exp.saturating_sub(issued) > rt.max_token_lifetime_secs {
+        return Err(AuthError::TooLong(rt.max_token_lifetime_secs));
+    }
     if !rt.issuers.is_empty() {
         let iss = c.iss.as_deref().ok_or(AuthError::MissingClaim("iss"))?;
         if !rt.issuers.iter().any(|i| i == iss) {
@@ -518,6 +589,9 @@ pub enum RealtimeError {
     Hub(#[from] HubError),
     #[error("not a WebSocket request: {0}")]
     NotWebSocket(String),
+    /// A disallowed Origin or Host.
+    #[error(transparent)]
+    Refused(#[from] ApiError),
 }
 
 impl IntoResponse for RealtimeError {
@@ -525,7 +599,7 @@ impl IntoResponse for RealtimeError {
         match self {
             RealtimeError::Auth(e) => ApiError::Unauthorized(e.to_string()).into_response(),
             // ApiError has no 429; the body has its shape.
-            RealtimeError::Hub(e @ HubError::TooManyConnections(_)) => (
+            RealtimeError::Hub(e @ HubError::TooManyConnections(..)) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 Json(json!({"error": e.to_string()})),
             )
@@ -534,6 +608,7 @@ impl IntoResponse for RealtimeError {
             RealtimeError::NotWebSocket(m) => {
                 ApiError::BadRequest(format!("not a WebSocket request: {m}")).into_response()
             }
+            RealtimeError::Refused(e) => e.into_response(),
         }
     }
 }
@@ -559,31 +634,85 @@ fn header_token(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Is the stream open to anyone (no API token, no session keys)?
+fn is_open(config: &crate::config::Config) -> bool {
+    config.api_token.is_none() && config.realtime.session_keys.is_none()
+}
+
+/// Against cross-site WebSocket hijacking: browsers send `Origin` on a
+/// WebSocket handshake and let any page open one. No Origin (not a browser)
+/// and same-origin pages pass; other origins pass when listed in
+/// `allowed_origins`, or, with no list, when connecting needs a token (which a
+/// page cannot take from a cookie). On an open server nothing else passes.
+fn check_origin(config: &crate::config::Config, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    let rt = &config.realtime;
+    if rt.allowed_origins.contains(&origin) {
+        return Ok(());
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.trim().to_ascii_lowercase());
+    let origin_host = origin.split_once("://").map(|(_, h)| h);
+    if origin_host.is_some() && origin_host == host.as_deref() {
+        return Ok(());
+    }
+    if rt.allowed_origins.is_empty() && !is_open(config) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(
+        "this origin may not open the realtime stream: add it to CLERKSYNC_ALLOWED_ORIGINS".into(),
+    ))
+}
+
 async fn connect(
     State(state): State<AppState>,
     Query(p): Query<ConnectParams>,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, RealtimeError> {
     // Authenticate before looking at the upgrade: a refused client learns why
     // (HTTP 401 with a JSON body) and costs no socket task.
-    let token = header_token(&headers).or(p.token.as_deref());
     let metrics = &state.metrics.realtime;
+    check_origin(&state.config, &headers)
+        .inspect_err(|_| metrics.reject(RejectReason::origin_denied))?;
+    if is_open(&state.config) {
+        crate::api::read::local_host_only(&state.config, &headers)?;
+    }
+    let token = header_token(&headers).or(p.token.as_deref());
     let (principal, expires_at) = authenticate_until(&state.config, token, state.clock.now_secs())
         .inspect_err(|e| {
             metrics.reject(e.reason());
         })?;
     let ws = ws.map_err(|e| RealtimeError::NotWebSocket(e.body_text()))?;
     let rt = &state.config.realtime;
+    let mut budgets = vec![(principal.key(), rt.max_connections_per_token)];
+    // Anonymous clients share the one "service" budget; each address gets
+    // only part of it, so one client cannot take every slot. Without the peer
+    // address (a server not wired with connect info) only the shared budget holds.
+    if is_open(&state.config) {
+        if let Some(Extension(ConnectInfo(addr))) = peer {
+            budgets.push((
+                format!("addr:{}", addr.ip()),
+                rt.max_connections_per_address,
+            ));
+        }
+    }
     let (conn, tx, rx) = state
         .realtime
-        .connect(
-            principal.key(),
-            principal.viewer(),
-            rt.max_connections_per_token,
-        )
+        .connect(budgets, principal.viewer())
         .inspect_err(|e| {
-            if matches!(e, HubError::TooManyConnections(_)) {
+            if matches!(e, HubError::TooManyConnections(..)) {
                 metrics.reject(RejectReason::too_many_connections);
             }
         })?;
@@ -654,6 +783,8 @@ async fn serve(
         principal: &principal,
         tx: &tx,
         expires_at,
+        subscribes_left: f64::from(state.config.realtime.subscribes_per_minute),
+        refilled_at: Instant::now(),
     };
     if let Some((code, reason)) = ctl.run(stream, &writer_done).await {
         let _ = tx.try_send(Outbound::Close { code, reason });
@@ -700,6 +831,10 @@ struct Controller<'a> {
     tx: &'a mpsc::Sender<Outbound>,
     /// The session token's `exp` (unix seconds), moved on by `auth` messages.
     expires_at: Option<i64>,
+    /// Subscribe requests left (a token bucket of `subscribes_per_minute`,
+    /// refilled continuously) and when it was last refilled.
+    subscribes_left: f64,
+    refilled_at: Instant,
 }
 
 /// A reason to close: (code, reason).
@@ -898,7 +1033,35 @@ impl Controller<'_> {
                 topic,
                 since,
                 snapshot,
-            } => self.subscribe(topic, since, snapshot).await,
+            } => {
+                if !self.take_subscribe() {
+                    let per_minute = self.state.config.realtime.subscribes_per_minute;
+                    self.state
+                        .metrics
+                        .realtime
+                        .reject(RejectReason::subscribe_rate);
+                    return self
+                        .reply(json!({"type": "error", "topic": topic, "error": format!("too many subscribe requests: at most {per_minute} per minute")}))
+                        .await;
+                }
+                self.subscribe(topic, since, snapshot).await
+            }
+        }
+    }
+
+    /// Takes one subscribe request from the connection's allowance: each one
+    /// may cost a membership check, a snapshot or a replay.
+    fn take_subscribe(&mut self) -> bool {
+        let per_minute = f64::from(self.state.config.realtime.subscribes_per_minute);
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled_at).as_secs_f64() * per_minute / 60.0;
+        self.refilled_at = now;
+        self.subscribes_left = (self.subscribes_left + refill).min(per_minute);
+        if self.subscribes_left >= 1.0 {
+            self.subscribes_left -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -1010,14 +1173,27 @@ impl Controller<'_> {
             return Ok(());
         };
         let now = self.state.clock.now_ms();
-        match check_resume(
-            &self.state.db,
-            since,
-            now,
-            &self.state.config.realtime.resume,
-        )
-        .await
-        {
+        let rt = &self.state.config.realtime;
+        let resume = match check_resume(&self.state.db, since, now, &rt.resume).await {
+            // A replay is bounded: past `max_replay` changes the client
+            // reloads the topic's state instead (cheaper for both sides).
+            Ok(Ok(())) => count_filtered(
+                &self.state.db,
+                feed_filter(&topic),
+                since,
+                rt.max_replay + 1,
+            )
+            .await
+            .map(|n| {
+                if n > rt.max_replay {
+                    Err(ResumeRefused::TooMany(rt.max_replay))
+                } else {
+                    Ok(())
+                }
+            }),
+            other => other,
+        };
+        match resume {
             Ok(Ok(())) => {
                 // The writer acks, replays, then lets the buffered live frames through.
                 let ack = json!({"type": "subscribed", "topic": raw, "since": since});
@@ -1210,6 +1386,7 @@ impl Writer {
                     }
                 }
             }
+            self.metrics.replay_rows_read.inc_by(page.read as u64);
             after = page.covered;
             if page.done {
                 break;

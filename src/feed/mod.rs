@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub mod cache;
 pub mod realtime;
 pub mod search;
+pub mod waiters;
 
 /// One committed change.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -31,6 +32,10 @@ pub struct FeedEntry {
     pub version: i64,
     pub svix_id: String,
     pub committed_at: i64,
+    /// The user and organization whose topics the change is on (set by the
+    /// apply for users, organizations and memberships).
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -43,6 +48,8 @@ struct FeedRow {
     version: i64,
     svix_id: String,
     committed_at: i64,
+    user_id: Option<String>,
+    organization_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,20 +60,54 @@ pub enum FeedError {
     Consumer(String),
 }
 
+/// Which rows of the feed to read: all, or one user's or organization's
+/// (indexed, for a realtime replay of one topic).
+#[derive(Debug, Clone, Copy)]
+pub enum FeedFilter<'a> {
+    All,
+    User(&'a str),
+    Organization(&'a str),
+}
+
 /// Reads feed entries after `after`, oldest first.
 pub async fn read_after(
     db: &Database,
     after: i64,
     limit: i64,
 ) -> Result<Vec<FeedEntry>, sqlx::Error> {
-    const Q: &str =
-        "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at \
-                     FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2";
+    read_filtered(db, FeedFilter::All, after, limit).await
+}
+
+/// Reads the feed entries of `filter` after `after`, oldest first.
+pub async fn read_filtered(
+    db: &Database,
+    filter: FeedFilter<'_>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<FeedEntry>, sqlx::Error> {
+    // Parameters numbered in order of appearance: SQLite binds `$N` by position.
+    let (q, key) = match filter {
+        FeedFilter::All => (
+            "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id \
+             FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2",
+            None,
+        ),
+        FeedFilter::User(u) => (
+            "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id \
+             FROM change_feed WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            Some(u),
+        ),
+        FeedFilter::Organization(o) => (
+            "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id \
+             FROM change_feed WHERE organization_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            Some(o),
+        ),
+    };
     let rows: Vec<FeedRow> = match db {
         // Every consumer reads every row: through sqlx each row crossed threads.
         Database::Sqlite(_, gate) => gate.read(|c| {
-            let mut stmt = c.prepare_cached(Q)?;
-            let rows = stmt.query_map(rusqlite::params![after, limit], |r| {
+            let mut stmt = c.prepare_cached(q)?;
+            let map = |r: &rusqlite::Row<'_>| {
                 Ok(FeedRow {
                     seq: r.get(0)?,
                     kind: r.get(1)?,
@@ -76,16 +117,26 @@ pub async fn read_after(
                     version: r.get(5)?,
                     svix_id: r.get(6)?,
                     committed_at: r.get(7)?,
+                    user_id: r.get(8)?,
+                    organization_id: r.get(9)?,
                 })
-            })?;
-            rows.collect()
+            };
+            match key {
+                None => stmt
+                    .query_map(rusqlite::params![after, limit], map)?
+                    .collect(),
+                Some(k) => stmt
+                    .query_map(rusqlite::params![k, after, limit], map)?
+                    .collect(),
+            }
         })?,
         Database::Postgres(p) => {
-            sqlx::query_as(Q)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(p)
-                .await?
+            let q = sqlx::query_as(q);
+            let q = match key {
+                None => q,
+                Some(k) => q.bind(k),
+            };
+            q.bind(after).bind(limit).fetch_all(p).await?
         }
     };
     Ok(rows
@@ -100,9 +151,43 @@ pub async fn read_after(
                 version: r.version,
                 svix_id: r.svix_id,
                 committed_at: r.committed_at,
+                user_id: r.user_id,
+                organization_id: r.organization_id,
             })
         })
         .collect())
+}
+
+/// How many of `filter`'s entries follow `after`, counting no further than
+/// `cap` (so the answer costs at most `cap` index entries).
+pub async fn count_filtered(
+    db: &Database,
+    filter: FeedFilter<'_>,
+    after: i64,
+    cap: i64,
+) -> Result<i64, sqlx::Error> {
+    let (q, key) = match filter {
+        FeedFilter::All => (
+            "SELECT COUNT(*) FROM (SELECT 1 FROM change_feed WHERE seq > $1 LIMIT $2) t",
+            None,
+        ),
+        FeedFilter::User(u) => (
+            "SELECT COUNT(*) FROM (SELECT 1 FROM change_feed WHERE user_id = $1 AND seq > $2 LIMIT $3) t",
+            Some(u),
+        ),
+        FeedFilter::Organization(o) => (
+            "SELECT COUNT(*) FROM (SELECT 1 FROM change_feed WHERE organization_id = $1 AND seq > $2 LIMIT $3) t",
+            Some(o),
+        ),
+    };
+    on_pool!(db, |p| {
+        let q = sqlx::query_scalar::<_, i64>(q);
+        let q = match key {
+            None => q,
+            Some(k) => q.bind(k),
+        };
+        q.bind(after).bind(cap).fetch_one(p).await
+    })
 }
 
 pub async fn last_seq(db: &Database) -> Result<i64, sqlx::Error> {

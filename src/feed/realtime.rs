@@ -18,7 +18,7 @@
 
 use crate::api::read::{membership_json, user_json};
 use crate::clerk::model::Kind;
-use crate::feed::{last_seq, read_after, FeedEntry};
+use crate::feed::{last_seq, read_after, read_filtered, FeedEntry, FeedFilter};
 use crate::store::db::Database;
 use crate::store::read;
 use crate::store::tx::{EntityRow, RefCol};
@@ -246,15 +246,18 @@ impl Resolved {
     }
 }
 
-/// Reads what routing needs (a membership's user and organization).
+/// What routing needs (a membership's user and organization): on the feed
+/// row; read from the store only for a membership row that lacks both.
 pub async fn resolve(db: &Database, entry: FeedEntry) -> Result<Resolved, sqlx::Error> {
-    let (user_id, organization_id) = if entry.kind == Kind::Membership {
+    let (user_id, organization_id) = if entry.kind != Kind::Membership {
+        (None, None)
+    } else if entry.user_id.is_some() || entry.organization_id.is_some() {
+        (entry.user_id.clone(), entry.organization_id.clone())
+    } else {
         match read::get(db, Kind::Membership, &entry.entity_id).await? {
             Some(r) => (r.user_id, r.organization_id),
             None => (None, None),
         }
-    } else {
-        (None, None)
     };
     Ok(Resolved {
         entry,
@@ -442,6 +445,8 @@ pub enum ResumeRefused {
     TooOld,
     #[error("since is ahead of the change feed (was the server's database replaced?)")]
     Ahead,
+    #[error("more than {0} changes to replay: reload the topic's state")]
+    TooMany(i64),
 }
 
 /// Checks `since` against the window and against what the feed still holds
@@ -488,10 +493,22 @@ pub struct ReplayFrame {
 #[derive(Debug, Clone)]
 pub struct ReplayPage {
     pub frames: Vec<ReplayFrame>,
+    /// Feed entries read for this page.
+    pub read: usize,
     /// Every feed entry up to here was looked at (matching the topic or not).
     pub covered: i64,
     /// The feed head was reached.
     pub done: bool,
+}
+
+/// The feed rows a topic's replay reads: a user's or an organization's by
+/// their index, every row for `*`.
+pub fn feed_filter(topic: &Topic) -> FeedFilter<'_> {
+    match topic {
+        Topic::User(u) => FeedFilter::User(u),
+        Topic::Org(o) => FeedFilter::Organization(o),
+        Topic::All => FeedFilter::All,
+    }
 }
 
 /// The frames for `topic` among the feed entries after `after` (one page).
@@ -502,9 +519,14 @@ pub async fn replay_page(
     after: i64,
     limit: i64,
 ) -> Result<ReplayPage, sqlx::Error> {
-    let entries = read_after(db, after, limit).await?;
+    // The head before the read: every entry of the topic up to it is in what
+    // the read returns (feed order is commit order), so a last page covers it.
+    let head = last_seq(db).await?;
+    let entries = read_filtered(db, feed_filter(topic), after, limit).await?;
+    let read = entries.len();
     let done = (entries.len() as i64) < limit;
-    let covered = entries.last().map_or(after, |e| e.seq);
+    let last = entries.last().map_or(after, |e| e.seq);
+    let covered = if done { last.max(head) } else { last };
     // Data is read at send time; within a page one read per entity is enough.
     let mut data_cache: HashMap<(Kind, String), Value> = HashMap::new();
     let mut frames = Vec::new();
@@ -555,6 +577,7 @@ pub async fn replay_page(
     }
     Ok(ReplayPage {
         frames,
+        read,
         covered,
         done,
     })
@@ -591,8 +614,8 @@ pub fn control(v: Value) -> Outbound {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
-    #[error("too many connections for this token (limit {0})")]
-    TooManyConnections(usize),
+    #[error("too many connections for this {0} (limit {1})")]
+    TooManyConnections(&'static str, usize),
     #[error("already subscribed to this topic")]
     AlreadySubscribed,
     #[error("too many subscriptions on this connection (limit {0})")]
@@ -623,7 +646,8 @@ struct Sub {
 struct ConnSlot {
     tx: mpsc::Sender<Outbound>,
     viewer: Viewer,
-    key: String,
+    /// The budgets this connection counts against.
+    keys: Vec<String>,
     too_slow: CancellationToken,
     topics: HashSet<Topic>,
 }
@@ -777,10 +801,12 @@ impl Drop for Connection {
                     }
                 }
             }
-            if let Some(n) = reg.per_key.get_mut(&c.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    reg.per_key.remove(&c.key);
+            for key in &c.keys {
+                if let Some(n) = reg.per_key.get_mut(key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        reg.per_key.remove(key);
+                    }
                 }
             }
         }
@@ -828,22 +854,32 @@ impl RealtimeHub {
         self.lock().conns.len()
     }
 
-    /// Registers a connection of `key` (one per token identity) if it is under
-    /// `max_per_key`; returns it with the receiving end of its queue.
+    /// Registers a connection if each of its `budgets` (key, most connections:
+    /// a token identity, a client address) has room; returns it with the
+    /// receiving end of its queue.
     pub fn connect(
         self: &Arc<Self>,
-        key: String,
+        budgets: Vec<(String, usize)>,
         viewer: Viewer,
-        max_per_key: usize,
     ) -> Result<(Connection, mpsc::Sender<Outbound>, mpsc::Receiver<Outbound>), HubError> {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let too_slow = CancellationToken::new();
         let mut reg = self.lock();
-        let n = reg.per_key.get(&key).copied().unwrap_or(0);
-        if n >= max_per_key {
-            return Err(HubError::TooManyConnections(max_per_key));
+        for (key, max) in &budgets {
+            if reg.per_key.get(key).copied().unwrap_or(0) >= *max {
+                let what = if key.starts_with("addr:") {
+                    "address"
+                } else {
+                    "token"
+                };
+                return Err(HubError::TooManyConnections(what, *max));
+            }
         }
-        reg.per_key.insert(key.clone(), n + 1);
+        let mut keys = Vec::with_capacity(budgets.len());
+        for (key, _) in budgets {
+            *reg.per_key.entry(key.clone()).or_default() += 1;
+            keys.push(key);
+        }
         reg.next_id += 1;
         let id = reg.next_id;
         reg.conns.insert(
@@ -851,7 +887,7 @@ impl RealtimeHub {
             ConnSlot {
                 tx: tx.clone(),
                 viewer,
-                key,
+                keys,
                 too_slow: too_slow.clone(),
                 topics: HashSet::new(),
             },
@@ -1131,6 +1167,8 @@ mod tests {
                 version: 1,
                 svix_id: "msg".into(),
                 committed_at: 1,
+                user_id: Some("u".into()),
+                organization_id: Some("o".into()),
             },
             user_id: Some("u".into()),
             organization_id: Some("o".into()),

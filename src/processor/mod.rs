@@ -83,6 +83,8 @@ pub struct Processor {
     pub observer: Option<Arc<dyn EventObserver>>,
     /// Refreshed after each commit in write-through mode.
     pub cache: Option<Arc<crate::feed::cache::EntityCache>>,
+    /// `wait_ms` waiters, woken by the ids each commit changed.
+    pub waiters: Option<Arc<crate::feed::waiters::Waiters>>,
 }
 
 type Job = (Delivery, OwnedSemaphorePermit);
@@ -441,6 +443,9 @@ impl Processor {
                     {
                         cache.apply_changes(&self.db, &changed).await;
                     }
+                }
+                if let Some(w) = &self.waiters {
+                    w.wake(changed.iter().map(|(_, id)| id.as_str()));
                 }
                 Ok(out)
             }

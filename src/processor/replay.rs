@@ -32,6 +32,7 @@ fn processor(db: Database, clock: Arc<dyn Clock>, config: ProcessorConfig) -> Pr
         applied: watch::channel(0).0,
         observer: None,
         cache: None,
+        waiters: None,
     }
 }
 

@@ -302,8 +302,8 @@ impl SqliteTx {
             ])?;
         }
         let mut feed = conn.prepare_cached(
-            "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         for f in &p.feed {
             feed.execute(params![
@@ -313,7 +313,9 @@ impl SqliteTx {
                 f.changed_fields,
                 f.version,
                 f.svix_id,
-                f.committed_at
+                f.committed_at,
+                f.user_id,
+                f.organization_id
             ])?;
         }
         Ok(())

@@ -80,6 +80,9 @@ pub struct AuditRow<'a> {
 pub struct FeedRow<'a> {
     pub kind: Kind,
     pub entity_id: &'a str,
+    /// The user and organization whose realtime topics this change is on.
+    pub user_id: Option<&'a str>,
+    pub organization_id: Option<&'a str>,
     pub operation: &'a str,
     pub changed_fields: String,
     pub version: i64,
@@ -143,6 +146,8 @@ pub trait StoreTx: Send {
 pub(crate) struct PendingFeed {
     pub kind: Kind,
     pub entity_id: String,
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
     pub operation: String,
     pub changed_fields: String,
     pub version: i64,
@@ -155,6 +160,8 @@ impl From<&FeedRow<'_>> for PendingFeed {
         PendingFeed {
             kind: f.kind,
             entity_id: f.entity_id.to_string(),
+            user_id: f.user_id.map(str::to_string),
+            organization_id: f.organization_id.map(str::to_string),
             operation: f.operation.to_string(),
             changed_fields: f.changed_fields.clone(),
             version: f.version,
@@ -625,9 +632,9 @@ impl StoreTx for PgTx {
                 .await?;
             // unnest yields rows in array order: feed seqs follow the batch.
             sqlx::query(
-                "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) \
+                "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                 $6::text[], $7::bigint[])",
+                 $6::text[], $7::bigint[], $8::text[], $9::text[])",
             )
             .bind(column(feed, |f| f.kind.as_str()))
             .bind(column(feed, |f| f.entity_id.as_str()))
@@ -636,6 +643,8 @@ impl StoreTx for PgTx {
             .bind(column(feed, |f| f.version))
             .bind(column(feed, |f| f.svix_id.as_str()))
             .bind(column(feed, |f| f.committed_at))
+            .bind(column(feed, |f| f.user_id.as_deref()))
+            .bind(column(feed, |f| f.organization_id.as_deref()))
             .execute(&mut *self.tx)
             .await?;
         }

@@ -263,9 +263,18 @@ async fn record(
     })
     .await?;
     let fields: Vec<&String> = changes.keys().collect();
+    // The realtime topics it is on (feed/realtime.rs `Resolved::topics`).
+    let (topic_user, topic_org) = match kind {
+        Kind::User => (Some(row.id.as_str()), None),
+        Kind::Organization => (None, Some(row.id.as_str())),
+        Kind::Membership => (row.user_id.as_deref(), row.organization_id.as_deref()),
+        _ => (None, None),
+    };
     tx.feed(&FeedRow {
         kind,
         entity_id: &row.id,
+        user_id: topic_user,
+        organization_id: topic_org,
         operation,
         changed_fields: serde_json::to_string(&fields).expect("strings serialize"),
         version: row.version,

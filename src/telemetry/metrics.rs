@@ -348,6 +348,10 @@ pub enum RejectReason {
     refresh_refused,
     /// An open connection closed because its session token expired.
     session_expired,
+    /// A subscribe request over the connection's per-minute allowance.
+    subscribe_rate,
+    /// A browser page from an origin not allowed to connect.
+    origin_denied,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -421,6 +425,8 @@ pub struct RealtimeMetrics {
     pub rejected: Family<RejectLabels, Counter>,
     /// A live change's commit -> its frame handed to the socket.
     pub delivery_lag_seconds: Histogram,
+    /// Change-feed rows read by `since` replays (a topic's rows only).
+    pub replay_rows_read: Counter,
 }
 
 impl RealtimeMetrics {
@@ -432,6 +438,7 @@ impl RealtimeMetrics {
             resyncs: Counter::default(),
             rejected: Family::default(),
             delivery_lag_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            replay_rows_read: Counter::default(),
         };
         registry.register(
             "realtime_connections",
@@ -457,6 +464,11 @@ impl RealtimeMetrics {
             "realtime_delivery_lag_seconds",
             "Time from a change's commit to its frame being handed to the WebSocket",
             m.delivery_lag_seconds.clone(),
+        );
+        registry.register(
+            "realtime_replay_rows_read",
+            "Change-feed rows read to replay realtime subscriptions (since)",
+            m.replay_rows_read.clone(),
         );
         m
     }

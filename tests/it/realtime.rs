@@ -275,6 +275,27 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
             })),
             "sub",
         ),
+        // A JWT template handed to a third party: signed by the instance, but no session.
+        (
+            "no sid",
+            Some(with(&|c| {
+                c.as_object_mut().unwrap().remove("sid");
+            })),
+            "sid",
+        ),
+        (
+            "ten-year lifetime",
+            Some(with(&|c| c["exp"] = json!(t + 10 * 365 * 86400))),
+            "lives longer than 3600",
+        ),
+        (
+            "two hours left, no iat",
+            Some(with(&|c| {
+                c.as_object_mut().unwrap().remove("iat");
+                c["exp"] = json!(t + 7200);
+            })),
+            "lives longer",
+        ),
     ];
     for (name, token, want) in cases {
         let refused = connect(&s, token.as_deref()).await;
@@ -1066,4 +1087,108 @@ async fn the_ws_bench_delivers_every_change_to_every_client_once_in_order() {
     }
     assert_eq!(r.messages, 20 * want.len() as u64);
     assert!(r.latency_ms.max >= r.latency_ms.p50);
+}
+
+/// Replaying `user:ID` reads that user's feed rows only, however many other
+/// users' memberships are in between (it used to read the whole feed, and the
+/// store for every membership in it); past `max_replay` the client resyncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_replay_reads_only_its_rows_and_is_bounded() {
+    let s = server(|c| c.realtime.max_replay = 4).await;
+    post(&s, "msg_q_org", &org("org_q", 1, "q")).await;
+    post(&s, "msg_q_a0", &user("user_a", 1, "a0")).await;
+    s.settle().await;
+    let since = s.scalar("SELECT MAX(seq) FROM change_feed").await;
+    for i in 0..40 {
+        post(
+            &s,
+            &format!("msg_q_m{i}"),
+            &membership(&format!("orgmem_q{i}"), "org_q", &format!("user_o{i}"), 1),
+        )
+        .await;
+    }
+    post(&s, "msg_q_a1", &user("user_a", 2, "a1")).await;
+    post(
+        &s,
+        "msg_q_am",
+        &membership("orgmem_qa", "org_q", "user_a", 1),
+    )
+    .await;
+    // Also refreshes user_a's membership: two rows.
+    post(&s, "msg_q_a2", &user("user_a", 3, "a2")).await;
+    s.settle().await;
+    let mine = "svix_id IN ('msg_q_a1', 'msg_q_am', 'msg_q_a2')";
+    let n = s
+        .scalar(&format!("SELECT COUNT(*) FROM change_feed WHERE {mine}"))
+        .await;
+    assert_eq!(n, 4);
+    let first = s
+        .scalar(&format!("SELECT MIN(seq) FROM change_feed WHERE {mine}"))
+        .await;
+    let last = s
+        .scalar(&format!("SELECT MAX(seq) FROM change_feed WHERE {mine}"))
+        .await;
+    let read_before = s
+        .metric("clerksync_realtime_replay_rows_read_total")
+        .await
+        .unwrap_or(0.0);
+    let mut a = connect(&s, Some(API)).await.unwrap();
+    a.send(json!({"type": "subscribe", "topic": "user:user_a", "since": since}))
+        .await;
+    let ack = a.next().await.unwrap();
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let f = a.next().await.unwrap();
+        assert_eq!(f["topic"], "user:user_a", "{f}");
+        got.push(f["seq"].as_i64().unwrap());
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+    assert_eq!((got[0], got[got.len() - 1]), (first, last), "{got:?}");
+    let done = a.next().await.unwrap();
+    assert_eq!(done["type"], "replayed", "{done}");
+    assert_eq!(done["count"], n, "{done}");
+    let read = s
+        .metric("clerksync_realtime_replay_rows_read_total")
+        .await
+        .unwrap()
+        - read_before;
+    assert_eq!(read, n as f64, "feed rows read: only the topic's");
+    // Two more changes of the topic, six in all, with a bound of four: reload instead.
+    post(&s, "msg_q_a3", &user("user_a", 4, "a3")).await;
+    s.settle().await;
+    let mut b = connect(&s, Some(API)).await.unwrap();
+    b.send(json!({"type": "subscribe", "topic": "user:user_a", "since": since}))
+        .await;
+    let r = b.next().await.unwrap();
+    assert_eq!(r["type"], "resync", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("more than 4"), "{r}");
+    assert_eq!(b.next().await.unwrap()["type"], "subscribed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_requests_past_the_rate_get_an_error_frame() {
+    let s = server(|c| c.realtime.subscribes_per_minute = 3).await;
+    let mut c = connect(&s, Some(API)).await.unwrap();
+    for id in ["a", "b", "c"] {
+        let ack = c.subscribe(&format!("user:user_{id}")).await;
+        assert_eq!(ack["type"], "subscribed", "{ack}");
+    }
+    let refused = c.subscribe("user:user_d").await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3 per minute"),
+        "{refused}"
+    );
+    assert_eq!(
+        s.metric("clerksync_realtime_rejected_total{reason=\"subscribe_rate\"}")
+            .await,
+        Some(1.0)
+    );
+    // The connection goes on.
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.next().await.unwrap()["type"], "pong");
 }
