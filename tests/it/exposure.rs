@@ -286,7 +286,9 @@ async fn one_address_cannot_take_every_anonymous_slot() {
 /// test in feed/waiters.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_waiters_on_one_id_all_answer_when_it_arrives() {
-    let s = std::sync::Arc::new(sqlite_server(|_| {}).await);
+    // Each long poll holds a connection: room for all of them above the
+    // default connection cap.
+    let s = std::sync::Arc::new(sqlite_server(|c| c.http.max_connections = 1_100).await);
     let waiting: Vec<_> = (0..1000)
         .map(|_| {
             let s = s.clone();
