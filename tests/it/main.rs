@@ -13,6 +13,7 @@ mod browser;
 mod cache;
 mod convergence;
 mod dashboard;
+mod erasure;
 mod health;
 mod helpers;
 mod ingress;
