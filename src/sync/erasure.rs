@@ -44,16 +44,15 @@ pub fn redact_body(body: &str) -> String {
     }
     let mut data = Map::new();
     if let Some(Value::Object(d)) = env.get("data") {
-        for k in [
-            "id",
-            "object",
-            "deleted",
-            "created_at",
-            "updated_at",
-            "user_id",
-            "organization_id",
-        ] {
-            if let Some(v) = d.get(k) {
+        for k in ["id", "object", "user_id", "organization_id"] {
+            if let Some(v) = d.get(k).filter(|v| v.is_string() || v.is_null()) {
+                data.insert(k.into(), v.clone());
+            }
+        }
+        // Times and flags only as what they should be: a payload that failed to
+        // apply may hold anything there (an address where a time belongs).
+        for k in ["deleted", "created_at", "updated_at"] {
+            if let Some(v) = d.get(k).filter(|v| v.is_number() || v.is_boolean()) {
                 data.insert(k.into(), v.clone());
             }
         }
@@ -82,6 +81,13 @@ mod tests {
         let r = redact_body(b);
         assert!(!r.contains("Ada") && !r.contains("ada@x.io") && !r.contains("Acme"));
         assert!(r.contains("user_1") && r.contains("org_1") && r.contains("orgmem_1"));
+        let odd = redact_body(
+            r#"{"type":"user.updated","data":{"id":"user_1","created_at":"ada@x.io","updated_at":5,"deleted":true}}"#,
+        );
+        assert!(
+            !odd.contains("ada@x.io") && odd.contains(r#""updated_at":5"#),
+            "{odd}"
+        );
         let c = redact_changes(
             r#"{"first_name":{"before":null,"after":"Ada"},"deleted":{"before":false,"after":true}}"#,
         );

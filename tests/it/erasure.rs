@@ -211,6 +211,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
 async fn nothing_of_an_erased_user_is_left_on_disk_or_in_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+
     let email = "wilhelmina.quarrington@erasure.test";
     let phone = "+15557778899";
     let mut child = serve(d, "run1.log");
