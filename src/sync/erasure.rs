@@ -4,9 +4,12 @@
 //! values. After `archive_retention` the archive rows are purged, and for a
 //! deleted user every copy of its personal data is redacted: the audit values,
 //! the raw bodies of its deliveries in the inbox, the archived records of its
-//! memberships, and the rows of its sessions, emails and SMS. Ids, event types
-//! and versions stay, so the log can still be replayed to the same tombstones.
-//! Must never: touch a user that is not deleted, or change a live entity's state.
+//! memberships, and the rows of its sessions, emails and SMS (also those sent
+//! to one of its addresses or numbers with no user id: store::maintenance finds
+//! them through `inbox.user_id` and `inbox_contacts`, filled at intake). Ids,
+//! event types and versions stay, so the log can still be replayed to the same
+//! tombstones. Must never: touch a user that is not deleted, or change a live
+//! entity's state (version, tombstone); a message's content is the user's data.
 
 use serde_json::{Map, Value};
 
