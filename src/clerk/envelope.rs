@@ -31,6 +31,55 @@ pub struct EnvelopeHead {
     pub object_id: Option<String>,
     /// The partition key: events with the same key are applied one at a time.
     pub entity_key: Option<String>,
+    /// The user the delivery concerns, when it names one: erasure finds a
+    /// deleted user's deliveries by this (an indexed inbox column).
+    pub user_id: Option<String>,
+    /// Email addresses and phone numbers the delivery carries, normalized
+    /// ([`normalize_contact`]): erasure also finds deliveries that name no user
+    /// (`email.created` with `user_id: null`) by the user's addresses.
+    pub contacts: Vec<String>,
+}
+
+/// Keys whose string value is an email address or a phone number, wherever
+/// they appear in `data` (top level, list elements, `public_user_data`).
+const CONTACT_KEYS: [&str; 6] = [
+    "email_address",
+    "to_email_address",
+    "phone_number",
+    "to_phone_number",
+    "from_email_address",
+    "identifier",
+];
+
+/// Lists of objects (in `data`) whose elements hold contact keys.
+const CONTACT_LISTS: [&str; 4] = [
+    "email_addresses",
+    "phone_numbers",
+    "external_accounts",
+    "web3_wallets",
+];
+
+/// The form a contact is indexed and looked up in: trimmed and lowercased (an
+/// address differs only in case across Clerk's objects).
+pub fn normalize_contact(v: &str) -> Option<String> {
+    let v = v.trim();
+    (!v.is_empty() && v.len() <= 320).then(|| v.to_lowercase())
+}
+
+/// Every contact in an entity's or event's `data` object (see [`CONTACT_KEYS`]).
+pub fn contacts_in(data: &serde_json::Value, out: &mut Vec<String>) {
+    let Some(m) = data.as_object() else { return };
+    for (k, v) in m {
+        if CONTACT_KEYS.contains(&k.as_str()) {
+            out.extend(v.as_str().and_then(normalize_contact));
+        } else if CONTACT_LISTS.contains(&k.as_str()) {
+            for e in v.as_array().into_iter().flatten() {
+                contacts_in(e, out);
+            }
+        } else if k == "public_user_data" {
+            contacts_in(v, out);
+        }
+    }
 }
 
 /// A string id, or nothing when the field is absent, null or of another type.
@@ -100,12 +149,15 @@ impl<'de> Deserialize<'de> for OrgRef {
     }
 }
 
-/// `data` must be a JSON object; we read only the routing ids.
+/// `data` must be a JSON object; we read only the routing ids and the contacts.
 struct DataHead {
     id: Option<String>,
     user_id: Option<String>,
     organization_id: Option<String>,
     organization: Option<String>,
+    /// `public_user_data.user_id` (memberships).
+    public_user_id: Option<String>,
+    contacts: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for DataHead {
@@ -122,9 +174,25 @@ impl<'de> Deserialize<'de> for DataHead {
                     user_id: None,
                     organization_id: None,
                     organization: None,
+                    public_user_id: None,
+                    contacts: Vec::new(),
                 };
                 while let Some(k) = a.next_key::<Cow<'de, str>>()? {
                     match k.as_ref() {
+                        k if CONTACT_KEYS.contains(&k) => {
+                            let v = a.next_value::<LenientId>()?.0;
+                            h.contacts.extend(v.as_deref().and_then(normalize_contact));
+                        }
+                        k if CONTACT_LISTS.contains(&k) || k == "public_user_data" => {
+                            let v = a.next_value::<serde_json::Value>()?;
+                            if k == "public_user_data" {
+                                h.public_user_id =
+                                    v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned);
+                            }
+                            let mut wrapped = serde_json::Map::new();
+                            wrapped.insert(k.to_owned(), v);
+                            contacts_in(&serde_json::Value::Object(wrapped), &mut h.contacts);
+                        }
                         "id" => h.id = a.next_value::<LenientId>()?.0,
                         "user_id" => h.user_id = a.next_value::<LenientId>()?.0,
                         "organization_id" => h.organization_id = a.next_value::<LenientId>()?.0,
@@ -182,12 +250,28 @@ pub fn parse_head(body: &[u8]) -> Result<EnvelopeHead, EnvelopeError> {
             .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
     });
     let entity_key = entity_key(&event_type, &data);
+    let user_id = subject_user(&event_type, &data);
+    let mut contacts = data.contacts;
+    contacts.sort();
+    contacts.dedup();
     Ok(EnvelopeHead {
         event_type,
         timestamp_ms,
         object_id: data.id,
         entity_key,
+        user_id,
+        contacts,
     })
+}
+
+/// The user a delivery concerns: the user itself, or the user a session,
+/// email, SMS, membership (or any object with a `user_id`) belongs to.
+fn subject_user(event_type: &str, d: &DataHead) -> Option<String> {
+    match event_type.split('.').next().unwrap_or("") {
+        "user" => d.id.clone(),
+        "organizationMembership" => d.public_user_id.clone().or_else(|| d.user_id.clone()),
+        _ => d.user_id.clone(),
+    }
 }
 
 /// The partition an event belongs to: its user for user-scoped events, its
@@ -215,6 +299,25 @@ mod tests {
         let h = parse_head(br#"{"type":"organizationMembership.created","data":{"id":"orgmem_1","organization":{"id":"org_1"},"public_user_data":{"user_id":"user_1"}},"timestamp":5}"#).unwrap();
         assert_eq!(h.entity_key.as_deref(), Some("org_1"));
         assert_eq!(h.timestamp_ms, Some(5));
+        assert_eq!(h.user_id.as_deref(), Some("user_1"));
+    }
+
+    #[test]
+    fn subjects_and_contacts_are_read_at_intake() {
+        let h = parse_head(br#"{"type":"user.updated","data":{"id":"user_1","email_addresses":[{"id":"idn_1","email_address":"Ada@X.io"}],"phone_numbers":[{"phone_number":"+15550001111"}],"first_name":"Ada"}}"#).unwrap();
+        assert_eq!(h.user_id.as_deref(), Some("user_1"));
+        assert_eq!(h.contacts, ["+15550001111", "ada@x.io"]);
+        let h = parse_head(br#"{"type":"email.created","data":{"id":"ema_1","user_id":null,"to_email_address":"ada@x.io","body":"code 123"}}"#).unwrap();
+        assert_eq!(h.user_id, None);
+        assert_eq!(h.contacts, ["ada@x.io"]);
+        let h = parse_head(br#"{"type":"sms.created","data":{"id":"sms_1","user_id":"user_2","to_phone_number":"+1555"}}"#).unwrap();
+        assert_eq!(h.user_id.as_deref(), Some("user_2"));
+        assert_eq!(h.contacts, ["+1555"]);
+        let h = parse_head(br#"{"type":"organizationMembership.created","data":{"id":"m","public_user_data":{"user_id":"user_3","identifier":"Bo@x.io"}}}"#).unwrap();
+        assert_eq!(
+            (h.user_id.as_deref(), h.contacts),
+            (Some("user_3"), vec!["bo@x.io".to_string()])
+        );
     }
 
     #[test]

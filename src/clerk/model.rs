@@ -285,8 +285,40 @@ fn typed<T: for<'de> Deserialize<'de>>(
     // serde_path_to_error names the field (`email_addresses[0].id: invalid type`).
     serde_path_to_error::deserialize(data).map_err(|e| PayloadError::Invalid {
         kind: kind.as_str(),
-        message: format!("{}: {}", e.path(), e.inner()),
+        message: format!("{}: {}", e.path(), without_values(&e.inner().to_string())),
     })
+}
+
+/// A serde error message without the payload value it quotes: the message is
+/// stored in `inbox.last_error` and logged, and the value may be an email
+/// address or a name that erasure could not reach there. `invalid type: string
+/// "ada@x.io", expected u64` becomes `invalid type: string, expected u64`; the
+/// field's path (added by the caller) and the expected type stay.
+pub fn without_values(msg: &str) -> String {
+    for lead in [
+        "invalid type: ",
+        "invalid value: ",
+        "unknown variant ",
+        "unknown field ",
+    ] {
+        if let Some(rest) = msg.strip_prefix(lead) {
+            // The unexpected value comes first, the expectation last (the value
+            // may itself contain ", expected").
+            let what = match lead {
+                "unknown variant " | "unknown field " => "",
+                // `string "x"`, `floating point `1.5``, `map`: the words before the value.
+                _ => rest.split(['`', '"', ',']).next().unwrap_or("").trim(),
+            };
+            let expected = rest.rfind(", expected").map(|i| &rest[i..]).unwrap_or("");
+            let head = lead.trim_end();
+            return if what.is_empty() {
+                format!("{head}{expected}")
+            } else {
+                format!("{head} {what}{expected}")
+            };
+        }
+    }
+    msg.to_string()
 }
 
 /// Reads a stored delivery. `svix_timestamp` is seconds.
@@ -379,6 +411,36 @@ pub fn parse_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_texts_name_the_field_never_the_value() {
+        let data: Map<String, Value> = serde_json::from_str(
+            r#"{"id":"user_1","email_addresses":[{"id":"idn_1","email_address":{"a":"ada@x.io"}}],"first_name":"Ada","created_at":"ada@x.io"}"#,
+        )
+        .unwrap();
+        let e = parse_event(
+            "user.created",
+            &serde_json::json!({"type": "user.created", "data": data}).to_string(),
+            1,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("ada@x.io"), "{text}");
+        assert!(text.contains("invalid type"), "{text}");
+        assert_eq!(
+            without_values(r#"invalid type: string "ada@x.io, expected x", expected u64"#),
+            "invalid type: string, expected u64"
+        );
+        assert_eq!(
+            without_values("invalid value: integer `5`, expected a bool"),
+            "invalid value: integer, expected a bool"
+        );
+        assert_eq!(
+            without_values("unknown variant `ada@x.io`, expected one of `a`, `b`"),
+            "unknown variant, expected one of `a`, `b`"
+        );
+        assert_eq!(without_values("missing field `id`"), "missing field `id`");
+    }
 
     #[test]
     fn versions_fall_back_in_order() {

@@ -76,6 +76,10 @@ const MIN_PREFIX_CHARS: usize = 2;
 const MAX_PREFIX_CHARS: usize = 16;
 /// An exact email, username, slug or phone number outranks any word match.
 const EXACT_BOOST: f32 = 20.0;
+/// Segments holding deleted documents are merged away at most this often.
+const PURGE_DELETED_EVERY: Duration = Duration::from_secs(60);
+/// The query as the start of a whole value outranks word and typo matches.
+const VALUE_PREFIX_BOOST: f32 = 8.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -199,7 +203,9 @@ fn schema() -> (Schema, Fields) {
         name: b.add_text_field("name", words.clone()),
         handle: b.add_text_field("handle", words),
         exact: b.add_text_field("exact", STRING),
-        prefix: b.add_text_field("prefix", STRING),
+        // "v2": also whole-value prefixes. A new name is a new schema, so an
+        // index written before is recreated and rebuilt at start-up (`open`).
+        prefix: b.add_text_field("prefix_v2", STRING),
     };
     (b.build(), fields)
 }
@@ -262,6 +268,8 @@ struct WriterState {
     /// The last commit's payload; None while this index was never committed.
     committed: Option<Payload>,
     last_commit: Instant,
+    /// When segments holding deleted documents were last merged away.
+    last_purge: Option<Instant>,
 }
 
 /// Progress of the latest rebuild, for `GET /admin/reindex`.
@@ -410,6 +418,7 @@ impl SearchIndex {
                 last_commit: Instant::now()
                     .checked_sub(opts.commit_interval)
                     .unwrap_or_else(Instant::now),
+                last_purge: None,
             })),
             opts,
             location,
@@ -509,10 +518,17 @@ impl SearchIndex {
         // unexpected type loses that field, not the whole document.
         let mut name = Vec::new();
         let mut handle = Vec::new();
+        // Whole values as typed (`kwame.haddad@mail.test`, `ada lovelace`),
+        // punctuation included: their prefixes match a query that stops
+        // inside a word (`kwame.h`), which the word prefixes cannot.
+        let mut raw: Vec<String> = Vec::new();
         match kind {
             Kind::User => {
                 name.extend(s("first_name"));
                 name.extend(s("last_name"));
+                raw.push(name.join(" "));
+                raw.extend(s("username").map(str::to_string));
+                raw.extend(list_of(&data, "email_addresses", "email_address").map(str::to_string));
                 if let Some(u) = s("username") {
                     handle.push(u.to_string());
                     exact(u);
@@ -535,6 +551,8 @@ impl SearchIndex {
                 }
             }
             Kind::Organization => {
+                raw.extend(s("name").map(str::to_string));
+                raw.extend(s("slug").map(str::to_string));
                 if let Some(n) = s("name") {
                     name.push(n);
                     exact(n);
@@ -558,6 +576,14 @@ impl SearchIndex {
                 for end in ends.take(MAX_PREFIX_CHARS + 1 - MIN_PREFIX_CHARS) {
                     prefixes.insert(word[..end].to_string());
                 }
+            }
+        }
+        for value in raw {
+            let value = value.trim().to_lowercase();
+            let ends = value.char_indices().map(|(i, _)| i).skip(MIN_PREFIX_CHARS);
+            let ends = ends.chain(std::iter::once(value.len()));
+            for end in ends.take(MAX_PREFIX_CHARS + 1 - MIN_PREFIX_CHARS) {
+                prefixes.insert(value[..end].to_string());
             }
         }
         for p in prefixes {
@@ -604,6 +630,43 @@ impl SearchIndex {
                 let _ = st.writer.rollback();
                 Err(e)
             }
+        }
+    }
+
+    /// A deleted document stays in its segment's files (its terms: a deleted
+    /// user's email and name) until the segment is merged. After a commit that
+    /// removed documents, merges the segments holding deleted documents and
+    /// deletes the old files, at most once per [`PURGE_DELETED_EVERY`] (a merge
+    /// rewrites whole segments). Best effort: a segment already being merged in
+    /// the background drops its deleted documents there.
+    fn purge_deleted(st: &mut WriterState) {
+        if st
+            .last_purge
+            .is_some_and(|t| t.elapsed() < PURGE_DELETED_EVERY)
+        {
+            return;
+        }
+        st.last_purge = Some(Instant::now());
+        let ids: Vec<tantivy::index::SegmentId> = match st.writer.index().searchable_segment_metas()
+        {
+            Ok(metas) => metas
+                .iter()
+                .filter(|m| m.num_deleted_docs() > 0)
+                .map(|m| m.id())
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the search index's segments failed");
+                return;
+            }
+        };
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = st.writer.merge(&ids).wait() {
+            tracing::debug!(error = %e, "merging away deleted search documents failed");
+        }
+        if let Err(e) = st.writer.garbage_collect_files().wait() {
+            tracing::debug!(error = %e, "removing old search index files failed");
         }
     }
 
@@ -660,13 +723,18 @@ impl SearchIndex {
             let doc = row.and_then(|r| self.doc_for(kind, r, guard.gen));
             ops.push((self.key_term(kind, id), doc));
         }
+        let removed = ops.iter().any(|(_, doc)| doc.is_none());
         let (guard, r) = Self::blocking(guard, move |st| {
             Self::write(st, ops)?;
             let payload = Payload {
                 seq: st.committed.map_or(last, |p| p.seq.max(last)),
                 gen: st.gen,
             };
-            Self::commit(st, payload)
+            Self::commit(st, payload)?;
+            if removed {
+                Self::purge_deleted(st);
+            }
+            Ok::<_, tantivy::TantivyError>(())
         })
         .await?;
         r?;
@@ -850,12 +918,42 @@ impl SearchIndex {
         Some(Box::new(ConstScoreQuery::new(q, boost)))
     }
 
+    /// The whole query as the start of an email, username, name or slug,
+    /// punctuation included. Constant score above any word or typo match: what
+    /// someone typed from the start of a value is what they are looking for.
+    fn value_prefix_query(&self, typed: &str) -> Option<Box<dyn Query>> {
+        let f = self.fields;
+        let n = typed.chars().count();
+        if n < MIN_PREFIX_CHARS {
+            return None;
+        }
+        let q: Box<dyn Query> = if n <= MAX_PREFIX_CHARS {
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.prefix, typed),
+                IndexRecordOption::Basic,
+            ))
+        } else {
+            // Longer than the indexed prefixes: few raw values share that
+            // many leading characters, so the automaton visits few terms.
+            Box::new(FuzzyTermQuery::new_prefix(
+                Term::from_field_text(f.exact, typed),
+                0,
+                true,
+            ))
+        };
+        Some(Box::new(ConstScoreQuery::new(q, VALUE_PREFIX_BOOST)))
+    }
+
     fn build_query(&self, q: &ParsedQuery, kind: Option<Kind>) -> Box<dyn Query> {
         let f = self.fields;
         let mut any: Vec<(Occur, Box<dyn Query>)> = vec![(
             Occur::Should,
             Self::term_query(f.exact, &q.exact, IndexRecordOption::Basic, EXACT_BOOST),
         )];
+        any.extend(
+            self.value_prefix_query(&q.exact)
+                .map(|q| (Occur::Should, q)),
+        );
         if let Some(d) = &q.digits {
             any.push((
                 Occur::Should,

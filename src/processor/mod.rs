@@ -528,9 +528,11 @@ impl Processor {
     async fn purge_loop(self, cancel: CancellationToken) {
         loop {
             let cutoff = self.clock.now_ms() - self.config.archive_retention.as_millis() as i64;
+            let mut erased = 0;
             loop {
                 match purge_expired(&self.db, cutoff).await {
                     Ok(r) if r.archive_rows > 0 => {
+                        erased += r.users_erased;
                         tracing::info!(
                             archive_rows = r.archive_rows,
                             users_erased = r.users_erased,
@@ -539,12 +541,21 @@ impl Processor {
                         if cancel.is_cancelled() {
                             return;
                         }
+                        // One small transaction at a time; others go in between.
+                        tokio::task::yield_now().await;
                     }
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "retention purge failed; will retry");
                         break;
                     }
+                }
+            }
+            if erased > 0 {
+                match crate::store::maintenance::truncate_wal(&self.db).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!("WAL still in use after erasure; truncated later"),
+                    Err(e) => tracing::warn!(error = %e, "truncating the WAL after erasure failed"),
                 }
             }
             self.prune_feed(&cancel).await;

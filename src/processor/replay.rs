@@ -82,15 +82,23 @@ pub async fn replay_into(
         after = last.seq;
         let batch: Vec<NewDelivery> = rows
             .into_iter()
-            .map(|r| NewDelivery {
-                svix_id: r.svix_id,
-                svix_timestamp: r.svix_timestamp,
-                event_type: r.event_type,
-                entity_key: r.entity_key,
-                object_id: r.object_id,
-                event_timestamp_ms: r.event_timestamp,
-                received_at_ms: r.received_at,
-                body: r.body,
+            .map(|r| {
+                // The source may predate the subject columns: read them again.
+                let head = crate::clerk::envelope::parse_head(r.body.as_bytes()).ok();
+                let (user_id, contacts) =
+                    head.map_or((None, Vec::new()), |h| (h.user_id, h.contacts));
+                NewDelivery {
+                    svix_id: r.svix_id,
+                    svix_timestamp: r.svix_timestamp,
+                    event_type: r.event_type,
+                    entity_key: r.entity_key,
+                    object_id: r.object_id,
+                    event_timestamp_ms: r.event_timestamp,
+                    received_at_ms: r.received_at,
+                    body: r.body,
+                    user_id,
+                    contacts,
+                }
             })
             .collect();
         copied += batch.len() as u64;

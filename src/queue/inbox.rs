@@ -14,14 +14,19 @@ pub struct NewDelivery {
     pub event_timestamp_ms: Option<i64>,
     pub received_at_ms: i64,
     pub body: String,
+    /// The user the delivery concerns ([`crate::clerk::envelope::EnvelopeHead::user_id`]).
+    pub user_id: Option<String>,
+    /// Its email addresses and phone numbers, normalized; indexed in
+    /// `inbox_contacts` so erasure finds the delivery by them.
+    pub contacts: Vec<String>,
 }
 
 /// PostgreSQL: a batch of deliveries as one row per array element. unnest
 /// yields rows in array order, so seqs follow the order of the batch.
 const INSERT_UNNEST: &str = "INSERT INTO inbox (svix_id, event_type, entity_key, object_id, \
-     svix_timestamp, event_timestamp, received_at, next_attempt_at) \
-     SELECT i, t, k, o, st, et, r, r FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-     $5::bigint[], $6::bigint[], $7::bigint[]) AS d(i, t, k, o, st, et, r) \
+     svix_timestamp, event_timestamp, received_at, next_attempt_at, user_id) \
+     SELECT i, t, k, o, st, et, r, r, u FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+     $5::bigint[], $6::bigint[], $7::bigint[], $8::text[]) AS d(i, t, k, o, st, et, r, u) \
      ON CONFLICT (svix_id) DO NOTHING RETURNING seq, svix_id";
 
 /// Appends deliveries whose svix-ids are distinct, in one transaction; returns,
@@ -56,16 +61,35 @@ pub async fn append_batch(db: &Database, rows: &[NewDelivery]) -> Result<Vec<boo
                 .bind(column(rows, |r| r.svix_timestamp))
                 .bind(column(rows, |r| r.event_timestamp_ms))
                 .bind(column(rows, |r| r.received_at_ms))
+                .bind(column(rows, |r| r.user_id.as_deref()))
                 .fetch_all(&mut *tx)
                 .await?;
             if !new.is_empty() {
                 // Ids are distinct within `rows`, so each new seq has one body.
-                let by_id: std::collections::HashMap<&str, &str> = rows
-                    .iter()
-                    .map(|r| (r.svix_id.as_str(), r.body.as_str()))
-                    .collect();
+                let by_id: std::collections::HashMap<&str, &NewDelivery> =
+                    rows.iter().map(|r| (r.svix_id.as_str(), r)).collect();
                 let seqs: Vec<i64> = new.iter().map(|(seq, _)| *seq).collect();
-                let bodies: Vec<&str> = new.iter().map(|(_, id)| by_id[id.as_str()]).collect();
+                let bodies: Vec<&str> = new
+                    .iter()
+                    .map(|(_, id)| by_id[id.as_str()].body.as_str())
+                    .collect();
+                let (mut contact_seqs, mut contacts) = (Vec::new(), Vec::new());
+                for (seq, id) in &new {
+                    for c in &by_id[id.as_str()].contacts {
+                        contact_seqs.push(*seq);
+                        contacts.push(c.as_str());
+                    }
+                }
+                if !contacts.is_empty() {
+                    sqlx::query(
+                        "INSERT INTO inbox_contacts (contact, seq) \
+                         SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&contacts)
+                    .bind(&contact_seqs)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query(
                     "INSERT INTO inbox_bodies (seq, body) \
                      SELECT * FROM unnest($1::bigint[], $2::text[])",

@@ -119,6 +119,8 @@ impl Database {
                     // 4 MB of page cache per connection: the OS page cache holds
                     // the rest, and 8 connections x 16 MB blew the memory budget.
                     .pragma("cache_size", "-4000")
+                    // Erased values must not survive in freed space (store::maintenance).
+                    .pragma("secure_delete", "ON")
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(8)

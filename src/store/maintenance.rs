@@ -1,6 +1,7 @@
 //! Retention: purging expired archive rows and erasing deleted users' data;
 //! keeping PostgreSQL's planner statistics fresh while tables grow.
 
+use crate::clerk::envelope::contacts_in;
 use crate::store::db::Database;
 use crate::sync::erasure::{redact_body, redact_changes};
 
@@ -10,19 +11,32 @@ pub struct PurgeReport {
     pub users_erased: u64,
 }
 
+/// Most deleted users one purge transaction erases. Each takes a handful of
+/// indexed statements; with SQLite the transaction holds the one write gate,
+/// which webhook acks wait for (measured on main, 1,000 users per transaction:
+/// acks waited over 10 s). At 50 the gate is held for tens of milliseconds.
+pub const ERASE_USERS_PER_TX: u64 = 50;
+/// Most expired archive rows one purge transaction reads.
+const ARCHIVE_ROWS_PER_TX: i64 = 500;
+
 macro_rules! purge_impl {
     ($pool:expr, $cutoff:expr) => {{
         let pool = $pool;
         let mut report = PurgeReport::default();
         let mut tx = pool.begin().await?;
-        let expired: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT seq, kind, entity_id FROM archive WHERE archived_at < $1 ORDER BY seq LIMIT 1000",
+        let expired: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT seq, kind, entity_id, data FROM archive WHERE archived_at < $1 ORDER BY seq LIMIT $2",
         )
         .bind($cutoff)
+        .bind(ARCHIVE_ROWS_PER_TX)
         .fetch_all(&mut *tx)
         .await?;
-        for (seq, kind, entity_id) in expired {
+        for (seq, kind, entity_id, data) in expired {
             if kind == "user" {
+                if report.users_erased == ERASE_USERS_PER_TX {
+                    // The rest waits for the next transaction.
+                    break;
+                }
                 let uid = entity_id.as_str();
                 let audits: Vec<(i64, String)> =
                     sqlx::query_as("SELECT seq, changes FROM audit WHERE user_id = $1")
@@ -36,24 +50,102 @@ macro_rules! purge_impl {
                         .execute(&mut *tx)
                         .await?;
                 }
-                let bodies: Vec<(i64, String)> = sqlx::query_as(
-                    "SELECT seq, body FROM inbox JOIN inbox_bodies USING (seq) WHERE entity_key = $1 \
-                     OR (event_type LIKE 'organizationMembership.%' AND body LIKE '%' || $1 || '%')",
+                // The user's addresses and numbers: from its last record and
+                // from every delivery about it (an address it no longer had).
+                let mut contacts = Vec::new();
+                if let Some(v) = data.as_deref().and_then(|d| serde_json::from_str(d).ok()) {
+                    contacts_in(&v, &mut contacts);
+                }
+                let known: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT c.contact FROM inbox i JOIN inbox_contacts c ON c.seq = i.seq \
+                     WHERE i.user_id = $1",
                 )
                 .bind(uid)
                 .fetch_all(&mut *tx)
                 .await?;
-                for (iseq, body) in bodies {
-                    sqlx::query("UPDATE inbox_bodies SET body = $2 WHERE seq = $1")
+                contacts.extend(known);
+                contacts.sort();
+                contacts.dedup();
+                // Its deliveries, by index: about it, in its partition, or
+                // naming one of its addresses (an email.created with user_id null).
+                let mut seqs = std::collections::BTreeSet::new();
+                for sql in [
+                    "SELECT seq FROM inbox WHERE user_id = $1",
+                    "SELECT seq FROM inbox WHERE entity_key = $1",
+                ] {
+                    let found: Vec<i64> = sqlx::query_scalar(sql)
+                        .bind(uid)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    seqs.extend(found);
+                }
+                for c in &contacts {
+                    let found: Vec<i64> =
+                        sqlx::query_scalar("SELECT seq FROM inbox_contacts WHERE contact = $1")
+                            .bind(c)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    seqs.extend(found);
+                }
+                let mut messages = Vec::new();
+                for iseq in seqs {
+                    let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                        "SELECT event_type, object_id, body FROM inbox \
+                         LEFT JOIN inbox_bodies USING (seq) WHERE seq = $1",
+                    )
+                    .bind(iseq)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((event_type, object_id, body)) = row else {
+                        continue;
+                    };
+                    if let Some(body) = body {
+                        sqlx::query("UPDATE inbox_bodies SET body = $2 WHERE seq = $1")
+                            .bind(iseq)
+                            .bind(redact_body(&body))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query("DELETE FROM inbox_contacts WHERE seq = $1")
                         .bind(iseq)
-                        .bind(redact_body(&body))
                         .execute(&mut *tx)
                         .await?;
+                    if let (Some(t), Some(id)) = (message_table(&event_type), object_id) {
+                        messages.push((t, id));
+                    }
                 }
-                for t in ["sessions", "emails", "sms_messages", "memberships"] {
+                // Emails and SMS sent to the user (also those Clerk sent with
+                // no user_id): their records and audit values.
+                messages.sort();
+                messages.dedup();
+                for (t, id) in &messages {
+                    sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE id = $1"))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let audits: Vec<(i64, String)> =
+                        sqlx::query_as("SELECT seq, changes FROM audit WHERE entity_id = $1")
+                            .bind(id)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    for (aseq, changes) in audits {
+                        sqlx::query("UPDATE audit SET changes = $2 WHERE seq = $1")
+                            .bind(aseq)
+                            .bind(redact_changes(&changes))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                for t in ["sessions", "memberships"] {
                     sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1 AND deleted = $2"))
                         .bind(uid)
                         .bind(true)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for t in ["emails", "sms_messages"] {
+                    sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1"))
+                        .bind(uid)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -78,14 +170,48 @@ macro_rules! purge_impl {
     }};
 }
 
-/// Purges archive rows older than `cutoff_ms` (at most 1000 per call) and erases
-/// the personal data of the deleted users among them.
+/// The table of the message an email or SMS delivery is about.
+fn message_table(event_type: &str) -> Option<&'static str> {
+    match event_type.split('.').next() {
+        Some("email") => Some("emails"),
+        Some("sms") => Some("sms_messages"),
+        _ => None,
+    }
+}
+
+/// Purges, in one short transaction, archive rows older than `cutoff_ms` (at
+/// most 500) and erases the personal data of the deleted users among them (at
+/// most [`ERASE_USERS_PER_TX`]). Call it again until it reports no archive
+/// rows, yielding in between: on SQLite it waits for the write gate behind
+/// webhook appends (the background side), so intake goes on between calls.
 pub async fn purge_expired(db: &Database, cutoff_ms: i64) -> Result<PurgeReport, sqlx::Error> {
-    let _gate = db.write_lock().await;
+    let _gate = db.background_write_lock().await;
     match db {
         Database::Sqlite(p, ..) => purge_impl!(p, cutoff_ms),
         Database::Postgres(p) => purge_impl!(p, cutoff_ms),
     }
+}
+
+/// After an erasure on SQLite: copies the WAL into the database and truncates
+/// it to zero bytes, so the frames that still held the erased values (their
+/// pages before the redaction) are gone from disk. The database file itself
+/// keeps no copy: every connection writes with `secure_delete`, which zeroes
+/// freed space. PostgreSQL keeps old row versions until VACUUM reclaims them
+/// (autovacuum does; run `VACUUM` to be sure at once). Returns whether the WAL
+/// was truncated (false while a reader still holds an old snapshot: the next
+/// erasure tries again).
+pub async fn truncate_wal(db: &Database) -> Result<bool, sqlx::Error> {
+    let Some(mut gate) = db.write_lock().await else {
+        return Ok(true);
+    };
+    let conn = gate.conn();
+    let (busy, _, _): (i64, i64, i64) = crate::store::sqlite::blocking(|| {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+    })
+    .map_err(crate::store::sqlite::db_err)?;
+    Ok(busy == 0)
 }
 
 /// Deletes up to `limit` change-feed entries committed before `cutoff_ms` that

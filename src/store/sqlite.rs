@@ -39,7 +39,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-         PRAGMA foreign_keys = ON; PRAGMA cache_size = -8000;",
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -8000; PRAGMA secure_delete = ON;",
     )?;
     // Checkpoints are the checkpointer's job (off the write gate); the writer
     // only checkpoints itself if the WAL grew past ~40 MB, i.e. the
@@ -205,10 +205,13 @@ pub fn append(conn: &mut Connection, rows: &[NewDelivery]) -> Result<Vec<bool>, 
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO inbox (svix_id, event_type, entity_key, object_id, svix_timestamp, \
-             event_timestamp, received_at, next_attempt_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (svix_id) DO NOTHING",
+             event_timestamp, received_at, next_attempt_at, user_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) ON CONFLICT (svix_id) DO NOTHING",
         )?;
         let mut body = tx.prepare_cached("INSERT INTO inbox_bodies (seq, body) VALUES (?1, ?2)")?;
+        let mut contact = tx.prepare_cached(
+            "INSERT INTO inbox_contacts (contact, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )?;
         for r in rows {
             let n = stmt.execute(params![
                 r.svix_id,
@@ -218,9 +221,14 @@ pub fn append(conn: &mut Connection, rows: &[NewDelivery]) -> Result<Vec<bool>, 
                 r.svix_timestamp,
                 r.event_timestamp_ms,
                 r.received_at_ms,
+                r.user_id,
             ])?;
             if n == 1 {
-                body.execute(params![tx.last_insert_rowid(), r.body])?;
+                let seq = tx.last_insert_rowid();
+                body.execute(params![seq, r.body])?;
+                for c in &r.contacts {
+                    contact.execute(params![c, seq])?;
+                }
             }
             out.push(n == 1);
         }

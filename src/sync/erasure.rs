@@ -4,9 +4,12 @@
 //! values. After `archive_retention` the archive rows are purged, and for a
 //! deleted user every copy of its personal data is redacted: the audit values,
 //! the raw bodies of its deliveries in the inbox, the archived records of its
-//! memberships, and the rows of its sessions, emails and SMS. Ids, event types
-//! and versions stay, so the log can still be replayed to the same tombstones.
-//! Must never: touch a user that is not deleted, or change a live entity's state.
+//! memberships, and the rows of its sessions, emails and SMS (also those sent
+//! to one of its addresses or numbers with no user id: store::maintenance finds
+//! them through `inbox.user_id` and `inbox_contacts`, filled at intake). Ids,
+//! event types and versions stay, so the log can still be replayed to the same
+//! tombstones. Must never: touch a user that is not deleted, or change a live
+//! entity's state (version, tombstone); a message's content is the user's data.
 
 use serde_json::{Map, Value};
 
@@ -44,16 +47,15 @@ pub fn redact_body(body: &str) -> String {
     }
     let mut data = Map::new();
     if let Some(Value::Object(d)) = env.get("data") {
-        for k in [
-            "id",
-            "object",
-            "deleted",
-            "created_at",
-            "updated_at",
-            "user_id",
-            "organization_id",
-        ] {
-            if let Some(v) = d.get(k) {
+        for k in ["id", "object", "user_id", "organization_id"] {
+            if let Some(v) = d.get(k).filter(|v| v.is_string() || v.is_null()) {
+                data.insert(k.into(), v.clone());
+            }
+        }
+        // Times and flags only as what they should be: a payload that failed to
+        // apply may hold anything there (an address where a time belongs).
+        for k in ["deleted", "created_at", "updated_at"] {
+            if let Some(v) = d.get(k).filter(|v| v.is_number() || v.is_boolean()) {
                 data.insert(k.into(), v.clone());
             }
         }
@@ -82,6 +84,13 @@ mod tests {
         let r = redact_body(b);
         assert!(!r.contains("Ada") && !r.contains("ada@x.io") && !r.contains("Acme"));
         assert!(r.contains("user_1") && r.contains("org_1") && r.contains("orgmem_1"));
+        let odd = redact_body(
+            r#"{"type":"user.updated","data":{"id":"user_1","created_at":"ada@x.io","updated_at":5,"deleted":true}}"#,
+        );
+        assert!(
+            !odd.contains("ada@x.io") && odd.contains(r#""updated_at":5"#),
+            "{odd}"
+        );
         let c = redact_changes(
             r#"{"first_name":{"before":null,"after":"Ada"},"deleted":{"before":false,"after":true}}"#,
         );

@@ -267,6 +267,8 @@ async fn receive_inner(
         event_timestamp_ms: head.timestamp_ms,
         received_at_ms: state.clock.now_ms(),
         body,
+        user_id: head.user_id,
+        contacts: head.contacts,
     };
     state.committer.submit(row).await.map_err(|e| match e {
         CommitError::Closed => ApiError::Unavailable("shutting down; retry later".into()),

@@ -119,6 +119,8 @@ fn delivery(i: usize, ev: &Ev) -> NewDelivery {
         event_timestamp_ms: Some(v),
         received_at_ms: 0,
         body: b.to_string(),
+        user_id: None,
+        contacts: Vec::new(),
     }
 }
 

@@ -14,6 +14,7 @@ mod cache;
 mod cli;
 mod convergence;
 mod dashboard;
+mod erasure;
 mod exposure;
 mod fuzz_seeds;
 mod health;

@@ -591,3 +591,93 @@ async fn reindex_command_offline_and_against_a_running_server() {
     wait_search(&s, "hopper", "", |r| r == ["user_grace"]).await;
     s.stop().await;
 }
+
+/// People type the start of an address, username or name, and stop anywhere,
+/// inside a word or on punctuation (`kwame.h`). Over generated people, every
+/// prefix of two characters or more (a seeded random sample) finds its entity.
+#[tokio::test]
+async fn any_prefix_of_an_email_username_or_name_finds_the_entity() {
+    use rand::{Rng, SeedableRng};
+    let s = sqlite_server(|_| {}).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let firsts = [
+        "Kwame",
+        "Radia",
+        "Arjun",
+        "Amara",
+        "Anne-Marie",
+        "Seán",
+        "Li",
+        "O'Neil",
+    ];
+    let lasts = [
+        "Haddad",
+        "Lovelace",
+        "Varga",
+        "Smith-Jones",
+        "Ng",
+        "d'Arcy",
+        "Sørensen",
+    ];
+    let seps = [".", "_", "-", "+", ""];
+    let mut people = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..40 {
+        let first = firsts[rng.gen_range(0..firsts.len())];
+        let last = lasts[rng.gen_range(0..lasts.len())];
+        let sep = seps[rng.gen_range(0..seps.len())];
+        let local: String = format!("{first}{sep}{last}{}", rng.gen_range(1..999))
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || ".-_+".contains(*c))
+            .collect::<String>()
+            .to_lowercase();
+        let email = format!("{local}@mail{}.test", i % 3);
+        let username = format!(
+            "{}_{}{}",
+            first.to_lowercase(),
+            &last[..1].to_lowercase(),
+            i
+        );
+        let id = format!("user_p{i:03}");
+        events.push(user(&id, first, last, Some(&username), &email, 10));
+        people.push((id, vec![email, username, format!("{first} {last}")]));
+    }
+    post_all(&s, "prefix", &events).await;
+    let first = &people[0].0;
+    wait_search(&s, &people[0].1[0], "", |ids| ids.contains(first)).await;
+    let mut checked = 0;
+    for (id, values) in &people {
+        for value in values {
+            let chars: Vec<char> = value.chars().collect();
+            // Every prefix of the first value of a few people, a sample of the rest.
+            for n in 2..=chars.len() {
+                if checked > 40 && !rng.gen_bool(0.15) {
+                    continue;
+                }
+                let typed: String = chars[..n].iter().collect();
+                if typed.trim().chars().count() < 2 {
+                    continue;
+                }
+                checked += 1;
+                let (st, v) = search(&s, &typed, "&limit=100").await;
+                assert_eq!(st, 200, "{v}");
+                assert!(
+                    ids(&v).contains(id),
+                    "q={typed:?} (a prefix of {value:?}) does not find {id}: {:?}",
+                    ids(&v)
+                );
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} prefixes checked");
+    // The issue's own example: a prefix that stops inside the second word.
+    let (_, v) = search(&s, "kwame.h", "").await;
+    let expected: Vec<&String> = people
+        .iter()
+        .filter(|(_, vals)| vals[0].starts_with("kwame.h"))
+        .map(|(id, _)| id)
+        .collect();
+    for id in expected {
+        assert!(ids(&v).contains(id), "kwame.h: {:?}", ids(&v));
+    }
+}
