@@ -19,6 +19,27 @@ pub const ERASE_USERS_PER_TX: u64 = 50;
 /// Most expired archive rows one purge transaction reads.
 const ARCHIVE_ROWS_PER_TX: i64 = 500;
 
+/// Redacts the personal values of the audit rows whose `$col` is `$id`.
+macro_rules! redact_audit {
+    ($tx:expr, $col:literal, $id:expr) => {{
+        let audits: Vec<(i64, String)> = sqlx::query_as(concat!(
+            "SELECT seq, changes FROM audit WHERE ",
+            $col,
+            " = $1"
+        ))
+        .bind($id)
+        .fetch_all(&mut *$tx)
+        .await?;
+        for (aseq, changes) in audits {
+            sqlx::query("UPDATE audit SET changes = $2 WHERE seq = $1")
+                .bind(aseq)
+                .bind(redact_changes(&changes))
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 macro_rules! purge_impl {
     ($pool:expr, $cutoff:expr) => {{
         let pool = $pool;
@@ -38,18 +59,7 @@ macro_rules! purge_impl {
                     break;
                 }
                 let uid = entity_id.as_str();
-                let audits: Vec<(i64, String)> =
-                    sqlx::query_as("SELECT seq, changes FROM audit WHERE user_id = $1")
-                        .bind(uid)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                for (aseq, changes) in audits {
-                    sqlx::query("UPDATE audit SET changes = $2 WHERE seq = $1")
-                        .bind(aseq)
-                        .bind(redact_changes(&changes))
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                redact_audit!(tx, "user_id", uid);
                 // The user's addresses and numbers: from its last record and
                 // from every delivery about it (an address it no longer had).
                 let mut contacts = Vec::new();
@@ -123,18 +133,7 @@ macro_rules! purge_impl {
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
-                    let audits: Vec<(i64, String)> =
-                        sqlx::query_as("SELECT seq, changes FROM audit WHERE entity_id = $1")
-                            .bind(id)
-                            .fetch_all(&mut *tx)
-                            .await?;
-                    for (aseq, changes) in audits {
-                        sqlx::query("UPDATE audit SET changes = $2 WHERE seq = $1")
-                            .bind(aseq)
-                            .bind(redact_changes(&changes))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    redact_audit!(tx, "entity_id", id);
                 }
                 for t in ["sessions", "memberships"] {
                     sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1 AND deleted = $2"))
