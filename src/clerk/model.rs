@@ -46,21 +46,25 @@ impl Kind {
     ];
 
     /// The event-type family (`user` in `user.created`) of this kind.
+    pub fn family(self) -> &'static str {
+        match self {
+            Kind::User => "user",
+            Kind::Organization => "organization",
+            Kind::Membership => "organizationMembership",
+            Kind::Invitation => "organizationInvitation",
+            Kind::Domain => "organizationDomain",
+            Kind::Role => "role",
+            Kind::Permission => "permission",
+            Kind::Session => "session",
+            Kind::Email => "email",
+            Kind::Sms => "sms",
+            Kind::WaitlistEntry => "waitlistEntry",
+        }
+    }
+
+    /// The kind whose events are `family.*`; None for a family not modelled.
     pub fn from_family(family: &str) -> Option<Kind> {
-        Some(match family {
-            "user" => Kind::User,
-            "organization" => Kind::Organization,
-            "organizationMembership" => Kind::Membership,
-            "organizationInvitation" => Kind::Invitation,
-            "organizationDomain" => Kind::Domain,
-            "role" => Kind::Role,
-            "permission" => Kind::Permission,
-            "session" => Kind::Session,
-            "email" => Kind::Email,
-            "sms" => Kind::Sms,
-            "waitlistEntry" => Kind::WaitlistEntry,
-            _ => return None,
-        })
+        Kind::ALL.into_iter().find(|k| k.family() == family)
     }
 
     pub fn table(self) -> &'static str {

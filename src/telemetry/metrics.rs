@@ -102,21 +102,8 @@ pub fn git_commit() -> &'static str {
 
 /// Event types are not a bounded set (Clerk adds new ones); unknown ones share a label.
 pub fn event_type_label(t: &str) -> String {
-    const KNOWN: &[&str] = &[
-        "user",
-        "organization",
-        "organizationMembership",
-        "organizationInvitation",
-        "organizationDomain",
-        "role",
-        "permission",
-        "session",
-        "email",
-        "sms",
-        "waitlistEntry",
-    ];
     let family = t.split('.').next().unwrap_or("");
-    if KNOWN.contains(&family)
+    if crate::clerk::model::Kind::from_family(family).is_some()
         && t.len() <= 48
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')

@@ -35,11 +35,7 @@ impl Run {
 fn clerksync_with(dir: &Path, args: &[&str], env: &[(&str, &str)], stdout: Option<Stdio>) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
     cmd.args(args).current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    crate::helpers::without_inherited_settings(&mut cmd);
     cmd.envs(env.iter().copied());
     let (out_path, err_path) = (dir.join("cli.stdout"), dir.join("cli.stderr"));
     let captured = stdout.is_none();

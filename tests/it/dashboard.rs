@@ -359,11 +359,7 @@ fn demo_command(cwd: &std::path::Path, args: &[&str]) -> Command {
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    crate::helpers::without_inherited_settings(&mut cmd);
     cmd
 }
 

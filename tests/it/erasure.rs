@@ -107,11 +107,7 @@ async fn purge_runs_in_small_transactions_while_deliveries_are_accepted() {
 fn serve(dir: &Path, log: &str) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
     cmd.arg("serve").current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    crate::helpers::without_inherited_settings(&mut cmd);
     cmd.env("CLERKSYNC_WEBHOOK_SECRET", whsec(TEST_KEY))
         .env(
             "CLERKSYNC_DATABASE_URL",

@@ -17,11 +17,7 @@ const GUARD: Duration = Duration::from_secs(60);
 fn serve(dir: &Path, env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
     cmd.arg("serve").current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    crate::helpers::without_inherited_settings(&mut cmd);
     cmd.env("CLERKSYNC_WEBHOOK_SECRET", whsec(TEST_KEY))
         .env(
             "CLERKSYNC_DATABASE_URL",

@@ -294,3 +294,13 @@ pub fn loadgen_args(argv: &[&str]) -> clerksync::loadgen::LoadgenArgs {
     use clap::Parser;
     LoadgenCli::parse_from(std::iter::once("loadgen").chain(argv.iter().copied())).args
 }
+
+/// Keeps the tests' own environment from configuring the real binary: removes
+/// every inherited `CLERKSYNC_*` setting and `RUST_LOG` from `cmd`.
+pub fn without_inherited_settings(cmd: &mut std::process::Command) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+}

@@ -78,11 +78,7 @@ async fn a_full_run_logs_json_with_spans_and_no_secrets() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
     cmd.args(["serve", "--log-format", "json"])
         .current_dir(dir.path());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    crate::helpers::without_inherited_settings(&mut cmd);
     cmd.env("RUST_LOG", "debug")
         .env("CLERKSYNC_WEBHOOK_SECRET", &secret)
         .env(

@@ -20,11 +20,7 @@ const GUARD: Duration = Duration::from_secs(60);
 fn serve(dir: &Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
     cmd.arg("serve").current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    crate::helpers::without_inherited_settings(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }

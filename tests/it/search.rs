@@ -511,11 +511,7 @@ async fn admin_reindex_rebuilds_while_serving() {
 async fn clerksync(dir: &Path, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
     cmd.args(args).current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CLERKSYNC_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    crate::helpers::without_inherited_settings(cmd.as_std_mut());
     cmd.output().await.expect("run clerksync")
 }
 
