@@ -639,8 +639,10 @@ async fn any_prefix_of_an_email_username_or_name_finds_the_entity() {
         people.push((id, vec![email, username, format!("{first} {last}")]));
     }
     post_all(&s, "prefix", &events).await;
-    let first = &people[0].0;
-    wait_search(&s, &people[0].1[0], "", |ids| ids.contains(first)).await;
+    // Indexing follows the feed in batches: wait until every person is in.
+    for (id, values) in &people {
+        wait_search(&s, &values[0], "", |ids| ids.contains(id)).await;
+    }
     let mut checked = 0;
     for (id, values) in &people {
         for value in values {
