@@ -84,7 +84,7 @@ pub async fn postgres_db() -> Option<(Database, SchemaGuard)> {
     Some((db, SchemaGuard(schema)))
 }
 
-use crate::helpers::{sign, whsec, TEST_KEY};
+use crate::helpers::{whsec, TEST_KEY};
 use clerksync::{App, Config};
 use serde_json::Value;
 use std::time::Duration;
@@ -146,21 +146,8 @@ impl Server {
 
     /// Posts a delivery signed now with the test key.
     pub async fn post(&self, svix_id: &str, body: &Value) -> reqwest::StatusCode {
-        let body = body.to_string();
-        let ts = crate::helpers::system_now_secs().to_string();
-        self.client
-            .post(self.url("/webhooks/clerk"))
-            .header("svix-id", svix_id)
-            .header("svix-timestamp", &ts)
-            .header(
-                "svix-signature",
-                sign(TEST_KEY, svix_id, &ts, body.as_bytes()),
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
+        let base = format!("http://{}", self.addr);
+        crate::helpers::post_signed(&self.client, &base, svix_id, body).await
     }
 
     pub async fn get_json(&self, path: &str, token: Option<&str>) -> (reqwest::StatusCode, Value) {

@@ -43,17 +43,7 @@ fn clerksync_with(dir: &Path, args: &[&str], env: &[(&str, &str)], stdout: Optio
         .stdout(stdout.unwrap_or_else(|| File::create(&out_path).unwrap().into()))
         .stderr(File::create(&err_path).unwrap());
     let mut child = cmd.spawn().expect("spawn clerksync");
-    let deadline = Instant::now() + GUARD;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("clerksync {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = crate::helpers::wait_exit(&mut child, &format!("clerksync {args:?} did not exit"));
     Run {
         status,
         stdout: if captured {

@@ -4,7 +4,7 @@
 //! user only by its email address or phone number.
 
 use crate::backends::sqlite_server;
-use crate::helpers::{sign, whsec, TEST_KEY};
+use crate::helpers::{whsec, TEST_KEY};
 use clerksync::store::maintenance::{purge_expired, ERASE_USERS_PER_TX};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -147,21 +147,8 @@ async fn wait_listening(dir: &Path, log: &str, child: &mut Child) -> String {
 }
 
 async fn post(base: &str, svix_id: &str, body: &Value) -> u16 {
-    let body = body.to_string();
-    let ts = crate::helpers::system_now_secs().to_string();
-    reqwest::Client::new()
-        .post(format!("{base}/webhooks/clerk"))
-        .header("svix-id", svix_id)
-        .header("svix-timestamp", &ts)
-        .header(
-            "svix-signature",
-            sign(TEST_KEY, svix_id, &ts, body.as_bytes()),
-        )
-        .body(body)
-        .send()
+    crate::helpers::post_signed(&reqwest::Client::new(), base, svix_id, body)
         .await
-        .unwrap()
-        .status()
         .as_u16()
 }
 

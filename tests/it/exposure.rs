@@ -43,17 +43,8 @@ fn stderr_of(dir: &Path) -> String {
 fn a_token_less_server_refuses_to_listen_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = serve(dir.path(), &[("CLERKSYNC_LISTEN", "0.0.0.0:0")]);
-    let deadline = Instant::now() + GUARD;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve on 0.0.0.0 without a token kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status =
+        crate::helpers::wait_exit(&mut child, "serve on 0.0.0.0 without a token kept running");
     let stderr = stderr_of(dir.path());
     assert!(!status.success(), "{stderr}");
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();

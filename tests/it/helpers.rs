@@ -304,3 +304,45 @@ pub fn without_inherited_settings(cmd: &mut std::process::Command) {
         }
     }
 }
+
+/// Waits for a child process to exit and returns its status; past a generous
+/// hang guard it kills it and panics with `what` (a guard, never an assertion
+/// on how long it took).
+pub fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Posts `body` to `{base}/webhooks/clerk` as `svix_id`, signed now with the
+/// test key.
+pub async fn post_signed(
+    client: &reqwest::Client,
+    base: &str,
+    svix_id: &str,
+    body: &Value,
+) -> StatusCode {
+    let body = body.to_string();
+    let ts = system_now_secs().to_string();
+    client
+        .post(format!("{base}/webhooks/clerk"))
+        .header("svix-id", svix_id)
+        .header("svix-timestamp", &ts)
+        .header(
+            "svix-signature",
+            sign(TEST_KEY, svix_id, &ts, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}

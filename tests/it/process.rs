@@ -34,17 +34,7 @@ fn stderr_of(dir: &Path) -> String {
 }
 
 fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("clerksync did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::helpers::wait_exit(child, "clerksync did not exit")
 }
 
 /// Runs `serve` to its exit and returns its stderr; it must fail.
