@@ -198,7 +198,7 @@ async fn lifecycle_audit_cascade(s: &Server) {
     let audits = s.scalar("SELECT COUNT(*) FROM audit").await;
     assert_eq!(feed, audits, "one feed row per effective change");
     // Erasure after retention: nothing of the user's name or email anywhere.
-    let report = clerksync::store::maintenance::purge_expired(&s.db, i64::MAX)
+    let report = clerksync::sync::erasure::purge_expired(&s.db, i64::MAX)
         .await
         .unwrap();
     assert_eq!(report.users_erased, 1);

@@ -5,7 +5,7 @@
 
 use crate::backends::sqlite_server;
 use crate::helpers::{whsec, TEST_KEY};
-use clerksync::store::maintenance::{purge_expired, ERASE_USERS_PER_TX};
+use clerksync::sync::erasure::{purge_expired, ERASE_USERS_PER_TX};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -39,7 +39,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.failed.set(c.failed);
         state.metrics.dead.set(c.dead);
     }
-    let (size, idle) = crate::store::db::on_pool!(&state.db, |p| (p.size(), p.num_idle()));
+    let (size, idle) = state.db.pool_stats();
     // `size` and `idle` are read separately: a checkout between them must not go negative.
     let idle = idle as i64;
     state.metrics.db_pool_idle.set(idle);

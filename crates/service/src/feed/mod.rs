@@ -8,8 +8,7 @@
 //! read an uncommitted change (the feed is written in the apply transaction), or
 //! advance a checkpoint past a batch its consumer has not handled.
 
-use crate::clerk::model::Kind;
-use crate::store::db::{on_pool, Database};
+use crate::store::{Database, StoreError};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,52 +20,14 @@ pub mod realtime;
 pub mod search;
 pub mod waiters;
 
-/// One committed change.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FeedEntry {
-    pub seq: i64,
-    pub kind: Kind,
-    pub entity_id: String,
-    pub operation: String,
-    pub changed_fields: Vec<String>,
-    pub version: i64,
-    pub svix_id: String,
-    pub committed_at: i64,
-    /// The user and organization whose topics the change is on (set by the
-    /// apply for users, organizations and memberships).
-    pub user_id: Option<String>,
-    pub organization_id: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct FeedRow {
-    seq: i64,
-    kind: String,
-    entity_id: String,
-    operation: String,
-    changed_fields: String,
-    version: i64,
-    svix_id: String,
-    committed_at: i64,
-    user_id: Option<String>,
-    organization_id: Option<String>,
-}
+pub use crate::store::feed::{FeedEntry, FeedFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] StoreError),
     #[error("{0}")]
     Consumer(String),
-}
-
-/// Which rows of the feed to read: all, or one user's or organization's
-/// (indexed, for a realtime replay of one topic).
-#[derive(Debug, Clone, Copy)]
-pub enum FeedFilter<'a> {
-    All,
-    User(&'a str),
-    Organization(&'a str),
 }
 
 /// Reads feed entries after `after`, oldest first.
@@ -74,7 +35,7 @@ pub async fn read_after(
     db: &Database,
     after: i64,
     limit: i64,
-) -> Result<Vec<FeedEntry>, sqlx::Error> {
+) -> Result<Vec<FeedEntry>, StoreError> {
     read_filtered(db, FeedFilter::All, after, limit).await
 }
 
@@ -84,78 +45,8 @@ pub async fn read_filtered(
     filter: FeedFilter<'_>,
     after: i64,
     limit: i64,
-) -> Result<Vec<FeedEntry>, sqlx::Error> {
-    // Parameters numbered in order of appearance: SQLite binds `$N` by position.
-    let (q, key) = match filter {
-        FeedFilter::All => (
-            "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id \
-             FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2",
-            None,
-        ),
-        FeedFilter::User(u) => (
-            "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id \
-             FROM change_feed WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            Some(u),
-        ),
-        FeedFilter::Organization(o) => (
-            "SELECT seq, kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id \
-             FROM change_feed WHERE organization_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            Some(o),
-        ),
-    };
-    let rows: Vec<FeedRow> = match db {
-        // Every consumer reads every row: through sqlx each row crossed threads.
-        Database::Sqlite(_, gate) => gate.read(|c| {
-            let mut stmt = c.prepare_cached(q)?;
-            let map = |r: &rusqlite::Row<'_>| {
-                Ok(FeedRow {
-                    seq: r.get(0)?,
-                    kind: r.get(1)?,
-                    entity_id: r.get(2)?,
-                    operation: r.get(3)?,
-                    changed_fields: r.get(4)?,
-                    version: r.get(5)?,
-                    svix_id: r.get(6)?,
-                    committed_at: r.get(7)?,
-                    user_id: r.get(8)?,
-                    organization_id: r.get(9)?,
-                })
-            };
-            match key {
-                None => stmt
-                    .query_map(rusqlite::params![after, limit], map)?
-                    .collect(),
-                Some(k) => stmt
-                    .query_map(rusqlite::params![k, after, limit], map)?
-                    .collect(),
-            }
-        })?,
-        Database::Postgres(p) => {
-            let q = sqlx::query_as(q);
-            let q = match key {
-                None => q,
-                Some(k) => q.bind(k),
-            };
-            q.bind(after).bind(limit).fetch_all(p).await?
-        }
-    };
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            Some(FeedEntry {
-                seq: r.seq,
-                kind: Kind::parse(&r.kind)?,
-                entity_id: r.entity_id,
-                operation: r.operation,
-                changed_fields: serde_json::from_str(&r.changed_fields).unwrap_or_default(),
-                version: r.version,
-                svix_id: r.svix_id,
-                committed_at: r.committed_at,
-                user_id: r.user_id,
-                organization_id: r.organization_id,
-            })
-        })
-        .collect())
+) -> Result<Vec<FeedEntry>, StoreError> {
+    db.read_feed(filter, after, limit).await
 }
 
 /// How many of `filter`'s entries follow `after`, counting no further than
@@ -165,85 +56,35 @@ pub async fn count_filtered(
     filter: FeedFilter<'_>,
     after: i64,
     cap: i64,
-) -> Result<i64, sqlx::Error> {
-    let (q, key) = match filter {
-        FeedFilter::All => (
-            "SELECT COUNT(*) FROM (SELECT 1 FROM change_feed WHERE seq > $1 LIMIT $2) t",
-            None,
-        ),
-        FeedFilter::User(u) => (
-            "SELECT COUNT(*) FROM (SELECT 1 FROM change_feed WHERE user_id = $1 AND seq > $2 LIMIT $3) t",
-            Some(u),
-        ),
-        FeedFilter::Organization(o) => (
-            "SELECT COUNT(*) FROM (SELECT 1 FROM change_feed WHERE organization_id = $1 AND seq > $2 LIMIT $3) t",
-            Some(o),
-        ),
-    };
-    on_pool!(db, |p| {
-        let q = sqlx::query_scalar::<_, i64>(q);
-        let q = match key {
-            None => q,
-            Some(k) => q.bind(k),
-        };
-        q.bind(after).bind(cap).fetch_one(p).await
-    })
+) -> Result<i64, StoreError> {
+    db.count_feed(filter, after, cap).await
 }
 
-pub async fn last_seq(db: &Database) -> Result<i64, sqlx::Error> {
-    on_pool!(db, |p| sqlx::query_scalar::<_, Option<i64>>(
-        "SELECT MAX(seq) FROM change_feed"
-    )
-    .fetch_one(p)
-    .await)
-    .map(|v| v.unwrap_or(0))
+/// The newest entry's seq (0 when the feed is empty).
+pub async fn last_seq(db: &Database) -> Result<i64, StoreError> {
+    db.last_feed_seq().await
 }
 
-pub async fn load_checkpoint(db: &Database, consumer: &str) -> Result<i64, sqlx::Error> {
-    on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
-        "SELECT seq FROM feed_checkpoints WHERE consumer = $1"
-    )
-    .bind(consumer)
-    .fetch_optional(p)
-    .await)
-    .map(|v| v.unwrap_or(0))
+/// A consumer's checkpoint (0 for a consumer never seen).
+pub async fn load_checkpoint(db: &Database, consumer: &str) -> Result<i64, StoreError> {
+    Ok(db.load_checkpoint(consumer).await?.unwrap_or(0))
 }
 
 /// Loads a consumer's checkpoint, first creating it at 0 for a consumer never
 /// seen: from then on the feed is not pruned past what it has read.
-async fn register(db: &Database, consumer: &str, now: i64) -> Result<i64, sqlx::Error> {
-    {
-        let _gate = db.write_lock().await;
-        on_pool!(db, |p| sqlx::query(
-            "INSERT INTO feed_checkpoints (consumer, seq, updated_at) VALUES ($1, 0, $2) \
-             ON CONFLICT (consumer) DO NOTHING"
-        )
-        .bind(consumer)
-        .bind(now)
-        .execute(p)
-        .await
-        .map(|_| ()))?;
-    }
+async fn register(db: &Database, consumer: &str, now: i64) -> Result<i64, StoreError> {
+    db.register_consumer(consumer, now).await?;
     load_checkpoint(db, consumer).await
 }
 
+/// Saves a consumer's checkpoint (durably: a restart resumes after it).
 pub async fn save_checkpoint(
     db: &Database,
     consumer: &str,
     seq: i64,
     now: i64,
-) -> Result<(), sqlx::Error> {
-    let _gate = db.write_lock().await;
-    on_pool!(db, |p| sqlx::query(
-        "INSERT INTO feed_checkpoints (consumer, seq, updated_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
-    )
-    .bind(consumer)
-    .bind(seq)
-    .bind(now)
-    .execute(p)
-    .await
-    .map(|_| ()))
+) -> Result<(), StoreError> {
+    db.save_checkpoint(consumer, seq, now).await
 }
 
 /// Longest a handled position stays unsaved while the feed keeps moving.

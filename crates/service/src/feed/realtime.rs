@@ -248,7 +248,10 @@ impl Resolved {
 
 /// What routing needs (a membership's user and organization): on the feed
 /// row; read from the store only for a membership row that lacks both.
-pub async fn resolve(db: &Database, entry: FeedEntry) -> Result<Resolved, sqlx::Error> {
+pub async fn resolve(
+    db: &Database,
+    entry: FeedEntry,
+) -> Result<Resolved, crate::store::StoreError> {
     let (user_id, organization_id) = if entry.kind != Kind::Membership {
         (None, None)
     } else if entry.user_id.is_some() || entry.organization_id.is_some() {
@@ -274,7 +277,11 @@ fn object(row: &EntityRow) -> Value {
 }
 
 /// The entity's current record as the read API renders it; null when deleted.
-pub async fn current_data(db: &Database, kind: Kind, id: &str) -> Result<Value, sqlx::Error> {
+pub async fn current_data(
+    db: &Database,
+    kind: Kind,
+    id: &str,
+) -> Result<Value, crate::store::StoreError> {
     Ok(match read::get(db, kind, id).await? {
         Some(r) if !r.deleted => match kind {
             Kind::User => user_json(&r),
@@ -355,7 +362,11 @@ pub fn render(r: &Resolved, topics: &[Topic], data: &Value) -> Rendered {
 }
 
 /// Is `user_id` a live member of `org_id` in the synced store?
-pub async fn is_member(db: &Database, user_id: &str, org_id: &str) -> Result<bool, sqlx::Error> {
+pub async fn is_member(
+    db: &Database,
+    user_id: &str,
+    org_id: &str,
+) -> Result<bool, crate::store::StoreError> {
     const PAGE: i64 = 500;
     let mut after: Option<String> = None;
     loop {
@@ -389,7 +400,11 @@ pub const SNAPSHOT_MAX_MEMBERS: usize = 1000;
 /// Applying the live frames that follow it (each carries its entity's current
 /// record) converges on the store's state, even for changes the snapshot
 /// already shows.
-pub async fn snapshot(db: &Database, topic: &Topic, viewer: &Viewer) -> Result<Value, sqlx::Error> {
+pub async fn snapshot(
+    db: &Database,
+    topic: &Topic,
+    viewer: &Viewer,
+) -> Result<Value, crate::store::StoreError> {
     let (kind, id, by) = match topic {
         Topic::User(id) => (Kind::User, id, RefCol::UserId),
         Topic::Org(id) => (Kind::Organization, id, RefCol::OrganizationId),
@@ -456,7 +471,7 @@ pub async fn check_resume(
     since: i64,
     now_ms: i64,
     window: &ResumeWindow,
-) -> Result<Result<(), ResumeRefused>, sqlx::Error> {
+) -> Result<Result<(), ResumeRefused>, crate::store::StoreError> {
     let head = last_seq(db).await?;
     if since > head {
         return Ok(Err(ResumeRefused::Ahead));
@@ -518,7 +533,7 @@ pub async fn replay_page(
     viewer: &Viewer,
     after: i64,
     limit: i64,
-) -> Result<ReplayPage, sqlx::Error> {
+) -> Result<ReplayPage, crate::store::StoreError> {
     // The head before the read: every entry of the topic up to it is in what
     // the read returns (feed order is commit order), so a last page covers it.
     let head = last_seq(db).await?;
@@ -1026,7 +1041,7 @@ impl RealtimeHub {
     }
 
     /// Publishes one committed change to its topics' subscribers.
-    pub async fn publish(&self, entry: FeedEntry) -> Result<(), sqlx::Error> {
+    pub async fn publish(&self, entry: FeedEntry) -> Result<(), crate::store::StoreError> {
         let seq = entry.seq;
         if self.skip_if_unheard(seq, None) {
             return Ok(());

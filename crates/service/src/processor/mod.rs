@@ -8,14 +8,14 @@
 //! let a failing event block the ones behind it, or hold a transaction across
 //! anything but database calls.
 
-pub mod claim;
 pub mod replay;
 
 use crate::clerk::model::{Parsed, PayloadError};
 use crate::clock::Clock;
-use crate::store::db::{Database, WriteGate};
-use crate::store::maintenance::{prune_feed, purge_expired};
+use crate::store::maintenance::prune_feed;
 use crate::store::tx::begin;
+use crate::store::{Database, StoreError};
+use crate::sync::erasure::purge_expired;
 use crate::sync::{apply_parsed, parse, plan_batch, Delivery, Outcome, SyncError};
 use crate::telemetry::metrics::{event_type_label, EventLabels, Metrics};
 use futures::FutureExt;
@@ -96,9 +96,14 @@ struct DueBatch {
 }
 
 /// Reads up to `limit` due events other than `skip` and parses their bodies:
-/// the part of a batch that needs no write gate. Blocking.
-fn read_due(gate: &WriteGate, now: i64, skip: &[i64], limit: i64) -> Result<DueBatch, sqlx::Error> {
-    let due = gate.read(|c| claim::due(c, now, skip, limit))?;
+/// the part of a batch that needs no write lock.
+async fn read_due(
+    db: &Database,
+    now: i64,
+    skip: &[i64],
+    limit: i64,
+) -> Result<DueBatch, StoreError> {
+    let due = db.due(now, skip, limit).await?;
     let parsed = due.iter().map(parse).collect();
     let jobs = due.into_iter().map(|d| (d, ())).collect();
     Ok(DueBatch { jobs, parsed })
@@ -109,16 +114,18 @@ impl Processor {
     /// releases the leases of events still queued.
     pub async fn run(self, cancel: CancellationToken) {
         let n = self.config.max_concurrent.max(1);
-        if let (1, Database::Sqlite(_, gate)) = (n, &self.db) {
-            let gate = gate.clone();
+        if n == 1 && self.db.strategy().in_place_when_single {
             let purger = tokio::spawn(self.clone().purge_loop(cancel.clone()));
-            // A thread of its own (measured: ~5% more events applied per
-            // second end to end); reads ahead still run on `shared`.
+            // Where the backend's writers run best (SQLite: a thread of its
+            // own, measured ~5% more events applied per second end to end);
+            // reads ahead still run on `shared`.
             let shared = tokio::runtime::Handle::current();
             let me = self.clone();
-            let apply = crate::store::sqlite::spawn_gate_thread("apply", async move {
-                me.run_in_place(cancel, shared, gate).await
-            });
+            let apply =
+                self.db.spawn_writer(
+                    "apply",
+                    async move { me.run_in_place(cancel, shared).await },
+                );
             let _ = apply.await;
             let _ = purger.await;
             return;
@@ -135,12 +142,9 @@ impl Processor {
             workers.spawn(self.clone().worker(rx, cancel.clone()));
         }
         let purger = tokio::spawn(self.clone().purge_loop(cancel.clone()));
-        if let Database::Postgres(p) = &self.db {
-            tokio::spawn(crate::store::maintenance::keep_statistics_fresh(
-                p.clone(),
-                cancel.clone(),
-            ));
-        }
+        // The backend's upkeep while workers run (PostgreSQL: planner statistics).
+        let (db, stop) = (self.db.clone(), cancel.clone());
+        tokio::spawn(async move { db.keep_statistics_fresh(stop).await });
         self.dispatch(&queues, &sem, &cancel).await;
         drop(queues);
         while workers.join_next().await.is_some() {}
@@ -171,7 +175,7 @@ impl Processor {
             notified.as_mut().enable();
             let now = self.clock.now_ms();
             let lease_until = now + self.config.lease.as_millis() as i64;
-            let rows = match claim::claim(&self.db, now, lease_until, room.min(1000) as i64).await {
+            let rows = match self.db.claim(now, lease_until, room.min(1000) as i64).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming events failed; retrying");
@@ -215,8 +219,9 @@ impl Processor {
         }
     }
 
-    /// SQLite with one worker: each transaction finds its due events itself and
-    /// applies them. SQLite lets one writer in at a time anyway, so a separate
+    /// One worker on a backend that applies in place (SQLite): each transaction
+    /// finds its due events itself and applies them. SQLite lets one writer in
+    /// at a time anyway, so a separate
     /// claim (a lease write) would only add a second turn at the write lock per
     /// batch — measured, it halved apply throughput while webhooks kept coming.
     /// Exactly-once holds as everywhere: the done mark commits with the effects.
@@ -227,12 +232,7 @@ impl Processor {
     /// safe: apply checks each event's status again inside it, and this is the
     /// only worker; the read leaves out the batch in hand, still pending in the
     /// snapshot it reads.
-    async fn run_in_place(
-        &self,
-        cancel: CancellationToken,
-        shared: tokio::runtime::Handle,
-        gate: Arc<WriteGate>,
-    ) {
+    async fn run_in_place(&self, cancel: CancellationToken, shared: tokio::runtime::Handle) {
         let limit = self.config.batch_max as i64;
         let mut ready: Option<DueBatch> = None;
         loop {
@@ -245,7 +245,7 @@ impl Processor {
             let batch = match ready.take() {
                 Some(b) => Ok(b),
                 // This thread is the apply loop's own: it may block.
-                None => read_due(&gate, self.clock.now_ms(), &[], limit),
+                None => read_due(&self.db, self.clock.now_ms(), &[], limit).await,
             };
             match batch {
                 Ok(b) if b.jobs.is_empty() => {
@@ -264,9 +264,11 @@ impl Processor {
                 Ok(b) if b.jobs.len() as i64 >= limit => {
                     let in_hand: Vec<i64> = b.jobs.iter().map(|(d, _)| d.seq).collect();
                     let now = self.clock.now_ms();
-                    let ahead = gate.clone();
-                    let next =
-                        shared.spawn_blocking(move || read_due(&ahead, now, &in_hand, limit));
+                    let ahead = self.db.clone();
+                    // A blocking thread: the read's calls block (SQLite).
+                    let next = shared.spawn_blocking(move || {
+                        futures::executor::block_on(read_due(&ahead, now, &in_hand, limit))
+                    });
                     let applied = self.apply_due(b).await;
                     // A failed read only costs the overlap: the next turn reads again.
                     ready = match next.await {
@@ -288,7 +290,7 @@ impl Processor {
     }
 
     /// The database could not be read or written at all: wait a second.
-    async fn pause_after(&self, e: sqlx::Error, cancel: &CancellationToken) {
+    async fn pause_after(&self, e: StoreError, cancel: &CancellationToken) {
         tracing::warn!(error = %e, "the database is not answering; retrying in 1 s");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -300,7 +302,7 @@ impl Processor {
     /// one by one, so a bad event does not sink its neighbours. Err only when
     /// no transaction can be opened: nothing was tried, nothing counts as an
     /// attempt, and the events are read again on the next turn.
-    async fn apply_due(&self, b: DueBatch) -> Result<(), sqlx::Error> {
+    async fn apply_due(&self, b: DueBatch) -> Result<(), StoreError> {
         let DueBatch { jobs, parsed } = b;
         let tx = begin(&self.db).await?;
         let result = self.apply_in(tx, &jobs, parsed).await;
@@ -365,7 +367,7 @@ impl Processor {
         }
         if !batch.is_empty() {
             let seqs: Vec<i64> = batch.iter().map(|(d, _)| d.seq).collect();
-            if let Err(e) = claim::release(&self.db, &seqs).await {
+            if let Err(e) = self.db.release(&seqs).await {
                 tracing::warn!(error = %e, "releasing leases at shutdown failed; they expire on their own");
             }
         }
@@ -395,12 +397,12 @@ impl Processor {
         items: &[(Delivery, P)],
         parsed: Vec<Result<Parsed, PayloadError>>,
     ) -> Result<Vec<Outcome>, SyncError> {
-        let sqlite = matches!(self.db, Database::Sqlite(..));
+        let strategy = self.db.strategy();
         let fut = async {
             let seqs: Vec<i64> = items.iter().map(|(d, _)| d.seq).collect();
-            // SQLite's one writer needs no entity locks, and its reads are local.
-            // A single event takes its locks in `apply`.
-            if items.len() > 1 && !sqlite {
+            // A single writer (SQLite) needs no entity locks, and its reads are
+            // local. A single event takes its locks in `apply`.
+            if items.len() > 1 && strategy.lock_entities {
                 let plan = plan_batch(&parsed);
                 plan.prepare(tx.as_mut()).await?;
             }
@@ -426,13 +428,9 @@ impl Processor {
             Ok::<_, SyncError>((out, changed))
         };
         let fut = AssertUnwindSafe(fut).catch_unwind();
-        // On SQLite every store call inside completes at once (a plain
-        // connection): run the batch on this thread without the scheduler.
-        let result = if sqlite {
-            crate::store::sqlite::run_blocking(fut)
-        } else {
-            fut.await
-        };
+        // As the backend runs its transactions best (SQLite: every call inside
+        // completes at once, so on this thread without the scheduler).
+        let result = self.db.run_tx(fut).await;
         match result {
             Ok(Ok((out, changed))) => {
                 // Write-through: the cache forgets the old records before anyone
@@ -456,9 +454,7 @@ impl Processor {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                Err(SyncError::Db(sqlx::Error::Protocol(format!(
-                    "apply panicked: {msg}"
-                ))))
+                Err(SyncError::Panicked(msg))
             }
         }
     }
@@ -505,7 +501,7 @@ impl Processor {
             error = %msg,
             "event failed"
         );
-        if let Err(err) = claim::mark_failed(&self.db, d.seq, &msg, dead, next).await {
+        if let Err(err) = self.db.mark_failed(d.seq, &msg, dead, next).await {
             // The lease will expire and the event will be tried again.
             tracing::error!(svix_id = %d.svix_id, error = %err, "recording a failure failed");
         }
@@ -625,15 +621,17 @@ impl Processor {
     /// Applies every due event with one worker, in arrival order, batch by batch,
     /// and returns when none is left (replay, benchmarks). `progress` prints a
     /// line to stderr every few seconds.
-    pub async fn drain(&self, progress: bool) -> Result<DrainReport, sqlx::Error> {
+    pub async fn drain(&self, progress: bool) -> Result<DrainReport, StoreError> {
         let started = std::time::Instant::now();
         let mut last_report = started;
         let mut report = DrainReport::default();
         loop {
             let now = self.clock.now_ms();
             let lease_until = now + self.config.lease.as_millis() as i64;
-            let rows =
-                claim::claim(&self.db, now, lease_until, self.config.batch_max as i64).await?;
+            let rows = self
+                .db
+                .claim(now, lease_until, self.config.batch_max as i64)
+                .await?;
             if rows.is_empty() {
                 break;
             }

@@ -9,7 +9,7 @@
 use crate::clock::Clock;
 use crate::processor::{DrainReport, Processor, ProcessorConfig};
 use crate::queue::{append_batch, NewDelivery};
-use crate::store::db::{on_pool, Database};
+use crate::store::{Database, StoreError};
 use crate::telemetry::metrics::Metrics;
 use std::sync::Arc;
 use tokio::sync::{watch, Notify};
@@ -19,7 +19,7 @@ pub enum ReplayError {
     #[error("the target database already holds {0} deliveries; replay needs an empty one")]
     TargetNotEmpty(i64),
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] StoreError),
 }
 
 fn processor(db: Database, clock: Arc<dyn Clock>, config: ProcessorConfig) -> Processor {
@@ -36,19 +36,6 @@ fn processor(db: Database, clock: Arc<dyn Clock>, config: ProcessorConfig) -> Pr
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct LogRow {
-    seq: i64,
-    svix_id: String,
-    event_type: String,
-    entity_key: Option<String>,
-    object_id: Option<String>,
-    svix_timestamp: i64,
-    event_timestamp: Option<i64>,
-    received_at: i64,
-    body: String,
-}
-
 /// Copies the log of `source` into the empty `target` and applies it there.
 pub async fn replay_into(
     source: &Database,
@@ -57,27 +44,14 @@ pub async fn replay_into(
     config: ProcessorConfig,
     progress: bool,
 ) -> Result<(u64, DrainReport), ReplayError> {
-    let existing: i64 = on_pool!(&target, |p| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM inbox"
-    )
-    .fetch_one(p)
-    .await)?;
+    let existing = target.inbox_len().await?;
     if existing > 0 {
         return Err(ReplayError::TargetNotEmpty(existing));
     }
     let mut after = 0i64;
     let mut copied = 0u64;
     loop {
-        let rows: Vec<LogRow> = on_pool!(source, |p| {
-            sqlx::query_as(
-            "SELECT seq, svix_id, event_type, entity_key, object_id, svix_timestamp, event_timestamp, \
-             received_at, COALESCE(body, '') AS body FROM inbox LEFT JOIN inbox_bodies USING (seq) \
-             WHERE seq > $1 AND status <> 'discarded' ORDER BY seq LIMIT 2000"
-        )
-        .bind(after)
-        .fetch_all(p)
-        .await
-        })?;
+        let rows = source.log_page(after, 2000).await?;
         let Some(last) = rows.last() else { break };
         after = last.seq;
         let batch: Vec<NewDelivery> = rows
@@ -110,15 +84,11 @@ pub async fn replay_into(
     // The copied log is a table full of rows the statistics do not know about
     // yet; the store's tables grow from empty (see keep_statistics_fresh).
     let stats = tokio_util::sync::CancellationToken::new();
-    if let Database::Postgres(p) = &target {
-        crate::store::maintenance::analyze_grown_tables(p).await?;
-        // The worker pool (max_concurrent > 1) runs its own.
-        if config.max_concurrent <= 1 {
-            tokio::spawn(crate::store::maintenance::keep_statistics_fresh(
-                p.clone(),
-                stats.clone(),
-            ));
-        }
+    target.refresh_statistics().await?;
+    // The worker pool (max_concurrent > 1) runs its own.
+    if config.max_concurrent <= 1 {
+        let (db, stop) = (target.clone(), stats.clone());
+        tokio::spawn(async move { db.keep_statistics_fresh(stop).await });
     }
     let report = apply_everything(processor(target, clock, config), progress).await;
     stats.cancel();
@@ -133,16 +103,7 @@ pub async fn replay_since(
     config: ProcessorConfig,
     progress: bool,
 ) -> Result<(u64, DrainReport), ReplayError> {
-    let gate = db.write_lock().await;
-    let queued = on_pool!(&db, |p| sqlx::query(
-        "UPDATE inbox SET status = 'pending', next_attempt_at = 0, leased_until = NULL \
-         WHERE received_at >= $1 AND status = 'done'"
-    )
-    .bind(since_ms)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))?;
-    drop(gate);
+    let queued = db.requeue_since(since_ms).await?;
     let report = apply_everything(processor(db, clock, config), progress).await?;
     Ok((queued, report))
 }
@@ -150,7 +111,7 @@ pub async fn replay_since(
 /// Applies every due event: with one worker in arrival order (`drain`), or with
 /// the parallel pool when `max_concurrent` > 1, stopping once nothing is pending.
 /// The second form is also how the processor's scaling is measured.
-async fn apply_everything(p: Processor, progress: bool) -> Result<DrainReport, sqlx::Error> {
+async fn apply_everything(p: Processor, progress: bool) -> Result<DrainReport, StoreError> {
     if p.config.max_concurrent <= 1 {
         return p.drain(progress).await;
     }
@@ -163,7 +124,7 @@ async fn apply_everything(p: Processor, progress: bool) -> Result<DrainReport, s
     let counts = loop {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         // An index lookup; counting every status scans the whole inbox.
-        if !anything_due(&db).await? {
+        if !db.anything_due().await? {
             break crate::store::inbox_counts(&db).await?;
         }
         if progress && last_report.elapsed() >= std::time::Duration::from_secs(3) {
@@ -185,13 +146,4 @@ async fn apply_everything(p: Processor, progress: bool) -> Result<DrainReport, s
         failed: (counts.dead - before.dead).max(0) as u64,
         elapsed,
     })
-}
-
-/// Is any delivery pending or waiting for a retry?
-async fn anything_due(db: &Database) -> Result<bool, sqlx::Error> {
-    on_pool!(db, |p| sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM inbox WHERE status IN ('pending', 'failed'))"
-    )
-    .fetch_one(p)
-    .await)
 }

@@ -47,14 +47,12 @@ impl GroupCommitter {
         // Bounded: under overload, handlers wait here (backpressure) instead of
         // growing memory without limit.
         let (tx, rx) = mpsc::channel(8192);
-        // On SQLite the writer takes turns at the one write lock with the apply
-        // loop: a thread of its own (measured: ~3% more deliveries applied per
-        // second end to end).
-        let handle = if matches!(db, Database::Sqlite(..)) {
-            crate::store::sqlite::spawn_gate_thread("inbox-writer", writer(db, rx, committed))
-        } else {
-            tokio::spawn(writer(db, rx, committed))
-        };
+        // Where the backend's writers run best (SQLite: a thread of its own,
+        // taking turns at the one write lock with the apply loop; measured ~3%
+        // more deliveries applied per second end to end).
+        let handle = db
+            .clone()
+            .spawn_writer("inbox-writer", writer(db, rx, committed));
         (GroupCommitter { tx }, handle)
     }
 

@@ -1,15 +1,17 @@
-//! Opening the database named by the URL and running its migrations.
+//! The [`Database`] handle: opening the database the URL names, and the
+//! methods the rest of the program calls, each dispatched to the backend.
 //!
-//! Owns: connection pools and their durability settings. Must never: pick a
-//! backend anywhere but here (everything else receives a [`Database`]).
+//! Owns: picking a backend (here and in the [`backend!`] dispatch only) and the
+//! start-up errors. Must never: hold backend SQL (that is in `store/sqlite/`
+//! and `store/postgres/`), or take a backend's locks for it.
 
-use crate::config::{redact_url, DatabaseUrl};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use crate::config::DatabaseUrl;
+use crate::store::feed::{FeedEntry, FeedFilter};
+use crate::store::inbox::{ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts};
+use crate::store::sqlite::WriteGate;
+use crate::store::{ApplyStore, FeedStore, InboxStore, MaintenanceStore, StoreError};
 use sqlx::{PgPool, SqlitePool};
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -54,17 +56,39 @@ pub enum DbError {
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
-    Sql(#[from] sqlx::Error),
+    Store(#[from] StoreError),
 }
 
 /// The one database every stage shares: the inbox and the store live together so
 /// an event's effects and its "done" mark commit in one transaction.
+///
+/// Its variants are for the store's own dispatch (and tests that inspect a
+/// database directly); the program talks to it through its methods.
 #[derive(Clone, Debug)]
 pub enum Database {
-    /// The pool, and the gate every write transaction passes (see [`Database::write_lock`]).
+    /// The pool (migrations, tests), and the gate that owns the writer and reader
+    /// connections every statement of the backend runs on (`store::sqlite`).
     Sqlite(SqlitePool, Arc<WriteGate>),
     Postgres(PgPool),
 }
+
+/// Runs `$body` with `$b` bound to the database's backend, which implements the
+/// store's traits. The one place a backend is picked (besides [`Database::open`]).
+macro_rules! backend {
+    ($db:expr, |$b:ident| $body:expr) => {
+        match $db {
+            Database::Sqlite(pool, gate) => {
+                let $b = crate::store::sqlite::Sqlite { pool, gate };
+                $body
+            }
+            Database::Postgres(pool) => {
+                let $b = crate::store::postgres::Postgres { pool };
+                $body
+            }
+        }
+    };
+}
+pub(crate) use backend;
 
 impl Database {
     /// Opens a database that must already exist, and migrates it: for commands
@@ -72,14 +96,7 @@ impl Database {
     /// a mistyped path must not silently become an empty store.
     pub async fn open_existing(url: &DatabaseUrl) -> Result<Database, DbError> {
         if let DatabaseUrl::Sqlite(u) = url {
-            if let Ok(opts) = SqliteConnectOptions::from_str(u) {
-                let file = opts.get_filename();
-                if file.as_os_str() != ":memory:" && !file.exists() {
-                    return Err(DbError::Missing {
-                        path: file.display().to_string(),
-                    });
-                }
-            }
+            crate::store::sqlite::check_exists(u)?;
         }
         // PostgreSQL: a missing database is refused by the server itself.
         Database::open(url).await
@@ -87,134 +104,52 @@ impl Database {
 
     /// Opens (creating a SQLite file if needed) and migrates.
     pub async fn open(url: &DatabaseUrl) -> Result<Database, DbError> {
-        let db = match url {
-            DatabaseUrl::Sqlite(u) => {
-                let opts = SqliteConnectOptions::from_str(u).map_err(|source| DbError::Open {
-                    url: u.clone(),
-                    source,
-                })?;
-                let file = opts.get_filename().to_path_buf();
-                if u.contains(":memory:")
-                    || u.contains("mode=memory")
-                    || file.as_os_str() == ":memory:"
-                {
-                    return Err(DbError::InMemory(u.clone()));
-                }
-                if let Some(dir) = opts.get_filename().parent() {
-                    if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
-                            path: dir.display().to_string(),
-                            source,
-                        })?;
-                    }
-                }
-                // WAL + synchronous=FULL for the pool's (rare) writes: a commit
-                // returns only after the WAL is fsynced. The hot writer connection
-                // fsyncs outside the gate instead (store::sqlite::open_writer).
-                let opts = opts
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(10))
-                    // 4 MB of page cache per connection: the OS page cache holds
-                    // the rest, and 8 connections x 16 MB blew the memory budget.
-                    .pragma("cache_size", "-4000")
-                    // Erased values must not survive in freed space (store::maintenance).
-                    .pragma("secure_delete", "ON")
-                    .foreign_keys(true);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(opts)
-                    .await
-                    .map_err(|source| DbError::Open {
-                        url: u.clone(),
-                        source,
-                    })?;
-                crate::store::migrations::sqlite().run(&pool).await?;
-                let writer = crate::store::sqlite::open_writer(&file).map_err(|source| {
-                    DbError::OpenWriter {
-                        url: u.clone(),
-                        source,
-                    }
-                })?;
-                let wal = crate::store::sqlite::open_wal(&file).map_err(|source| DbError::Wal {
-                    path: format!("{}-wal", file.display()),
-                    source,
-                })?;
-                let gate = Arc::new(WriteGate::new(writer, wal, file.clone()));
-                crate::store::sqlite::spawn_checkpointer(&file, Arc::downgrade(&gate)).map_err(
-                    |source| DbError::OpenWriter {
-                        url: u.clone(),
-                        source,
-                    },
-                )?;
-                Database::Sqlite(pool, gate)
-            }
-            DatabaseUrl::Postgres(u) => {
-                let opts = PgConnectOptions::from_str(u).map_err(|source| DbError::Open {
-                    url: redact_url(u),
-                    source,
-                })?;
-                check_postgres(&opts, u).await?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(opts)
-                    .await
-                    .map_err(|source| DbError::Open {
-                        url: redact_url(u),
-                        source,
-                    })?;
-                crate::store::migrations::postgres().run(&pool).await?;
-                Database::Postgres(pool)
-            }
-        };
-        Ok(db)
-    }
-
-    /// Taken around every short write on SQLite (ingress appends, checkpoints,
-    /// operator actions). See [`WriteGate`].
-    pub async fn write_lock(&self) -> Option<WriteGuard> {
-        match self {
-            Database::Sqlite(_, gate) => Some(gate.urgent().await),
-            Database::Postgres(_) => None,
+        match url {
+            DatabaseUrl::Sqlite(u) => crate::store::sqlite::open(u).await,
+            DatabaseUrl::Postgres(u) => crate::store::postgres::open(u).await,
         }
     }
 
-    /// Taken around the processor's apply transactions and claims on SQLite:
-    /// they yield to waiting short writes (see [`WriteGate`]).
-    pub async fn background_write_lock(&self) -> Option<WriteGuard> {
+    /// How the processor should apply on this backend.
+    pub fn strategy(&self) -> ApplyStrategy {
+        backend!(self, |b| b.strategy())
+    }
+
+    /// Runs `fut`, a loop that takes turns writing, where the backend's writers
+    /// run best (SQLite: a thread of its own, see `store::sqlite::spawn_gate_thread`;
+    /// elsewhere: a task). The handle resolves when it ends.
+    pub fn spawn_writer<F>(&self, name: &str, fut: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         match self {
-            Database::Sqlite(_, gate) => Some(gate.background().await),
-            Database::Postgres(_) => None,
+            Database::Sqlite(..) => crate::store::sqlite::spawn_gate_thread(name, fut),
+            Database::Postgres(_) => tokio::spawn(fut),
         }
     }
 
-    /// Makes every commit so far durable (SQLite: fsyncs the WAL without holding
-    /// the write gate; PostgreSQL's commits already are).
-    pub fn sync(&self) -> Result<(), sqlx::Error> {
+    /// Runs `fut`, whose awaits are calls on a transaction of this database,
+    /// as the backend runs them best (SQLite: polled on this thread, every call
+    /// completes at once; elsewhere: awaited).
+    pub async fn run_tx<F: std::future::Future>(&self, fut: F) -> F::Output {
         match self {
-            Database::Sqlite(_, gate) => {
-                crate::store::sqlite::sync_wal(&gate.wal).map_err(sqlx::Error::Io)
-            }
-            Database::Postgres(_) => Ok(()),
+            Database::Sqlite(..) => crate::store::sqlite::run_blocking(fut),
+            Database::Postgres(_) => fut.await,
         }
     }
 
     /// Is the database answering? (`/readyz`)
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        match self {
-            Database::Sqlite(p, _) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
-            Database::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
-        }
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        backend!(self, |b| b.ping().await)
+    }
+
+    /// Connections open, and how many of them are idle (`/metrics`).
+    pub fn pool_stats(&self) -> (u32, usize) {
+        backend!(self, |b| b.pool_stats())
     }
 
     pub async fn close(&self) {
-        match self {
-            Database::Sqlite(p, _) => p.close().await,
-            Database::Postgres(p) => p.close().await,
-        }
+        backend!(self, |b| b.close().await)
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -223,214 +158,136 @@ impl Database {
             Database::Postgres(_) => "postgres",
         }
     }
-}
 
-/// How long one first connection to PostgreSQL may take before start-up gives up.
-const PG_CONNECT_SECS: u64 = 10;
-
-/// One connection before the pool: the pool retries a failed connect until its
-/// acquire timeout and then only says "pool timed out", where a single attempt
-/// tells a refused port at once, and which database or schema is missing.
-async fn check_postgres(opts: &PgConnectOptions, url: &str) -> Result<(), DbError> {
-    use sqlx::{ConnectOptions, Connection};
-    let addr = format!("{}:{}", opts.get_host(), opts.get_port());
-    let name = opts
-        .get_database()
-        .unwrap_or(opts.get_username())
-        .to_string();
-    let timeout = Duration::from_secs(PG_CONNECT_SECS);
-    let mut conn = match tokio::time::timeout(timeout, opts.connect()).await {
-        Err(_) => {
-            return Err(DbError::PgTimeout {
-                addr,
-                secs: PG_CONNECT_SECS,
-            })
-        }
-        Ok(Ok(c)) => c,
-        Ok(Err(sqlx::Error::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Err(DbError::PgRefused { addr })
-        }
-        Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("3D000") => {
-            return Err(DbError::PgNoDatabase { name, addr })
-        }
-        Ok(Err(source)) => {
-            return Err(DbError::Open {
-                url: redact_url(url),
-                source,
-            })
-        }
-    };
-    // With no schema on the search_path that exists, every CREATE fails with "no
-    // schema has been selected to create in": say which path, once.
-    let schema: Result<(Option<String>, String), sqlx::Error> = async {
-        let current = sqlx::query_scalar("SELECT current_schema()")
-            .fetch_one(&mut conn)
-            .await?;
-        let path = sqlx::query_scalar("SHOW search_path")
-            .fetch_one(&mut conn)
-            .await?;
-        Ok((current, path))
-    }
-    .await;
-    let _ = conn.close().await;
-    match schema {
-        Ok((None, search_path)) => {
-            // The schema named on the path, leaving out the default "$user".
-            let named: Vec<&str> = search_path
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && *s != "\"$user\"")
-                .collect();
-            let schema = match named.as_slice() {
-                [one] => one.to_string(),
-                _ => "...".to_string(),
-            };
-            Err(DbError::PgNoSchema {
-                search_path,
-                name,
-                schema,
-            })
-        }
-        Ok(_) => Ok(()),
-        Err(source) => Err(DbError::Open {
-            url: redact_url(url),
-            source,
-        }),
-    }
-}
-
-/// Runs the same sqlx code on whichever pool the database has. The SQL text is
-/// shared (both backends accept `$n` parameters); only the pool type differs, and
-/// the body must evaluate to the same type on both arms.
-macro_rules! on_pool {
-    ($db:expr, |$p:ident| $body:expr) => {
-        match $db {
-            $crate::store::db::Database::Sqlite($p, ..) => $body,
-            $crate::store::db::Database::Postgres($p) => $body,
-        }
-    };
-}
-pub(crate) use on_pool;
-
-/// Orders SQLite's writers in the process.
-///
-/// SQLite has one writer at a time; left to itself, a second writer waits in
-/// SQLite's busy handler, which sleeps in growing steps (up to 100 ms) and lets
-/// newcomers overtake: under load that showed as 1-2 s stalls. Here writers queue
-/// on a fair async mutex instead, and readers (WAL) are untouched. Short writes
-/// (a webhook's durable append: someone is waiting for the ack) and the
-/// processor's apply batches alternate: at most one background writer waits for
-/// the gate, and it lets an already waiting short writer through first, so an
-/// ack waits for at most one (small) apply transaction and apply never starves.
-///
-/// The gate owns the writer connection of the hot paths (`store::sqlite`): holding
-/// the gate is what gives access to it. Rare writes still go through the pool
-/// while holding the gate.
-///
-/// It also keeps the read-only connections of the hot reads ([`WriteGate::read`]):
-/// they belong to the same file and need no gate.
-#[derive(Debug)]
-pub struct WriteGate {
-    lock: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
-    background: Arc<tokio::sync::Mutex<()>>,
-    urgent_waiting: std::sync::atomic::AtomicUsize,
-    urgent_done: tokio::sync::Notify,
-    /// The writer's WAL file, fsynced outside the gate ([`Database::sync`]).
-    wal: std::fs::File,
-    /// The database file, for reader connections ([`WriteGate::read`]).
-    path: std::path::PathBuf,
-    /// Reader connections kept for [`WriteGate::read`].
-    readers: std::sync::Mutex<Vec<rusqlite::Connection>>,
-}
-
-/// Holds the gate until dropped.
-pub struct WriteGuard {
-    lock: tokio::sync::OwnedMutexGuard<rusqlite::Connection>,
-    _background: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl WriteGuard {
-    /// SQLite's writer connection, which only the gate's holder may use.
-    pub fn conn(&mut self) -> &mut rusqlite::Connection {
-        &mut self.lock
-    }
-}
-
-impl WriteGate {
-    fn new(
-        writer: rusqlite::Connection,
-        wal: std::fs::File,
-        path: std::path::PathBuf,
-    ) -> WriteGate {
-        WriteGate {
-            wal,
-            path,
-            readers: Default::default(),
-            lock: Arc::new(tokio::sync::Mutex::new(writer)),
-            background: Default::default(),
-            urgent_waiting: Default::default(),
-            urgent_done: Default::default(),
-        }
+    /// Appends deliveries whose svix-ids are distinct, in one transaction; for
+    /// each row, whether it was new. Durable when it returns.
+    pub async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>, StoreError> {
+        backend!(self, |b| b.append(rows).await)
     }
 
-    /// Runs a read on a reader connection of its own (opened on first need and
-    /// kept), blocking: for reads that return many rows often (due events, the
-    /// change feed), where sqlx's per-row hand-off between threads cost more
-    /// than the read (`perf` at saturation: sqlx's worker thread used ~14% of
-    /// the server's samples and switched context about once per row).
-    pub fn read<R>(
+    /// Leases up to `limit` due events, oldest first.
+    pub async fn claim(
         &self,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>,
-    ) -> Result<R, sqlx::Error> {
-        use crate::store::sqlite::{blocking, db_err, open_reader};
-        let pooled = self
-            .readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_reader(&self.path).map_err(db_err)?,
-        };
-        let out = blocking(|| f(&conn)).map_err(db_err);
-        self.readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(conn);
-        out
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut rows = backend!(self, |b| b.claim(now, lease_until, limit).await)?;
+        rows.sort_by_key(|d| d.seq);
+        Ok(rows)
     }
 
-    async fn urgent(&self) -> WriteGuard {
-        use std::sync::atomic::Ordering;
-        self.urgent_waiting.fetch_add(1, Ordering::SeqCst);
-        let lock = self.lock.clone().lock_owned().await;
-        self.urgent_waiting.fetch_sub(1, Ordering::SeqCst);
-        self.urgent_done.notify_waiters();
-        WriteGuard {
-            lock,
-            _background: None,
-        }
+    /// Due events, oldest first, without leasing them, leaving out `skip`.
+    pub async fn due(
+        &self,
+        now: i64,
+        skip: &[i64],
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        backend!(self, |b| b.due(now, skip, limit).await)
     }
 
-    async fn background(&self) -> WriteGuard {
-        use std::sync::atomic::Ordering;
-        let background = self.background.clone().lock_owned().await;
-        // Let a short writer that is already waiting go first, but only that one:
-        // waiting until none waits would starve apply under steady webhook
-        // traffic (measured: 1.5 s sync lag at 2,000 deliveries/s). The mutex is
-        // FIFO, so from here on the two kinds of writer alternate.
-        if self.urgent_waiting.load(Ordering::SeqCst) > 0 {
-            let done = self.urgent_done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if self.urgent_waiting.load(Ordering::SeqCst) > 0 {
-                let _ = tokio::time::timeout(std::time::Duration::from_millis(20), done).await;
-            }
-        }
-        WriteGuard {
-            lock: self.lock.clone().lock_owned().await,
-            _background: Some(background),
-        }
+    /// Gives back leases (shutdown).
+    pub async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        backend!(self, |b| b.release(seqs).await)
+    }
+
+    /// Records a failed attempt: retried after `next_attempt_at`, or dead.
+    pub async fn mark_failed(
+        &self,
+        seq: i64,
+        error: &str,
+        dead: bool,
+        next_attempt_at: i64,
+    ) -> Result<(), StoreError> {
+        // Bounded: an error message is for humans, not a place to store payloads.
+        let error: String = error.chars().take(2000).collect();
+        backend!(self, |b| b
+            .mark_failed(seq, &error, dead, next_attempt_at)
+            .await)
+    }
+
+    /// Inbox rows by status.
+    pub async fn inbox_counts(&self) -> Result<StatusCounts, StoreError> {
+        backend!(self, |b| b.counts().await)
+    }
+
+    /// Is any delivery pending or waiting for a retry?
+    pub async fn anything_due(&self) -> Result<bool, StoreError> {
+        backend!(self, |b| b.anything_due().await)
+    }
+
+    /// Queues again the done deliveries received at or after `since_ms`; how many.
+    pub async fn requeue_since(&self, since_ms: i64) -> Result<u64, StoreError> {
+        backend!(self, |b| b.requeue_since(since_ms).await)
+    }
+
+    /// How many deliveries the inbox holds.
+    pub async fn inbox_len(&self) -> Result<i64, StoreError> {
+        backend!(self, |b| b.len().await)
+    }
+
+    /// The stored log after `after`, in seq order, discarded deliveries left out.
+    pub async fn log_page(&self, after: i64, limit: i64) -> Result<Vec<LogRow>, StoreError> {
+        backend!(self, |b| b.log_page(after, limit).await)
+    }
+
+    /// The feed entries of `filter` after `after`, oldest first.
+    pub async fn read_feed(
+        &self,
+        filter: FeedFilter<'_>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<FeedEntry>, StoreError> {
+        backend!(self, |b| b.read_feed(filter, after, limit).await)
+    }
+
+    /// How many of `filter`'s entries follow `after`, up to `cap`.
+    pub async fn count_feed(
+        &self,
+        filter: FeedFilter<'_>,
+        after: i64,
+        cap: i64,
+    ) -> Result<i64, StoreError> {
+        backend!(self, |b| b.count_feed(filter, after, cap).await)
+    }
+
+    /// The newest feed entry's seq (0 when the feed is empty).
+    pub async fn last_feed_seq(&self) -> Result<i64, StoreError> {
+        backend!(self, |b| b.last_feed_seq().await)
+    }
+
+    /// A consumer's saved checkpoint, if it has one.
+    pub async fn load_checkpoint(&self, consumer: &str) -> Result<Option<i64>, StoreError> {
+        backend!(self, |b| b.load_checkpoint(consumer).await)
+    }
+
+    /// Creates a consumer's checkpoint at 0 unless it exists.
+    pub async fn register_consumer(&self, consumer: &str, now: i64) -> Result<(), StoreError> {
+        backend!(self, |b| b.register_consumer(consumer, now).await)
+    }
+
+    /// Saves a consumer's checkpoint, durably.
+    pub async fn save_checkpoint(
+        &self,
+        consumer: &str,
+        seq: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        backend!(self, |b| b.save_checkpoint(consumer, seq, now).await)
+    }
+
+    /// Refreshes planner statistics of the tables that grew (PostgreSQL; a
+    /// no-op elsewhere).
+    pub async fn refresh_statistics(&self) -> Result<(), StoreError> {
+        backend!(self, |b| b.refresh_statistics().await)
+    }
+
+    /// Keeps planner statistics fresh until `cancel` (PostgreSQL: tables that
+    /// grow from empty are planned as empty for a minute otherwise; returns at
+    /// once elsewhere).
+    pub async fn keep_statistics_fresh(&self, cancel: tokio_util::sync::CancellationToken) {
+        backend!(self, |b| b.keep_statistics_fresh(cancel).await)
     }
 }
 

@@ -1,6 +1,11 @@
-//! Inbox queries for operators: listing, showing, retrying, discarding events.
+//! The inbox as operators see it: listing, showing, retrying, discarding events.
+//!
+//! Owns: the operators' types and which status changes are allowed. Must
+//! never: hold backend-specific SQL (the backends run it), or move an event
+//! out of `done` (applied effects cannot be taken back).
 
-use crate::store::db::{on_pool, Database};
+use crate::store::db::{backend, Database};
+use crate::store::{EventStore, InboxStore, StoreError};
 
 /// An inbox row as operators see it (the body only in `show`).
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -18,7 +23,8 @@ pub struct EventRecord {
     pub duration_us: Option<i64>,
 }
 
-const FIELDS: &str =
+/// The inbox columns of an [`EventRecord`], in its order.
+pub(crate) const EVENT_FIELDS: &str =
     "seq, svix_id, event_type, entity_key, status, attempts, last_error, received_at, \
                       processed_at, next_attempt_at, duration_us";
 
@@ -43,42 +49,17 @@ pub async fn list(
     f: &EventFilter,
     before_seq: Option<i64>,
     limit: i64,
-) -> Result<Vec<EventRecord>, sqlx::Error> {
-    // Absent filters bind as NULL and match everything: one statement, no string building.
-    let sql = format!(
-        "SELECT {FIELDS} FROM inbox WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR event_type = $2) \
-         AND ($3 IS NULL OR entity_key = $3) AND ($4 IS NULL OR received_at >= $4) \
-         AND ($5 IS NULL OR received_at < $5) AND seq < $6 ORDER BY seq DESC LIMIT $7"
-    );
-    on_pool!(db, |p| sqlx::query_as(&sql)
-        .bind(f.status.as_deref())
-        .bind(f.event_type.as_deref())
-        .bind(f.entity.as_deref())
-        .bind(f.since)
-        .bind(f.until)
-        .bind(before_seq.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(p)
-        .await)
+) -> Result<Vec<EventRecord>, StoreError> {
+    let before = before_seq.unwrap_or(i64::MAX);
+    backend!(db, |b| b.list(f, before, limit).await)
 }
 
+/// An event and its body.
 pub async fn show(
     db: &Database,
     svix_id: &str,
-) -> Result<Option<(EventRecord, String)>, sqlx::Error> {
-    let sql = format!("SELECT {FIELDS} FROM inbox WHERE svix_id = $1");
-    let rec: Option<EventRecord> = on_pool!(db, |p| sqlx::query_as(&sql)
-        .bind(svix_id)
-        .fetch_optional(p)
-        .await)?;
-    let Some(rec) = rec else { return Ok(None) };
-    let body: String = on_pool!(db, |p| sqlx::query_scalar(
-        "SELECT body FROM inbox_bodies WHERE seq = $1"
-    )
-    .bind(rec.seq)
-    .fetch_one(p)
-    .await)?;
-    Ok(Some((rec, body)))
+) -> Result<Option<(EventRecord, String)>, StoreError> {
+    backend!(db, |b| b.show(svix_id).await)
 }
 
 /// What `retry`/`discard` found.
@@ -111,7 +92,7 @@ pub const RETRYABLE: &[&str] = &["failed", "dead", "discarded"];
 pub const DISCARDABLE: &[&str] = &["pending", "failed", "dead"];
 
 /// Queues a failed, dead or discarded event for an immediate new attempt.
-pub async fn retry(db: &Database, svix_id: &str) -> Result<Transition, sqlx::Error> {
+pub async fn retry(db: &Database, svix_id: &str) -> Result<Transition, StoreError> {
     transition(
         db,
         svix_id,
@@ -122,7 +103,7 @@ pub async fn retry(db: &Database, svix_id: &str) -> Result<Transition, sqlx::Err
 }
 
 /// Sets an unprocessed event aside: kept for the record, never applied.
-pub async fn discard(db: &Database, svix_id: &str) -> Result<Transition, sqlx::Error> {
+pub async fn discard(db: &Database, svix_id: &str) -> Result<Transition, StoreError> {
     transition(
         db,
         svix_id,
@@ -132,45 +113,27 @@ pub async fn discard(db: &Database, svix_id: &str) -> Result<Transition, sqlx::E
     .await
 }
 
-async fn transition(db: &Database, svix_id: &str, sql: &str) -> Result<Transition, sqlx::Error> {
-    let gate = db.write_lock().await;
-    let n = on_pool!(db, |p| sqlx::query(sql)
-        .bind(svix_id)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?;
-    drop(gate);
+async fn transition(
+    db: &Database,
+    svix_id: &str,
+    sql: &'static str,
+) -> Result<Transition, StoreError> {
+    let n = backend!(db, |b| b.update_event(sql, svix_id).await)?;
     if n > 0 {
         return Ok(Transition::Done);
     }
-    let status: Option<String> = on_pool!(db, |p| sqlx::query_scalar(
-        "SELECT status FROM inbox WHERE svix_id = $1"
-    )
-    .bind(svix_id)
-    .fetch_optional(p)
-    .await)?;
-    Ok(match status {
+    Ok(match backend!(db, |b| b.event_status(svix_id).await)? {
         Some(status) => Transition::Conflict { status },
         None => Transition::NotFound,
     })
 }
 
 /// Queues every dead event for a new attempt; returns how many.
-pub async fn retry_all_dead(db: &Database) -> Result<u64, sqlx::Error> {
-    let _gate = db.write_lock().await;
-    on_pool!(db, |p| {
-        sqlx::query(
-        "UPDATE inbox SET status = 'pending', next_attempt_at = 0, leased_until = NULL WHERE status = 'dead'"
-    )
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected())
-    })
+pub async fn retry_all_dead(db: &Database) -> Result<u64, StoreError> {
+    backend!(db, |b| b.retry_all_dead().await)
 }
 
-/// Received-at (ms) of the oldest pending event: by `seq`, so the inbox's
-/// (status, seq) index answers it without scanning a backlog.
-pub async fn oldest_pending_received_at(db: &Database) -> Result<Option<i64>, sqlx::Error> {
-    const Q: &str = "SELECT received_at FROM inbox WHERE status = 'pending' ORDER BY seq LIMIT 1";
-    on_pool!(db, |p| sqlx::query_scalar(Q).fetch_optional(p).await)
+/// Received-at (ms) of the oldest pending event.
+pub async fn oldest_pending_received_at(db: &Database) -> Result<Option<i64>, StoreError> {
+    backend!(db, |b| b.oldest_pending_received_at().await)
 }

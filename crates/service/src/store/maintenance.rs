@@ -1,9 +1,25 @@
-//! Retention: purging expired archive rows and erasing deleted users' data;
-//! keeping PostgreSQL's planner statistics fresh while tables grow.
+//! Retention: purging expired archive rows and erasing deleted users' data,
+//! pruning the change feed; the database's own upkeep.
+//!
+//! Owns: which rows hold a deleted user's data and the order they are purged
+//! in (the `purge_impl!` walk, run by each backend under its own write
+//! discipline). Must never: decide how a value is redacted (that policy is
+//! `sync::erasure`'s, handed in as a [`Redaction`]), or hold a purge
+//! transaction longer than [`ERASE_USERS_PER_TX`] users.
 
-use crate::clerk::envelope::contacts_in;
-use crate::store::db::Database;
-use crate::sync::erasure::{redact_body, redact_changes};
+use crate::store::db::{backend, Database};
+use crate::store::{FeedStore, MaintenanceStore, StoreError};
+
+pub use crate::store::postgres::analyze_grown_tables;
+
+/// How erased values are rewritten: the policy, from `sync::erasure`.
+#[derive(Debug, Clone, Copy)]
+pub struct Redaction {
+    /// A delivery body reduced to what routing and replay need.
+    pub body: fn(&str) -> String,
+    /// An audit row's `changes` with its before/after values replaced.
+    pub changes: fn(&str) -> String,
+}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeReport {
@@ -17,11 +33,11 @@ pub struct PurgeReport {
 /// acks waited over 10 s). At 50 the gate is held for tens of milliseconds.
 pub const ERASE_USERS_PER_TX: u64 = 50;
 /// Most expired archive rows one purge transaction reads.
-const ARCHIVE_ROWS_PER_TX: i64 = 500;
+pub(crate) const ARCHIVE_ROWS_PER_TX: i64 = 500;
 
 /// Redacts the personal values of the audit rows whose `$col` is `$id`.
 macro_rules! redact_audit {
-    ($tx:expr, $col:literal, $id:expr) => {{
+    ($tx:expr, $redact:expr, $col:literal, $id:expr) => {{
         let audits: Vec<(i64, String)> = sqlx::query_as(concat!(
             "SELECT seq, changes FROM audit WHERE ",
             $col,
@@ -33,15 +49,21 @@ macro_rules! redact_audit {
         for (aseq, changes) in audits {
             sqlx::query("UPDATE audit SET changes = $2 WHERE seq = $1")
                 .bind(aseq)
-                .bind(redact_changes(&changes))
+                .bind(($redact.changes)(&changes))
                 .execute(&mut *$tx)
                 .await?;
         }
     }};
 }
 
+/// One purge transaction on a sqlx pool (both backends' pools accept this SQL;
+/// each backend calls it under its own write discipline).
 macro_rules! purge_impl {
-    ($pool:expr, $cutoff:expr) => {{
+    ($pool:expr, $cutoff:expr, $redact:expr) => {{
+        use crate::store::maintenance::{
+            message_table, PurgeReport, ARCHIVE_ROWS_PER_TX, ERASE_USERS_PER_TX,
+        };
+        let redact: &crate::store::maintenance::Redaction = $redact;
         let pool = $pool;
         let mut report = PurgeReport::default();
         let mut tx = pool.begin().await?;
@@ -59,12 +81,12 @@ macro_rules! purge_impl {
                     break;
                 }
                 let uid = entity_id.as_str();
-                redact_audit!(tx, "user_id", uid);
+                crate::store::maintenance::redact_audit!(tx, redact, "user_id", uid);
                 // The user's addresses and numbers: from its last record and
                 // from every delivery about it (an address it no longer had).
                 let mut contacts = Vec::new();
                 if let Some(v) = data.as_deref().and_then(|d| serde_json::from_str(d).ok()) {
-                    contacts_in(&v, &mut contacts);
+                    crate::clerk::envelope::contacts_in(&v, &mut contacts);
                 }
                 let known: Vec<String> = sqlx::query_scalar(
                     "SELECT DISTINCT c.contact FROM inbox i JOIN inbox_contacts c ON c.seq = i.seq \
@@ -112,7 +134,7 @@ macro_rules! purge_impl {
                     if let Some(body) = body {
                         sqlx::query("UPDATE inbox_bodies SET body = $2 WHERE seq = $1")
                             .bind(iseq)
-                            .bind(redact_body(&body))
+                            .bind((redact.body)(&body))
                             .execute(&mut *tx)
                             .await?;
                     }
@@ -133,7 +155,7 @@ macro_rules! purge_impl {
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
-                    redact_audit!(tx, "entity_id", id);
+                    crate::store::maintenance::redact_audit!(tx, redact, "entity_id", id);
                 }
                 for t in ["sessions", "memberships"] {
                     sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1 AND deleted = $2"))
@@ -168,9 +190,11 @@ macro_rules! purge_impl {
         Ok(report)
     }};
 }
+pub(crate) use purge_impl;
+pub(crate) use redact_audit;
 
 /// The table of the message an email or SMS delivery is about.
-fn message_table(event_type: &str) -> Option<&'static str> {
+pub(crate) fn message_table(event_type: &str) -> Option<&'static str> {
     match event_type.split('.').next() {
         Some("email") => Some("emails"),
         Some("sms") => Some("sms_messages"),
@@ -180,37 +204,24 @@ fn message_table(event_type: &str) -> Option<&'static str> {
 
 /// Purges, in one short transaction, archive rows older than `cutoff_ms` (at
 /// most 500) and erases the personal data of the deleted users among them (at
-/// most [`ERASE_USERS_PER_TX`]). Call it again until it reports no archive
-/// rows, yielding in between: on SQLite it waits for the write gate behind
-/// webhook appends (the background side), so intake goes on between calls.
-pub async fn purge_expired(db: &Database, cutoff_ms: i64) -> Result<PurgeReport, sqlx::Error> {
-    let _gate = db.background_write_lock().await;
-    match db {
-        Database::Sqlite(p, ..) => purge_impl!(p, cutoff_ms),
-        Database::Postgres(p) => purge_impl!(p, cutoff_ms),
-    }
+/// most [`ERASE_USERS_PER_TX`]), rewriting values as `redact` says. Call it
+/// again until it reports no archive rows, yielding in between: the backend
+/// lets intake go first (SQLite: the background side of the write gate).
+pub async fn purge_expired(
+    db: &Database,
+    cutoff_ms: i64,
+    redact: &Redaction,
+) -> Result<PurgeReport, StoreError> {
+    backend!(db, |b| b.purge_expired(cutoff_ms, redact).await)
 }
 
-/// After an erasure on SQLite: copies the WAL into the database and truncates
-/// it to zero bytes, so the frames that still held the erased values (their
-/// pages before the redaction) are gone from disk. The database file itself
-/// keeps no copy: every connection writes with `secure_delete`, which zeroes
-/// freed space. PostgreSQL keeps old row versions until VACUUM reclaims them
-/// (autovacuum does; run `VACUUM` to be sure at once). Returns whether the WAL
-/// was truncated (false while a reader still holds an old snapshot: the next
-/// erasure tries again).
-pub async fn truncate_wal(db: &Database) -> Result<bool, sqlx::Error> {
-    let Some(mut gate) = db.write_lock().await else {
-        return Ok(true);
-    };
-    let conn = gate.conn();
-    let (busy, _, _): (i64, i64, i64) = crate::store::sqlite::blocking(|| {
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-    })
-    .map_err(crate::store::sqlite::db_err)?;
-    Ok(busy == 0)
+/// After an erasure: removes the old copies of erased values the backend
+/// still keeps on disk (SQLite: checkpoints and truncates the WAL; PostgreSQL
+/// keeps old row versions until VACUUM, which autovacuum runs). Returns false
+/// when that has to wait (a reader still holds an old snapshot): the next
+/// erasure tries again.
+pub async fn truncate_wal(db: &Database) -> Result<bool, StoreError> {
+    backend!(db, |b| b.scrub_after_erasure().await)
 }
 
 /// Deletes up to `limit` change-feed entries committed before `cutoff_ms` that
@@ -218,85 +229,23 @@ pub async fn truncate_wal(db: &Database) -> Result<bool, sqlx::Error> {
 /// how many. Entries a consumer still needs stay, however old: a consumer that
 /// stopped for a week resumes without a gap. A consumer removed for good should
 /// have its row deleted from `feed_checkpoints`, or it holds the feed forever.
-pub async fn prune_feed(db: &Database, cutoff_ms: i64, limit: i64) -> Result<u64, sqlx::Error> {
-    let (oldest, newest): (i64, i64) = crate::store::db::on_pool!(db, |p| sqlx::query_as(
-        "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM change_feed"
-    )
-    .fetch_one(p)
-    .await)?;
-    let checkpoint: i64 = crate::store::db::on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
-        "SELECT COALESCE(MIN(seq), 0) FROM feed_checkpoints"
-    )
-    .fetch_one(p)
-    .await)?;
-    // A bounded seq range from the oldest entry: the delete never scans the
-    // whole feed, however long it is. The newest entry always stays: it is the
-    // feed's head, which realtime clients resume against.
-    let upper = checkpoint.min(oldest + limit - 1).min(newest - 1);
-    if oldest == 0 || upper < oldest {
-        return Ok(0);
-    }
-    let _gate = db.background_write_lock().await;
-    crate::store::db::on_pool!(db, |p| sqlx::query(
-        "DELETE FROM change_feed WHERE seq >= $1 AND seq <= $2 AND committed_at < $3"
-    )
-    .bind(oldest)
-    .bind(upper)
-    .bind(cutoff_ms)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected()))
+pub async fn prune_feed(db: &Database, cutoff_ms: i64, limit: i64) -> Result<u64, StoreError> {
+    backend!(db, |b| {
+        let oldest = b.oldest_feed_seq().await?;
+        let newest = b.last_feed_seq().await?;
+        let checkpoint = b.min_checkpoint().await?;
+        // A bounded seq range from the oldest entry: the delete never scans the
+        // whole feed, however long it is. The newest entry always stays: it is the
+        // feed's head, which realtime clients resume against.
+        let upper = checkpoint.min(oldest + limit - 1).min(newest - 1);
+        if oldest == 0 || upper < oldest {
+            return Ok(0);
+        }
+        b.delete_feed(oldest, upper, cutoff_ms).await
+    })
 }
 
 /// The oldest change-feed entry still kept (0 when the feed is empty).
-pub async fn oldest_feed_seq(db: &Database) -> Result<i64, sqlx::Error> {
-    crate::store::db::on_pool!(db, |p| sqlx::query_scalar::<_, i64>(
-        "SELECT COALESCE(MIN(seq), 0) FROM change_feed"
-    )
-    .fetch_one(p)
-    .await)
-}
-
-/// How often [`keep_statistics_fresh`] looks at the tables.
-const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// PostgreSQL plans statements from table statistics, and autovacuum refreshes
-/// them about once a minute: a service (or a replay) starting on empty tables
-/// runs its first minute on plans made for empty tables, which scan whole tables
-/// (measured: a replay of 100k events went from 1,600 to 3,500 events/s with
-/// fresh statistics). Every few seconds this analyzes the tables that have
-/// changed as many rows as they hold (a table that grew from empty, or doubled),
-/// so it costs nothing once the tables are large. Runs until `cancel`.
-pub async fn keep_statistics_fresh(
-    pool: sqlx::PgPool,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(STATS_EVERY) => {}
-            _ = cancel.cancelled() => return,
-        }
-        if let Err(e) = analyze_grown_tables(&pool).await {
-            tracing::debug!(error = %e, "refreshing planner statistics failed");
-        }
-    }
-}
-
-/// Analyzes this schema's tables that changed as many rows as they hold since their
-/// last analyze; returns their names.
-pub async fn analyze_grown_tables(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
-    let grown: Vec<String> = sqlx::query_scalar(
-        "SELECT relname::text FROM pg_stat_user_tables \
-         WHERE schemaname = current_schema() AND n_mod_since_analyze >= GREATEST(500, n_live_tup) \
-         ORDER BY relname",
-    )
-    .fetch_all(pool)
-    .await?;
-    for t in &grown {
-        // Names come from the catalog; quoted all the same.
-        sqlx::query(&format!("ANALYZE \"{}\"", t.replace('"', "\"\"")))
-            .execute(pool)
-            .await?;
-    }
-    Ok(grown)
+pub async fn oldest_feed_seq(db: &Database) -> Result<i64, StoreError> {
+    backend!(db, |b| b.oldest_feed_seq().await)
 }

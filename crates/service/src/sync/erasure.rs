@@ -5,13 +5,30 @@
 //! deleted user every copy of its personal data is redacted: the audit values,
 //! the raw bodies of its deliveries in the inbox, the archived records of its
 //! memberships, and the rows of its sessions, emails and SMS (also those sent
-//! to one of its addresses or numbers with no user id: store::maintenance finds
+//! to one of its addresses or numbers with no user id: the store finds
 //! them through `inbox.user_id` and `inbox_contacts`, filled at intake). Ids,
 //! event types and versions stay, so the log can still be replayed to the same
 //! tombstones. Must never: touch a user that is not deleted, or change a live
 //! entity's state (version, tombstone); a message's content is the user's data.
 
+use crate::store::maintenance::{PurgeReport, Redaction};
+use crate::store::{Database, StoreError};
 use serde_json::{Map, Value};
+
+pub use crate::store::maintenance::ERASE_USERS_PER_TX;
+
+/// The redaction policy the store applies when it erases.
+pub const REDACTION: Redaction = Redaction {
+    body: redact_body,
+    changes: redact_changes,
+};
+
+/// One short purge transaction with this module's redaction (see
+/// [`crate::store::maintenance::purge_expired`]): call it again until it
+/// reports no archive rows.
+pub async fn purge_expired(db: &Database, cutoff_ms: i64) -> Result<PurgeReport, StoreError> {
+    crate::store::maintenance::purge_expired(db, cutoff_ms, &REDACTION).await
+}
 
 pub const REDACTED: &str = "[redacted]";
 

@@ -15,22 +15,10 @@ pub mod erasure;
 
 use crate::clerk::model::{parse_event, Change, Kind, Parsed, PayloadError, User};
 use crate::store::tx::{AuditRow, Contacts, EntityRow, FeedRow, RefCol, StoreTx};
+use crate::store::StoreError;
 use serde_json::{Map, Value};
 
-/// A stored delivery, as the processor hands it over.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Delivery {
-    pub seq: i64,
-    pub svix_id: String,
-    pub event_type: String,
-    pub entity_key: Option<String>,
-    pub svix_timestamp: i64,
-    /// The envelope's `timestamp` (ms), read at ingress; None when absent.
-    pub event_timestamp: Option<i64>,
-    pub received_at: i64,
-    pub body: String,
-    pub attempts: i32,
-}
+pub use crate::store::Delivery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -38,7 +26,11 @@ pub enum SyncError {
     #[error(transparent)]
     Payload(#[from] PayloadError),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] StoreError),
+    /// Applying panicked (a bug): reported like a transient failure, so the
+    /// event is retried and dead-lettered after its attempts.
+    #[error("apply panicked: {0}")]
+    Panicked(String),
 }
 
 impl SyncError {
@@ -152,7 +144,7 @@ pub struct BatchPlan {
 impl BatchPlan {
     /// Takes the batch's locks, then reads what it will read into the
     /// transaction (a few queries in all instead of several per event).
-    pub async fn prepare(&self, tx: &mut dyn StoreTx) -> Result<(), sqlx::Error> {
+    pub async fn prepare(&self, tx: &mut dyn StoreTx) -> Result<(), StoreError> {
         tx.lock_all(&self.locks).await?;
         tx.prefetch(&self.rows).await?;
         tx.prefetch_live_by(Kind::Membership, RefCol::UserId, &self.members_of)
@@ -189,7 +181,7 @@ pub fn plan_batch(parsed: &[Result<Parsed, PayloadError>]) -> BatchPlan {
 
 /// Takes the event's locks (no-ops for those its batch already holds), keys in
 /// the global order.
-async fn lock_for(tx: &mut dyn StoreTx, c: &Change) -> Result<(), sqlx::Error> {
+async fn lock_for(tx: &mut dyn StoreTx, c: &Change) -> Result<(), StoreError> {
     let mut keys = lock_keys(c);
     keys.sort_unstable();
     keys.dedup_by(|a, b| a.0 == b.0);
@@ -249,7 +241,7 @@ async fn record(
     row: &EntityRow,
     operation: &str,
     changes: &Map<String, Value>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     let user = user_of(kind, &row.id, row.user_id.as_deref());
     tx.audit(&AuditRow {
         svix_id: ctx.svix_id,
@@ -310,7 +302,7 @@ fn parents(c: &Change) -> Vec<(Kind, &str)> {
     p
 }
 
-async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<(), sqlx::Error> {
+async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<(), StoreError> {
     let cur = tx.get(c.kind, &c.id).await?;
     if let Some(cur) = &cur {
         if cur.deleted {
@@ -396,7 +388,7 @@ async fn bump_tombstone(
     kind: Kind,
     cur: &EntityRow,
     version: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     if version > cur.version {
         let mut row = cur.clone();
         row.version = version;
@@ -425,7 +417,7 @@ async fn refresh_memberships(
     tx: &mut dyn StoreTx,
     ctx: &mut Ctx<'_>,
     user: &User,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     for m in tx
         .live_by(Kind::Membership, RefCol::UserId, &user.id)
         .await?
@@ -482,7 +474,7 @@ fn delete<'a>(
     id: &'a str,
     version: i64,
     refs: (Option<String>, Option<String>),
-) -> futures::future::BoxFuture<'a, Result<(), sqlx::Error>> {
+) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
     Box::pin(async move {
         let cur = tx.get(kind, id).await?;
         if let Some(cur) = &cur {

@@ -1,0 +1,114 @@
+//! The inbox's rows as the rest of the program sees them: a delivery about to
+//! be stored, a stored delivery handed to apply, an operator's view of a row.
+//!
+//! Owns: these plain types and the column list both backends read a
+//! [`Delivery`] from. Must never: hold SQL that differs between backends (each
+//! backend's statements are in its own folder).
+
+/// A verified delivery about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub svix_id: String,
+    pub svix_timestamp: i64,
+    pub event_type: String,
+    pub entity_key: Option<String>,
+    pub object_id: Option<String>,
+    pub event_timestamp_ms: Option<i64>,
+    pub received_at_ms: i64,
+    pub body: String,
+    /// The user the delivery concerns ([`crate::clerk::envelope::EnvelopeHead::user_id`]).
+    pub user_id: Option<String>,
+    /// Its email addresses and phone numbers, normalized; indexed in
+    /// `inbox_contacts` so erasure finds the delivery by them.
+    pub contacts: Vec<String>,
+}
+
+/// A stored delivery, as the processor hands it over.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Delivery {
+    pub seq: i64,
+    pub svix_id: String,
+    pub event_type: String,
+    pub entity_key: Option<String>,
+    pub svix_timestamp: i64,
+    /// The envelope's `timestamp` (ms), read at ingress; None when absent.
+    pub event_timestamp: Option<i64>,
+    pub received_at: i64,
+    pub body: String,
+    pub attempts: i32,
+}
+
+/// The inbox columns a [`Delivery`] is read from, in its field order, the body
+/// from its own table (a subquery, so the same list serves a SELECT and an
+/// UPDATE's RETURNING). A body that is missing (it is written in the row's own
+/// transaction, so only by hand) reads as empty: that event dead-letters with a
+/// parse error instead of failing every read of the due events.
+pub(crate) const DELIVERY: &str =
+    "seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, \
+     received_at, COALESCE((SELECT body FROM inbox_bodies b WHERE b.seq = inbox.seq), '') AS body, \
+     attempts";
+
+/// One delivery of the stored log, as replay copies it into another database.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LogRow {
+    pub seq: i64,
+    pub svix_id: String,
+    pub event_type: String,
+    pub entity_key: Option<String>,
+    pub object_id: Option<String>,
+    pub svix_timestamp: i64,
+    pub event_timestamp: Option<i64>,
+    pub received_at: i64,
+    pub body: String,
+}
+
+/// The stored log in seq order, as [`LogRow`]s (discarded deliveries left out).
+pub(crate) const LOG_PAGE: &str =
+    "SELECT seq, svix_id, event_type, entity_key, object_id, svix_timestamp, event_timestamp, \
+     received_at, COALESCE(body, '') AS body FROM inbox LEFT JOIN inbox_bodies USING (seq) \
+     WHERE seq > $1 AND status <> 'discarded' ORDER BY seq LIMIT $2";
+
+/// Inbox rows by status.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct StatusCounts {
+    pub received: i64,
+    pub pending: i64,
+    pub processed: i64,
+    pub failed: i64,
+    pub dead: i64,
+    pub discarded: i64,
+}
+
+impl StatusCounts {
+    /// Adds up `(status, rows)` pairs as `SELECT status, COUNT(*) ... GROUP BY status` returns them.
+    pub(crate) fn from_groups(rows: impl IntoIterator<Item = (String, i64)>) -> StatusCounts {
+        let mut c = StatusCounts::default();
+        for (status, n) in rows {
+            c.received += n;
+            match status.as_str() {
+                "pending" => c.pending += n,
+                "done" => c.processed += n,
+                "failed" => c.failed += n,
+                "dead" => c.dead += n,
+                "discarded" => c.discarded += n,
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// How the processor applies on this backend (it asks, instead of knowing backends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStrategy {
+    /// With one worker configured, apply in place: one loop reads the due
+    /// events itself and applies them on a thread of its own, without leases
+    /// (a single writer gains nothing from a separate claim write).
+    pub in_place_when_single: bool,
+    /// Transactions run side by side, so a batch must take its entities' locks
+    /// up front ([`crate::sync::BatchPlan`]).
+    pub lock_entities: bool,
+    /// Every call inside a transaction completes at once (a local connection):
+    /// a batch is polled on the calling thread without the scheduler.
+    pub synchronous: bool,
+}
