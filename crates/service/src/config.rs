@@ -485,7 +485,7 @@ pub struct Config {
     /// The search index's directory; None keeps it in memory (tests, embedding).
     pub search_dir: Option<PathBuf>,
     /// `/v1/realtime`: session-token keys, limits, resume window.
-    pub realtime: crate::api::realtime::RealtimeConfig,
+    pub realtime: crate::realtime::RealtimeConfig,
     /// The alert webhook and its thresholds (alerts/mod.rs).
     pub alerts: crate::alerts::AlertConfig,
 }
@@ -605,7 +605,7 @@ impl Config {
     /// Validates everything but the secret (for commands that never verify a
     /// delivery: migrate, events, replay). The secret set is a random placeholder.
     pub fn without_secret(s: Settings) -> Result<Config, ConfigError> {
-        let realtime = crate::api::realtime::RealtimeConfig::from_settings(&s)?;
+        let realtime = crate::realtime::RealtimeConfig::from_settings(&s)?;
         let cache_backend = cache_backend(&s)?;
         let alerts = alert_config(&s)?;
         let http = crate::serve::HttpConfig::from_settings(&s)?;

@@ -16,8 +16,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub mod cache;
-pub mod realtime;
-pub mod search;
 pub mod waiters;
 
 pub use crate::store::feed::{FeedEntry, FeedFilter};
