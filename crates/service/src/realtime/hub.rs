@@ -444,7 +444,7 @@ impl RealtimeHub {
     }
 
     /// Publishes one committed change to its topics' subscribers.
-    pub async fn publish(&self, entry: FeedEntry) -> Result<(), sqlx::Error> {
+    pub async fn publish(&self, entry: FeedEntry) -> Result<(), crate::store::StoreError> {
         let seq = entry.seq;
         if self.skip_if_unheard(seq, None) {
             return Ok(());

@@ -58,7 +58,10 @@ impl Resolved {
 
 /// What routing needs (a membership's user and organization): on the feed
 /// row; read from the store only for a membership row that lacks both.
-pub async fn resolve(db: &Database, entry: FeedEntry) -> Result<Resolved, sqlx::Error> {
+pub async fn resolve(
+    db: &Database,
+    entry: FeedEntry,
+) -> Result<Resolved, crate::store::StoreError> {
     let (user_id, organization_id) = if entry.kind != Kind::Membership {
         (None, None)
     } else if entry.user_id.is_some() || entry.organization_id.is_some() {
@@ -77,7 +80,11 @@ pub async fn resolve(db: &Database, entry: FeedEntry) -> Result<Resolved, sqlx::
 }
 
 /// The entity's current record as the read API renders it; null when deleted.
-pub async fn current_data(db: &Database, kind: Kind, id: &str) -> Result<Value, sqlx::Error> {
+pub async fn current_data(
+    db: &Database,
+    kind: Kind,
+    id: &str,
+) -> Result<Value, crate::store::StoreError> {
     Ok(match read::get(db, kind, id).await? {
         Some(r) if !r.deleted => match kind {
             Kind::User => user_json(&r),

@@ -41,7 +41,7 @@ pub async fn check_resume(
     since: i64,
     now_ms: i64,
     window: &ResumeWindow,
-) -> Result<Result<(), ResumeRefused>, sqlx::Error> {
+) -> Result<Result<(), ResumeRefused>, crate::store::StoreError> {
     let head = last_seq(db).await?;
     if since > head {
         return Ok(Err(ResumeRefused::Ahead));
@@ -103,7 +103,7 @@ pub async fn replay_page(
     viewer: &Viewer,
     after: i64,
     limit: i64,
-) -> Result<ReplayPage, sqlx::Error> {
+) -> Result<ReplayPage, crate::store::StoreError> {
     // The head before the read: every entry of the topic up to it is in what
     // the read returns (feed order is commit order), so a last page covers it.
     let head = last_seq(db).await?;

@@ -24,7 +24,11 @@ pub const SNAPSHOT_MAX_MEMBERS: usize = 1000;
 /// Applying the live frames that follow it (each carries its entity's current
 /// record) converges on the store's state, even for changes the snapshot
 /// already shows.
-pub async fn snapshot(db: &Database, topic: &Topic, viewer: &Viewer) -> Result<Value, sqlx::Error> {
+pub async fn snapshot(
+    db: &Database,
+    topic: &Topic,
+    viewer: &Viewer,
+) -> Result<Value, crate::store::StoreError> {
     let (kind, id, by) = match topic {
         Topic::User(id) => (Kind::User, id, RefCol::UserId),
         Topic::Org(id) => (Kind::Organization, id, RefCol::OrganizationId),

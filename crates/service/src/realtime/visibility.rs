@@ -125,7 +125,11 @@ pub fn public_data(kind: Kind, data: &Value) -> Value {
 }
 
 /// Is `user_id` a live member of `org_id` in the synced store?
-pub async fn is_member(db: &Database, user_id: &str, org_id: &str) -> Result<bool, sqlx::Error> {
+pub async fn is_member(
+    db: &Database,
+    user_id: &str,
+    org_id: &str,
+) -> Result<bool, crate::store::StoreError> {
     const PAGE: i64 = 500;
     let mut after: Option<String> = None;
     loop {

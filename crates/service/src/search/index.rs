@@ -48,7 +48,7 @@ pub enum SearchError {
     )]
     Locked(PathBuf),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] crate::store::StoreError),
     #[error("a search index rebuild is already running")]
     RebuildRunning,
     #[error("search task failed: {0}")]
