@@ -18,6 +18,7 @@ pub mod output;
 pub mod processor;
 pub mod queue;
 pub mod serve;
+pub mod setting;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
