@@ -13,7 +13,7 @@
 //! apply path would take an hour for a million users; it is benched elsewhere).
 
 use clerksync::config::DatabaseUrl;
-use clerksync::feed::search::{parse_query, IndexOptions, SearchIndex};
+use clerksync::search::{parse_query, IndexOptions, SearchIndex};
 use clerksync::store::db::Database;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use rand::rngs::StdRng;

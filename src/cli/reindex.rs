@@ -50,7 +50,7 @@ pub async fn run(config: Config, url: Option<String>) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.data_dir.join("search"));
     let db = clerksync::store::Database::open_existing(&config.database_url).await?;
-    let r = clerksync::feed::search::reindex_offline(&db, &dir, out).await;
+    let r = clerksync::search::reindex_offline(&db, &dir, out).await;
     db.close().await;
     r?;
     Ok(())

@@ -7,8 +7,8 @@
 //! receipt lags as a ratio.
 
 use crate::backends::{postgres_server, sqlite_server, Server};
-use clerksync::api::realtime::SessionKeys;
 use clerksync::config::Token;
+use clerksync::realtime::SessionKeys;
 use clerksync::store::db::Database;
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

@@ -9,10 +9,10 @@ use crate::api;
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::feed::cache::{CacheConsumer, EntityCache};
-use crate::feed::realtime::RealtimeHub;
-use crate::feed::search::{IndexOptions, SearchError, SearchIndex};
 use crate::processor::{Processor, ProcessorConfig};
 use crate::queue::GroupCommitter;
+use crate::realtime::RealtimeHub;
+use crate::search::{IndexOptions, SearchError, SearchIndex};
 use crate::store::db::{Database, DbError};
 use crate::telemetry::metrics::Metrics;
 use crate::webhook::handler::BodyBudget;
@@ -265,7 +265,7 @@ fn spawn_consumers(state: &AppState, cancel: CancellationToken) -> Vec<JoinHandl
         .metrics
         .consumer_lag
         .get_or_create(&ConsumerLabels {
-            consumer: crate::feed::search::CONSUMER.to_string(),
+            consumer: crate::search::CONSUMER.to_string(),
         })
         .clone();
     let mut handles: Vec<JoinHandle<()>> = consumers
@@ -294,7 +294,7 @@ fn spawn_consumers(state: &AppState, cancel: CancellationToken) -> Vec<JoinHandl
         .metrics
         .consumer_lag
         .get_or_create(&ConsumerLabels {
-            consumer: crate::feed::realtime::CONSUMER.to_string(),
+            consumer: crate::realtime::hub::CONSUMER.to_string(),
         })
         .clone();
     handles.push(tokio::spawn(state.realtime.clone().run(
@@ -303,7 +303,7 @@ fn spawn_consumers(state: &AppState, cancel: CancellationToken) -> Vec<JoinHandl
         cancel.clone(),
     )));
     // The search consumer first reconciles its checkpoint with the index directory.
-    handles.push(tokio::spawn(crate::feed::search::run(
+    handles.push(tokio::spawn(crate::search::run(
         state.search.clone(),
         state.db.clone(),
         state.applied.clone(),

@@ -455,7 +455,7 @@ pub struct Config {
     /// The search index's directory; None keeps it in memory (tests, embedding).
     pub search_dir: Option<PathBuf>,
     /// `/v1/realtime`: session-token keys, limits, resume window.
-    pub realtime: crate::api::realtime::RealtimeConfig,
+    pub realtime: crate::realtime::RealtimeConfig,
     /// The alert webhook and its thresholds (alerts/mod.rs).
     pub alerts: crate::alerts::AlertConfig,
 }
@@ -528,7 +528,7 @@ impl Config {
     /// Validates everything but the secret (for commands that never verify a
     /// delivery: migrate, events, replay); `secrets` is None.
     pub fn without_secret(s: Settings) -> Result<Config, ConfigError> {
-        let realtime = crate::api::realtime::RealtimeConfig::from_settings(&s)?;
+        let realtime = crate::realtime::RealtimeConfig::from_settings(&s)?;
         let cache = s.cache.build()?;
         let alerts = s.alerts.build()?;
         let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());

@@ -6,7 +6,8 @@
 //! realtime client frames, page cursors and search queries — each feeding its
 //! bytes to the same code a request would reach. Must never: panic itself,
 //! skip a check the real path makes, or hold state between calls beyond a
-//! fixed secret.
+//! fixed secret. Like `app`, it sits on top of every layer, so it is the one
+//! module besides `app` that reaches into `api/` (the cursor parser).
 
 use crate::clerk::{envelope, model};
 use crate::webhook::verify::{self, DeliveryHeaders, SecretSet, WebhookSecret};
@@ -76,14 +77,14 @@ pub fn payload(data: &[u8]) {
 
 /// A frame a realtime client sends, and the topic it names.
 pub fn realtime_message(data: &[u8]) {
-    use crate::api::realtime::{parse_client_message, ClientMessage};
+    use crate::realtime::protocol::{parse_client_message, ClientMessage};
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     if let Ok(ClientMessage::Subscribe { topic, .. } | ClientMessage::Unsubscribe { topic }) =
         parse_client_message(text)
     {
-        let _ = crate::feed::realtime::Topic::parse(&topic);
+        let _ = crate::realtime::Topic::parse(&topic);
     }
 }
 
@@ -99,6 +100,6 @@ pub fn cursor(data: &[u8]) {
 /// A `q` of `GET /v1/search`.
 pub fn search_query(data: &[u8]) {
     if let Ok(q) = std::str::from_utf8(data) {
-        let _ = crate::feed::search::parse_query(q);
+        let _ = crate::search::parse_query(q);
     }
 }

@@ -14,14 +14,18 @@ pub mod config;
 pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_error;
 pub mod output;
 pub mod processor;
 pub mod queue;
+pub mod realtime;
+pub mod search;
 pub mod serve;
 pub mod setting;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod views;
 pub mod webhook;
 
 pub use app::App;

@@ -5,10 +5,10 @@
 //! is already applied.
 
 use crate::api::cursor;
-use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
 use crate::api::read::bearer;
 use crate::app::AppState;
+use crate::http_error::ApiError;
 use crate::store::events::{self, EventFilter, Transition, STATUSES};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -201,7 +201,7 @@ async fn entity(
         None
     };
     let record = row.as_ref().filter(|r| !r.deleted).map(|r| match kind {
-        Kind::User => crate::api::read::user_json(r),
+        Kind::User => crate::views::user_json(r),
         _ => r
             .data
             .as_deref()

@@ -4,7 +4,7 @@
 //! `next_cursor` string and back. Must never: trust a cursor: one that does not
 //! decode is a 400, never a panic or a query with a made-up key.
 
-use crate::api::error::ApiError;
+use crate::http_error::ApiError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 

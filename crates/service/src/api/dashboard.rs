@@ -10,8 +10,8 @@
 //! Must never: put data or a token into these responses, or serve anything while
 //! no admin token is configured (then `/admin` is 404 like the rest of `/admin`).
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::http_error::ApiError;
 use axum::extract::{Request, State};
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,

@@ -1,6 +1,6 @@
 //! Extractors whose rejections are our JSON errors (axum's own answer in plain text).
 
-use crate::api::error::ApiError;
+use crate::http_error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;

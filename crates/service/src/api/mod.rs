@@ -6,7 +6,6 @@
 pub mod admin;
 pub mod cursor;
 pub mod dashboard;
-pub mod error;
 pub mod extract;
 pub mod health;
 pub mod read;

@@ -5,20 +5,21 @@
 //! commits that change that id (feed/waiters.rs).
 
 use crate::api::cursor;
-use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
 use crate::app::AppState;
-use crate::clerk::model::{normalize_role, Kind, User};
+use crate::clerk::model::Kind;
 use crate::feed::cache::{entity_key, org_members_key, Cached, Invalidation, Lookup};
+use crate::http_error::ApiError;
 use crate::store::read;
 use crate::store::tx::{EntityRow, RefCol};
+use crate::views::{data_map, membership_json, record_json, user_json};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,37 +147,6 @@ fn valid_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn data_map(row: &EntityRow) -> Map<String, Value> {
-    match row.data.as_deref().map(serde_json::from_str::<Value>) {
-        Some(Ok(Value::Object(m))) => m,
-        _ => Map::new(),
-    }
-}
-
-/// A user as Clerk names its fields, plus the primary email as a string.
-pub fn user_json(row: &EntityRow) -> Value {
-    let mut m = data_map(row);
-    let primary = row
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<User>(d).ok())
-        .and_then(|u| u.primary_email_address().map(str::to_string));
-    m.insert(
-        "primary_email_address".into(),
-        primary.map(Value::String).unwrap_or(Value::Null),
-    );
-    Value::Object(m)
-}
-
-pub fn membership_json(row: &EntityRow) -> Value {
-    let mut m = data_map(row);
-    let role = m.get("role").and_then(Value::as_str).map(normalize_role);
-    m.insert("user_id".into(), json!(row.user_id));
-    m.insert("organization_id".into(), json!(row.organization_id));
-    m.insert("role".into(), json!(role));
-    Value::Object(m)
-}
-
 /// Gets a live entity, or 404/410; with `wait_ms`, waits for it to be synced
 /// (and at least `min_updated_at` fresh).
 async fn get_entity(
@@ -270,7 +240,7 @@ async fn get_org(
     Query(p): Query<GetParams>,
 ) -> Result<Json<Value>, ApiError> {
     let r = get_entity(&s, Kind::Organization, &id, &p).await?;
-    Ok(Json(Value::Object(data_map(&r))))
+    Ok(Json(record_json(&r)))
 }
 
 async fn page(
@@ -334,15 +304,7 @@ async fn list_orgs(
     State(s): State<AppState>,
     Query(p): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    page(
-        &s,
-        Kind::Organization,
-        None,
-        &p,
-        |r| Value::Object(data_map(r)),
-        None,
-    )
-    .await
+    page(&s, Kind::Organization, None, &p, record_json, None).await
 }
 
 async fn org_memberships(

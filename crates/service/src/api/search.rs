@@ -4,17 +4,17 @@
 //! matching entities; each one is read from the store here, so a result is
 //! never older than the store and a deleted entity never shows, however far
 //! the index lags. Must never: pass the query text anywhere but
-//! [`crate::feed::search::parse_query`], or answer 500 for anything a client
+//! [`crate::search::parse_query`], or answer 500 for anything a client
 //! typed (bad input is a 400 naming the problem).
 
-use crate::api::error::ApiError;
 use crate::api::extract::Query;
-use crate::api::read::{require_api_token, user_json};
+use crate::api::read::require_api_token;
 use crate::app::AppState;
 use crate::clerk::model::Kind;
-use crate::feed::search::{parse_query, BadQuery, SearchError};
+use crate::http_error::ApiError;
+use crate::search::{parse_query, BadQuery, SearchError};
 use crate::store::read;
-use crate::store::tx::EntityRow;
+use crate::views::{record_json, user_json};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
@@ -61,13 +61,6 @@ pub struct SearchParams {
     limit: Option<i64>,
 }
 
-fn org_json(row: &EntityRow) -> Value {
-    match row.data.as_deref().map(serde_json::from_str::<Value>) {
-        Some(Ok(v @ Value::Object(_))) => v,
-        _ => json!({}),
-    }
-}
-
 async fn search(
     State(s): State<AppState>,
     Query(p): Query<SearchParams>,
@@ -104,7 +97,7 @@ async fn search(
         match row {
             Some(r) if !r.deleted => data.push(match hit.kind {
                 Kind::User => user_json(&r),
-                _ => org_json(&r),
+                _ => record_json(&r),
             }),
             // Deleted or gone since it was indexed: the index catches up soon.
             _ => {}

@@ -17,8 +17,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub mod cache;
-pub mod realtime;
-pub mod search;
 pub mod waiters;
 
 /// One committed change.

@@ -1,8 +1,8 @@
 //! The ingress handler.
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::clerk::envelope::{parse_head, EnvelopeError};
+use crate::http_error::ApiError;
 use crate::queue::committer::CommitError;
 use crate::queue::{AppendOutcome, NewDelivery};
 use crate::telemetry::metrics::Outcome;

@@ -1,7 +1,10 @@
 //! The one HTTP error type: every library error becomes a status code here.
 //!
-//! Bodies are JSON `{"error": "..."}`. Unexpected failures are logged with their
-//! cause and answered with an opaque 500: internal text never reaches a client.
+//! Shared by ingress (webhook/) and the API (api/), so neither imports the
+//! other. Owns: the status code and JSON body of every refusal. Bodies are JSON
+//! `{"error": "..."}`. Must never: let internal text reach a client (unexpected
+//! failures are logged with their cause and answered with an opaque 500).
+//! See ARCHITECTURE.md.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
