@@ -5,14 +5,15 @@
 //! building the typed [`Config`] from the subsystems' own settings: each
 //! subsystem declares its settings once (flag, `CLERKSYNC_*` variable and file
 //! key, in one `clap::Args` + serde struct: `serve::HttpSettings`,
-//! `feed::cache::settings::CacheSettings`, `alerts::AlertSettings`) next to
-//! their defaults and checks, and [`Settings`] flattens them with the core
+//! `feed::cache::settings::CacheSettings`, `alerts::AlertSettings`,
+//! `realtime::RealtimeSettings`) next to their defaults and checks, and [`Settings`] flattens them with the core
 //! settings (addresses, database, tokens, processor). Must never: be re-read
 //! after start-up, or print a secret (the `Debug` of secrets and tokens is
 //! redacted).
 
 use crate::alerts::AlertSettings;
 use crate::feed::cache::settings::CacheSettings;
+use crate::realtime::RealtimeSettings;
 use crate::serve::HttpSettings;
 use crate::setting::Invalid;
 use crate::webhook::verify::{SecretError, SecretSet};
@@ -249,70 +250,9 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub alerts: AlertSettings,
-    /// PEM public key that verifies Clerk session tokens (/v1/realtime).
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_CLERK_JWT_KEY",
-        hide_env_values = true
-    )]
-    pub clerk_jwt_key: Option<String>,
-    /// JWKS file (Clerk's /.well-known/jwks.json) that verifies session tokens.
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_JWKS_FILE")]
-    pub clerk_jwks_file: Option<PathBuf>,
-    /// Allowed session-token issuers (`iss`), comma-separated; any when unset.
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_ISSUERS")]
-    pub clerk_issuers: Option<String>,
-    /// Allowed session-token parties (`azp`, your origins), comma-separated; any when unset.
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_AUTHORIZED_PARTIES")]
-    pub clerk_authorized_parties: Option<String>,
-    /// Clock skew tolerated on session-token `exp`/`nbf`, in seconds (default 5).
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_LEEWAY_SECS")]
-    pub clerk_leeway_secs: Option<u64>,
-    /// Longest session-token lifetime (`exp - iat`) accepted, in seconds (default 3600).
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_MAX_TOKEN_LIFETIME_SECS")]
-    pub clerk_max_token_lifetime_secs: Option<u64>,
-    /// Browser origins allowed to open /v1/realtime, comma-separated.
-    #[arg(long, global = true, env = "CLERKSYNC_ALLOWED_ORIGINS")]
-    pub allowed_origins: Option<String>,
-    /// Most realtime connections per token (per user for session tokens).
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_TOKEN"
-    )]
-    pub realtime_max_connections_per_token: Option<usize>,
-    /// Most anonymous realtime connections from one client address (open server).
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_ADDRESS"
-    )]
-    pub realtime_max_connections_per_address: Option<usize>,
-    /// Most changes one realtime `since` replay sends; past it the client resyncs.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_MAX_REPLAY")]
-    pub realtime_max_replay: Option<i64>,
-    /// Subscribe requests one realtime connection may make per minute.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_SUBSCRIBES_PER_MINUTE")]
-    pub realtime_subscribes_per_minute: Option<u32>,
-    /// Messages a realtime connection may have waiting before it counts as too slow.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_QUEUE")]
-    pub realtime_queue: Option<usize>,
-    /// Largest message a realtime client may send, in bytes.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_MAX_MESSAGE_BYTES")]
-    pub realtime_max_message_bytes: Option<usize>,
-    /// Seconds between realtime pings (a missing pong closes the connection).
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_PING_SECS")]
-    pub realtime_ping_secs: Option<u64>,
-    /// Seconds a realtime connection may hold no subscription.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_IDLE_SECS")]
-    pub realtime_idle_secs: Option<u64>,
-    /// Days back a realtime client may resume (`since`).
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_RETENTION_DAYS")]
-    pub realtime_retention_days: Option<f64>,
-    /// Most feed entries a realtime resume may reach back.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_RETENTION_ENTRIES")]
-    pub realtime_retention_entries: Option<i64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub realtime: RealtimeSettings,
 }
 
 /// The sources of settings, layered: what clap parsed (flags over
@@ -369,9 +309,20 @@ impl Layers {
     /// The settings, each from the highest source that gives it. A value of
     /// the wrong type in the file is named by its key and the file.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
+        // Each group on its own first: inside `#[serde(flatten)]` an error
+        // loses its key, and the whole extraction then fails only on a core key.
+        self.extract::<HttpSettings>()?;
+        self.extract::<CacheSettings>()?;
+        self.extract::<AlertSettings>()?;
+        self.extract::<RealtimeSettings>()?;
+        self.extract()
+    }
+
+    fn extract<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         self.figment.extract().map_err(|e| {
             let path = self.file.clone().unwrap_or_default();
-            let message = e.kind.to_string();
+            // figment quotes serde's already quoted list of variants again.
+            let message = e.kind.to_string().replace("``", "`");
             match e.path.last() {
                 Some(key) => ConfigError::Named(format!(
                     "{key} in config file {} is invalid: {message}",
@@ -528,7 +479,7 @@ impl Config {
     /// Validates everything but the secret (for commands that never verify a
     /// delivery: migrate, events, replay); `secrets` is None.
     pub fn without_secret(s: Settings) -> Result<Config, ConfigError> {
-        let realtime = crate::realtime::RealtimeConfig::from_settings(&s)?;
+        let realtime = s.realtime.build()?;
         let cache = s.cache.build()?;
         let alerts = s.alerts.build()?;
         let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
