@@ -65,6 +65,9 @@ pub enum BuildError {
     Search(#[from] SearchError),
     #[error(transparent)]
     Cache(#[from] crate::feed::cache::CacheError),
+    /// A server verifies deliveries: it cannot run without a signing secret.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 pub struct App {
@@ -91,6 +94,10 @@ impl App {
         listener: TcpListener,
         clock: Arc<dyn Clock>,
     ) -> Result<App, BuildError> {
+        let secrets = config
+            .secrets
+            .clone()
+            .ok_or(crate::config::ConfigError::MissingSecret)?;
         let addr = listener.local_addr().map_err(BuildError::Listener)?;
         let db = Database::open(&config.database_url).await?;
         let inbox_committed = Arc::new(Notify::new());
@@ -135,7 +142,7 @@ impl App {
         };
         let state = AppState {
             db,
-            secrets: config.secrets.clone(),
+            secrets,
             clock,
             max_body_bytes: config.max_body_bytes,
             body_budget: BodyBudget::new(

@@ -1,14 +1,31 @@
 //! Layered configuration: flags > `CLERKSYNC_*` env > `--config` TOML > defaults.
 //!
-//! Owns: reading every setting once, validating it, and producing a typed
-//! [`Config`]. Must never: be re-read after start-up, or print a secret (the
-//! `Debug` of secrets and tokens is redacted).
+//! Owns: the sources of settings and their order ([`Layers`], on figment),
+//! naming a bad setting as the user gave it ([`ConfigError::named_by`]), and
+//! building the typed [`Config`] from the subsystems' own settings: each
+//! subsystem declares its settings once (flag, `CLERKSYNC_*` variable and file
+//! key, in one `clap::Args` + serde struct: `serve::HttpSettings`,
+//! `feed::cache::settings::CacheSettings`, `alerts::AlertSettings`,
+//! `realtime::RealtimeSettings`) next to their defaults and checks, and [`Settings`] flattens them with the core
+//! settings (addresses, database, tokens, processor). Must never: be re-read
+//! after start-up, or print a secret (the `Debug` of secrets and tokens is
+//! redacted).
 
+use crate::alerts::AlertSettings;
+use crate::feed::cache::settings::CacheSettings;
+use crate::realtime::RealtimeSettings;
+use crate::serve::HttpSettings;
+use crate::setting::Invalid;
 use crate::webhook::verify::{SecretError, SecretSet};
-use serde::Deserialize;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+pub use crate::setting::redact_url;
+pub use crate::telemetry::LogFormat;
 
 /// Why start-up cannot go on. Each message is one line that says what to set.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +54,15 @@ pub enum ConfigError {
     /// Another error, its setting named as where the value came from ([`ConfigError::named_by`]).
     #[error("{0}")]
     Named(String),
+}
+
+impl From<Invalid> for ConfigError {
+    fn from(e: Invalid) -> Self {
+        ConfigError::BadValue {
+            name: e.name,
+            message: e.message,
+        }
+    }
 }
 
 /// Where a setting's value came from, to name it in an error as the user gave it.
@@ -141,20 +167,10 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Hides a password in a URL so it can be shown in errors and logs.
-pub fn redact_url(s: &str) -> String {
-    match url::Url::parse(s) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => s.to_string(),
-    }
-}
-
-/// Settings as given by flags/env or the file: all optional until merged.
-#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+/// Every setting as given by flags/env or the file, all optional until
+/// layered: the core ones here, each subsystem's in its own flattened group.
+/// A field's name is its file key; its flag and variable are spelled from it.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, clap::Args)]
 pub struct Settings {
     /// One or more whsec_ signing secrets, comma-separated (rotation).
     #[arg(
@@ -200,21 +216,12 @@ pub struct Settings {
     /// Largest accepted webhook body, in bytes.
     #[arg(long, global = true, env = "CLERKSYNC_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Webhook body bytes held in memory at once, over all requests (past it: 503).
-    #[arg(long, global = true, env = "CLERKSYNC_MAX_BUFFERED_BODY_BYTES")]
-    pub max_buffered_body_bytes: Option<usize>,
-    /// Seconds a client has to send a request's headers (also bounds an idle keep-alive connection).
-    #[arg(long, global = true, env = "CLERKSYNC_HTTP_HEADER_TIMEOUT_SECS")]
-    pub http_header_timeout_secs: Option<u64>,
-    /// Seconds a client has to send a request's whole body.
-    #[arg(long, global = true, env = "CLERKSYNC_HTTP_BODY_TIMEOUT_SECS")]
-    pub http_body_timeout_secs: Option<u64>,
-    /// Most HTTP connections open at once (WebSockets included).
-    #[arg(long, global = true, env = "CLERKSYNC_HTTP_MAX_CONNECTIONS")]
-    pub http_max_connections: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub http: HttpSettings,
     /// Log format: human or json.
     #[arg(long, global = true, env = "CLERKSYNC_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     /// Most events applied at once (worker pool size).
     #[arg(long, global = true, env = "CLERKSYNC_MAX_CONCURRENT")]
     pub max_concurrent: Option<usize>,
@@ -234,230 +241,144 @@ pub struct Settings {
     /// Days change-feed entries are kept once every feed consumer has read them.
     #[arg(long, global = true, env = "CLERKSYNC_FEED_RETENTION_DAYS")]
     pub feed_retention_days: Option<f64>,
-    /// Cache strategy: write-through (read-your-writes) or write-behind (batched, async).
-    #[arg(long, global = true, env = "CLERKSYNC_CACHE_STRATEGY")]
-    pub cache_strategy: Option<String>,
-    /// Cache invalidation: precise (changed entities only) or group (also their lists).
-    #[arg(long, global = true, env = "CLERKSYNC_CACHE_INVALIDATION")]
-    pub cache_invalidation: Option<String>,
-    /// Most entries the in-process cache holds.
-    #[arg(long, global = true, env = "CLERKSYNC_CACHE_MAX_ENTRIES")]
-    pub cache_max_entries: Option<u64>,
-    /// Cache backend: moka (in-process) or redis (shared, with a small local layer).
-    #[arg(long, global = true, env = "CLERKSYNC_CACHE_BACKEND")]
-    pub cache_backend: Option<String>,
-    /// Redis for the redis cache backend (default redis://127.0.0.1:6379).
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_REDIS_URL",
-        hide_env_values = true
-    )]
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key and channel the cache uses.
-    #[arg(long, global = true, env = "CLERKSYNC_CACHE_REDIS_PREFIX")]
-    pub cache_redis_prefix: Option<String>,
-    /// Seconds a value (or an invalidation marker) lives in Redis.
-    #[arg(long, global = true, env = "CLERKSYNC_CACHE_TTL_SECS")]
-    pub cache_ttl_secs: Option<u64>,
-    /// Redis backend: most entries each node's local (moka) layer holds.
-    #[arg(long, global = true, env = "CLERKSYNC_CACHE_LOCAL_MAX_ENTRIES")]
-    pub cache_local_max_entries: Option<u64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub cache: CacheSettings,
     /// Directory of the search index (default: <data dir>/search).
     #[arg(long, global = true, env = "CLERKSYNC_SEARCH_DIR")]
     pub search_dir: Option<PathBuf>,
-    /// Alert webhook (Slack-compatible `{"text": ...}`); alerts are off when unset.
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_ALERT_WEBHOOK_URL",
-        hide_env_values = true
-    )]
-    pub alert_webhook_url: Option<String>,
-    /// Signature failures per minute above which an alert is sent.
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_ALERT_SIGNATURE_FAILURES_PER_MINUTE"
-    )]
-    pub alert_signature_failures_per_minute: Option<u32>,
-    /// Sync lag (oldest pending event, or receipt -> applied) above which an alert is sent.
-    #[arg(long, global = true, env = "CLERKSYNC_ALERT_LAG_SECONDS")]
-    pub alert_lag_seconds: Option<u64>,
-    /// At most one alert of each kind per this many seconds.
-    #[arg(long, global = true, env = "CLERKSYNC_ALERT_MIN_INTERVAL_SECS")]
-    pub alert_min_interval_secs: Option<u64>,
-    /// PEM public key that verifies Clerk session tokens (/v1/realtime).
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_CLERK_JWT_KEY",
-        hide_env_values = true
-    )]
-    pub clerk_jwt_key: Option<String>,
-    /// JWKS file (Clerk's /.well-known/jwks.json) that verifies session tokens.
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_JWKS_FILE")]
-    pub clerk_jwks_file: Option<PathBuf>,
-    /// Allowed session-token issuers (`iss`), comma-separated; any when unset.
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_ISSUERS")]
-    pub clerk_issuers: Option<String>,
-    /// Allowed session-token parties (`azp`, your origins), comma-separated; any when unset.
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_AUTHORIZED_PARTIES")]
-    pub clerk_authorized_parties: Option<String>,
-    /// Clock skew tolerated on session-token `exp`/`nbf`, in seconds (default 5).
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_LEEWAY_SECS")]
-    pub clerk_leeway_secs: Option<u64>,
-    /// Longest session-token lifetime (`exp - iat`) accepted, in seconds (default 3600).
-    #[arg(long, global = true, env = "CLERKSYNC_CLERK_MAX_TOKEN_LIFETIME_SECS")]
-    pub clerk_max_token_lifetime_secs: Option<u64>,
-    /// Browser origins allowed to open /v1/realtime, comma-separated.
-    #[arg(long, global = true, env = "CLERKSYNC_ALLOWED_ORIGINS")]
-    pub allowed_origins: Option<String>,
-    /// Most realtime connections per token (per user for session tokens).
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_TOKEN"
-    )]
-    pub realtime_max_connections_per_token: Option<usize>,
-    /// Most anonymous realtime connections from one client address (open server).
-    #[arg(
-        long,
-        global = true,
-        env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_ADDRESS"
-    )]
-    pub realtime_max_connections_per_address: Option<usize>,
-    /// Most changes one realtime `since` replay sends; past it the client resyncs.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_MAX_REPLAY")]
-    pub realtime_max_replay: Option<i64>,
-    /// Subscribe requests one realtime connection may make per minute.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_SUBSCRIBES_PER_MINUTE")]
-    pub realtime_subscribes_per_minute: Option<u32>,
-    /// Messages a realtime connection may have waiting before it counts as too slow.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_QUEUE")]
-    pub realtime_queue: Option<usize>,
-    /// Largest message a realtime client may send, in bytes.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_MAX_MESSAGE_BYTES")]
-    pub realtime_max_message_bytes: Option<usize>,
-    /// Seconds between realtime pings (a missing pong closes the connection).
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_PING_SECS")]
-    pub realtime_ping_secs: Option<u64>,
-    /// Seconds a realtime connection may hold no subscription.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_IDLE_SECS")]
-    pub realtime_idle_secs: Option<u64>,
-    /// Days back a realtime client may resume (`since`).
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_RETENTION_DAYS")]
-    pub realtime_retention_days: Option<f64>,
-    /// Most feed entries a realtime resume may reach back.
-    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_RETENTION_ENTRIES")]
-    pub realtime_retention_entries: Option<i64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub alerts: AlertSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub realtime: RealtimeSettings,
 }
 
-impl Settings {
-    /// `self` wins over `lower` field by field.
-    pub fn or(self, lower: Settings) -> Settings {
-        Settings {
-            webhook_secret: self.webhook_secret.or(lower.webhook_secret),
-            listen: self.listen.or(lower.listen),
-            database_url: self.database_url.or(lower.database_url),
-            api_token: self.api_token.or(lower.api_token),
-            insecure_open_api: self.insecure_open_api.or(lower.insecure_open_api),
-            admin_token: self.admin_token.or(lower.admin_token),
-            data_dir: self.data_dir.or(lower.data_dir),
-            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
-            max_buffered_body_bytes: self
-                .max_buffered_body_bytes
-                .or(lower.max_buffered_body_bytes),
-            http_header_timeout_secs: self
-                .http_header_timeout_secs
-                .or(lower.http_header_timeout_secs),
-            http_body_timeout_secs: self.http_body_timeout_secs.or(lower.http_body_timeout_secs),
-            http_max_connections: self.http_max_connections.or(lower.http_max_connections),
-            log_format: self.log_format.or(lower.log_format),
-            max_concurrent: self.max_concurrent.or(lower.max_concurrent),
-            max_attempts: self.max_attempts.or(lower.max_attempts),
-            batch_max: self.batch_max.or(lower.batch_max),
-            lease_secs: self.lease_secs.or(lower.lease_secs),
-            archive_retention_days: self.archive_retention_days.or(lower.archive_retention_days),
-            feed_retention_days: self.feed_retention_days.or(lower.feed_retention_days),
-            cache_strategy: self.cache_strategy.or(lower.cache_strategy),
-            cache_invalidation: self.cache_invalidation.or(lower.cache_invalidation),
-            cache_max_entries: self.cache_max_entries.or(lower.cache_max_entries),
-            cache_backend: self.cache_backend.or(lower.cache_backend),
-            redis_url: self.redis_url.or(lower.redis_url),
-            cache_redis_prefix: self.cache_redis_prefix.or(lower.cache_redis_prefix),
-            cache_ttl_secs: self.cache_ttl_secs.or(lower.cache_ttl_secs),
-            cache_local_max_entries: self
-                .cache_local_max_entries
-                .or(lower.cache_local_max_entries),
-            search_dir: self.search_dir.or(lower.search_dir),
-            alert_webhook_url: self.alert_webhook_url.or(lower.alert_webhook_url),
-            alert_signature_failures_per_minute: self
-                .alert_signature_failures_per_minute
-                .or(lower.alert_signature_failures_per_minute),
-            alert_lag_seconds: self.alert_lag_seconds.or(lower.alert_lag_seconds),
-            alert_min_interval_secs: self
-                .alert_min_interval_secs
-                .or(lower.alert_min_interval_secs),
-            clerk_jwt_key: self.clerk_jwt_key.or(lower.clerk_jwt_key),
-            clerk_jwks_file: self.clerk_jwks_file.or(lower.clerk_jwks_file),
-            clerk_issuers: self.clerk_issuers.or(lower.clerk_issuers),
-            clerk_authorized_parties: self
-                .clerk_authorized_parties
-                .or(lower.clerk_authorized_parties),
-            clerk_leeway_secs: self.clerk_leeway_secs.or(lower.clerk_leeway_secs),
-            clerk_max_token_lifetime_secs: self
-                .clerk_max_token_lifetime_secs
-                .or(lower.clerk_max_token_lifetime_secs),
-            allowed_origins: self.allowed_origins.or(lower.allowed_origins),
-            realtime_max_connections_per_token: self
-                .realtime_max_connections_per_token
-                .or(lower.realtime_max_connections_per_token),
-            realtime_max_connections_per_address: self
-                .realtime_max_connections_per_address
-                .or(lower.realtime_max_connections_per_address),
-            realtime_max_replay: self.realtime_max_replay.or(lower.realtime_max_replay),
-            realtime_subscribes_per_minute: self
-                .realtime_subscribes_per_minute
-                .or(lower.realtime_subscribes_per_minute),
-            realtime_queue: self.realtime_queue.or(lower.realtime_queue),
-            realtime_max_message_bytes: self
-                .realtime_max_message_bytes
-                .or(lower.realtime_max_message_bytes),
-            realtime_ping_secs: self.realtime_ping_secs.or(lower.realtime_ping_secs),
-            realtime_idle_secs: self.realtime_idle_secs.or(lower.realtime_idle_secs),
-            realtime_retention_days: self
-                .realtime_retention_days
-                .or(lower.realtime_retention_days),
-            realtime_retention_entries: self
-                .realtime_retention_entries
-                .or(lower.realtime_retention_entries),
-        }
+/// The sources of settings, layered: what clap parsed (flags over
+/// `CLERKSYNC_*` variables) over the TOML file. figment merges them and
+/// remembers which one gave each key.
+pub struct Layers {
+    figment: Figment,
+    file: Option<PathBuf>,
+}
+
+/// One source as figment sees it: a name (and a path for the file) and the
+/// keys it gives.
+struct Layer {
+    metadata: Metadata,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        self.metadata.clone()
     }
 
-    /// Reads a TOML file of the same keys.
-    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
-            path: path.to_path_buf(),
-            message: e.message().to_string(),
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+impl Layers {
+    /// `given` (the flags and variables clap parsed) over the TOML `file`.
+    pub fn new(given: &Settings, file: Option<&Path>) -> Result<Layers, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            figment = figment.merge(Layer {
+                metadata: Metadata::from("config file", path),
+                dict: read_file(path)?,
+            });
+        }
+        // A setting not given serializes as empty: left out, it lets the file's show.
+        let mut dict = match Value::serialize(given) {
+            Ok(Value::Dict(_, dict)) => dict,
+            _ => unreachable!("Settings serializes as a map"),
+        };
+        dict.retain(|_, v| !matches!(v, Value::Empty(..)));
+        figment = figment.merge(Layer {
+            metadata: Metadata::named("command line"),
+            dict,
+        });
+        Ok(Layers {
+            figment,
+            file: file.map(Path::to_path_buf),
         })
     }
+
+    /// The settings, each from the highest source that gives it. A value of
+    /// the wrong type in the file is named by its key and the file.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        // Each group on its own first: inside `#[serde(flatten)]` an error
+        // loses its key, and the whole extraction then fails only on a core key.
+        self.extract::<HttpSettings>()?;
+        self.extract::<CacheSettings>()?;
+        self.extract::<AlertSettings>()?;
+        self.extract::<RealtimeSettings>()?;
+        self.extract()
+    }
+
+    fn extract<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        self.figment.extract().map_err(|e| {
+            let path = self.file.clone().unwrap_or_default();
+            // figment quotes serde's already quoted list of variants again.
+            let message = e.kind.to_string().replace("``", "`");
+            match e.path.last() {
+                Some(key) => ConfigError::Named(format!(
+                    "{key} in config file {} is invalid: {message}",
+                    path.display()
+                )),
+                None => ConfigError::ParseFile { path, message },
+            }
+        })
+    }
+
+    /// The file, if `key`'s value comes from it (no flag or variable gave one).
+    pub fn file_of(&self, key: &str) -> Option<&Path> {
+        self.figment
+            .find_metadata(key)?
+            .source
+            .as_ref()?
+            .file_path()
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
+/// The file's keys, each one a setting.
+fn read_file(path: &Path) -> Result<Dict, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |message: String| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+    let known = known_keys();
+    if let Some(key) = table.keys().find(|k| !known.contains(k)) {
+        return Err(bad(format!("unknown setting `{key}`")));
+    }
+    match Value::serialize(table) {
+        Ok(Value::Dict(_, dict)) => Ok(dict),
+        Ok(_) => unreachable!("a TOML table serializes as a map"),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// The key of every setting: the ids clap gives [`Settings`]' flags.
+fn known_keys() -> Vec<String> {
+    use clap::Args;
+    Settings::augment_args(clap::Command::new("settings"))
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect()
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub secrets: SecretSet,
+    /// None for the commands that verify no delivery (migrate, events, replay).
+    pub secrets: Option<SecretSet>,
     pub listen: SocketAddr,
     pub database_url: DatabaseUrl,
     pub api_token: Option<Token>,
@@ -521,49 +442,6 @@ pub fn default_batch_max(db: &DatabaseUrl) -> usize {
 /// may be shorter), and an operator has days to notice a stuck consumer.
 pub const DEFAULT_FEED_RETENTION_DAYS: f64 = 7.0;
 
-/// The cache backend and, for redis, its settings.
-fn cache_backend(s: &Settings) -> Result<crate::feed::cache::Backend, ConfigError> {
-    use crate::feed::cache::{redis, Backend};
-    match s.cache_backend.as_deref().unwrap_or("moka") {
-        "moka" => Ok(Backend::Moka),
-        "redis" => {
-            let url = s
-                .redis_url
-                .clone()
-                .unwrap_or_else(|| redis::DEFAULT_URL.to_string());
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError::BadValue {
-                    name: "CLERKSYNC_REDIS_URL",
-                    message: format!("'{}': use redis://host:port", redact_url(&url)),
-                });
-            }
-            let ttl_secs = s.cache_ttl_secs.unwrap_or(redis::DEFAULT_TTL_SECS);
-            // Shorter would expire invalidation markers while reads are in flight.
-            if ttl_secs < 10 {
-                return Err(ConfigError::BadValue {
-                    name: "CLERKSYNC_CACHE_TTL_SECS",
-                    message: "must be at least 10 seconds".into(),
-                });
-            }
-            Ok(Backend::Redis(redis::RedisOptions {
-                url,
-                prefix: s
-                    .cache_redis_prefix
-                    .clone()
-                    .unwrap_or_else(|| redis::DEFAULT_PREFIX.to_string()),
-                ttl_secs,
-                local_max_entries: s
-                    .cache_local_max_entries
-                    .unwrap_or(redis::DEFAULT_LOCAL_MAX_ENTRIES),
-            }))
-        }
-        other => Err(ConfigError::BadValue {
-            name: "CLERKSYNC_CACHE_BACKEND",
-            message: format!("'{other}': use moka or redis"),
-        }),
-    }
-}
-
 /// Default worker count. SQLite has one writer: extra workers only split the
 /// batches (measured: 2 workers applied about half as fast as 1), so it gets one
 /// worker with large batches. On PostgreSQL applying is mostly waiting on round
@@ -581,11 +459,7 @@ pub fn default_max_concurrent(db: &DatabaseUrl) -> usize {
 impl Config {
     /// Merges `cli_env` over the optional file and validates the result.
     pub fn load(cli_env: Settings, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let file = match file {
-            Some(p) => Settings::from_file(p)?,
-            None => Settings::default(),
-        };
-        Self::from_settings(cli_env.or(file))
+        Self::from_settings(Layers::new(&cli_env, file)?.settings()?)
     }
 
     /// Validates merged settings, filling defaults.
@@ -594,21 +468,20 @@ impl Config {
             None | Some("") => return Err(ConfigError::MissingSecret),
             Some(v) => SecretSet::parse_list(v).map_err(ConfigError::BadSecret)?,
         };
-        let rest = Self::without_secret(Settings {
-            webhook_secret: None,
-            ..s
-        })?;
+        let rest = Self::without_secret(s)?;
         rest.check_exposure()?;
-        Ok(Config { secrets, ..rest })
+        Ok(Config {
+            secrets: Some(secrets),
+            ..rest
+        })
     }
 
     /// Validates everything but the secret (for commands that never verify a
-    /// delivery: migrate, events, replay). The secret set is a random placeholder.
+    /// delivery: migrate, events, replay); `secrets` is None.
     pub fn without_secret(s: Settings) -> Result<Config, ConfigError> {
-        let realtime = crate::realtime::RealtimeConfig::from_settings(&s)?;
-        let cache_backend = cache_backend(&s)?;
-        let alerts = alert_config(&s)?;
-        let http = crate::serve::HttpConfig::from_settings(&s)?;
+        let realtime = s.realtime.build()?;
+        let cache = s.cache.build()?;
+        let alerts = s.alerts.build()?;
         let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_s
             .trim()
@@ -627,16 +500,8 @@ impl Config {
                 message: "must be at least 1024".into(),
             });
         }
-        let log_format = match s.log_format.as_deref().unwrap_or("human") {
-            "human" | "text" => LogFormat::Human,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(ConfigError::BadValue {
-                    name: "CLERKSYNC_LOG_FORMAT",
-                    message: format!("'{other}': use human or json"),
-                })
-            }
-        };
+        let http = s.http.build(max_body_bytes)?;
+        let log_format = s.log_format.unwrap_or(LogFormat::Human);
         let max_concurrent = s
             .max_concurrent
             .unwrap_or_else(|| default_max_concurrent(&database_url));
@@ -679,33 +544,9 @@ impl Config {
                 message: "must be a non-negative number of days".into(),
             });
         }
-        use crate::feed::cache::{Invalidation, Strategy};
-        let cache_strategy = match s.cache_strategy.as_deref().unwrap_or("write-through") {
-            "write-through" => Strategy::WriteThrough,
-            "write-behind" => Strategy::WriteBehind,
-            other => {
-                return Err(ConfigError::BadValue {
-                    name: "CLERKSYNC_CACHE_STRATEGY",
-                    message: format!("'{other}': use write-through or write-behind"),
-                })
-            }
-        };
-        let cache_invalidation = match s.cache_invalidation.as_deref().unwrap_or("precise") {
-            "precise" => Invalidation::Precise,
-            "group" => Invalidation::Group,
-            other => {
-                return Err(ConfigError::BadValue {
-                    name: "CLERKSYNC_CACHE_INVALIDATION",
-                    message: format!("'{other}': use precise or group"),
-                })
-            }
-        };
-        let cache_max_entries = s.cache_max_entries.unwrap_or(100_000);
         let token = |t: Option<String>| t.filter(|t| !t.trim().is_empty()).map(Token::new);
         Ok(Config {
-            secrets: SecretSet::new(vec![crate::webhook::verify::WebhookSecret::from_key(
-                rand::random::<[u8; 32]>().to_vec(),
-            )]),
+            secrets: None,
             listen,
             database_url,
             api_token: token(s.api_token),
@@ -721,10 +562,10 @@ impl Config {
             lease: std::time::Duration::from_secs_f64(lease_secs),
             archive_retention: std::time::Duration::from_secs_f64(days * 86400.0),
             feed_retention: std::time::Duration::from_secs_f64(feed_days * 86400.0),
-            cache_strategy,
-            cache_invalidation,
-            cache_max_entries,
-            cache_backend,
+            cache_strategy: cache.strategy,
+            cache_invalidation: cache.invalidation,
+            cache_max_entries: cache.max_entries,
+            cache_backend: cache.backend,
             search_dir: Some(search_dir),
             realtime,
             alerts,
@@ -756,50 +597,23 @@ impl Config {
     }
 }
 
-/// The alert settings; the URL is never quoted in an error (its path is a token).
-fn alert_config(s: &Settings) -> Result<crate::alerts::AlertConfig, ConfigError> {
-    use crate::alerts::{self, AlertConfig, AlertUrl};
-    let url = match s.alert_webhook_url.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(u) => Some(AlertUrl::parse(u).map_err(|message| ConfigError::BadValue {
-            name: "CLERKSYNC_ALERT_WEBHOOK_URL",
-            message,
-        })?),
-    };
-    let per_minute = s
-        .alert_signature_failures_per_minute
-        .unwrap_or(alerts::DEFAULT_SIGNATURE_FAILURES_PER_MINUTE);
-    if per_minute == 0 {
-        return Err(ConfigError::BadValue {
-            name: "CLERKSYNC_ALERT_SIGNATURE_FAILURES_PER_MINUTE",
-            message: "must be at least 1".into(),
-        });
-    }
-    let lag = s.alert_lag_seconds.unwrap_or(alerts::DEFAULT_LAG_SECS);
-    if lag == 0 {
-        return Err(ConfigError::BadValue {
-            name: "CLERKSYNC_ALERT_LAG_SECONDS",
-            message: "must be at least 1".into(),
-        });
-    }
-    let interval = s
-        .alert_min_interval_secs
-        .unwrap_or(alerts::DEFAULT_MIN_INTERVAL_SECS);
-    Ok(AlertConfig {
-        url,
-        signature_failures_per_minute: per_minute,
-        lag: std::time::Duration::from_secs(lag),
-        min_interval: std::time::Duration::from_secs(interval),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    /// `given` layered over a config file of `toml`.
+    fn layered(given: Settings, toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, toml).unwrap();
+        Config::load(given, Some(&file))
+    }
+
     #[test]
     fn alert_settings_are_layered_and_a_malformed_url_is_a_clear_error() {
-        let secret = || Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string());
+        let secret = || Some(SECRET.to_string());
         let c = Config::from_settings(Settings {
             webhook_secret: secret(),
             ..Default::default()
@@ -808,30 +622,37 @@ mod tests {
         assert!(c.alerts.url.is_none(), "alerts are off by default");
         assert_eq!(c.alerts.min_interval.as_secs(), 300);
         let cli = Settings {
-            alert_lag_seconds: Some(5),
+            alerts: AlertSettings {
+                alert_lag_seconds: Some(5),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        let file = Settings {
-            webhook_secret: secret(),
-            alert_webhook_url: Some("https://hooks.example.com/services/T1/B2/tok3n".into()),
-            alert_lag_seconds: Some(99),
-            alert_min_interval_secs: Some(7),
-            ..Default::default()
-        };
-        let c = Config::from_settings(cli.or(file)).unwrap();
+        let file = format!(
+            "webhook_secret = \"{SECRET}\"\n\
+             alert_webhook_url = \"https://hooks.example.com/services/T1/B2/tok3n\"\n\
+             alert_lag_seconds = 99\nalert_min_interval_secs = 7\n"
+        );
+        let c = layered(cli, &file).unwrap();
         assert_eq!(c.alerts.lag.as_secs(), 5);
         assert_eq!(c.alerts.min_interval.as_secs(), 7);
         assert!(
             !format!("{c:?}").contains("tok3n"),
             "Debug hides the URL's path"
         );
+        let with = |alerts: AlertSettings| {
+            Config::from_settings(Settings {
+                webhook_secret: secret(),
+                alerts,
+                ..Default::default()
+            })
+        };
         for bad in [
             "hooks.example.com/tok3n",
             "ftp://h/tok3n",
             "not a url tok3n",
         ] {
-            let e = Config::from_settings(Settings {
-                webhook_secret: secret(),
+            let e = with(AlertSettings {
                 alert_webhook_url: Some(bad.into()),
                 ..Default::default()
             })
@@ -840,8 +661,7 @@ mod tests {
             assert!(e.contains("CLERKSYNC_ALERT_WEBHOOK_URL"), "{e}");
             assert!(!e.contains("tok3n"), "never echo the URL: {e}");
         }
-        let e = Config::from_settings(Settings {
-            webhook_secret: secret(),
+        let e = with(AlertSettings {
             alert_signature_failures_per_minute: Some(0),
             ..Default::default()
         })
@@ -850,18 +670,70 @@ mod tests {
     }
 
     #[test]
-    fn flags_win_over_file() {
+    fn flags_win_over_file_and_the_file_over_defaults() {
         let cli = Settings {
             listen: Some("127.0.0.1:9".into()),
             ..Default::default()
         };
-        let file = Settings {
-            listen: Some("127.0.0.1:10".into()),
-            webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        let file = format!(
+            "listen = \"127.0.0.1:10\"\nwebhook_secret = \"{SECRET}\"\n\
+             cache_strategy = \"write-behind\"\nlog_format = \"text\"\nlease_secs = 5\n"
+        );
+        let c = layered(cli, &file).unwrap();
+        assert_eq!(c.listen.port(), 9);
+        assert_eq!(c.cache_strategy, crate::feed::cache::Strategy::WriteBehind);
+        assert_eq!(c.log_format, LogFormat::Human, "text is human's other name");
+        assert_eq!(c.lease.as_secs(), 5, "an integer where a number is due");
+        assert_eq!(
+            c.cache_invalidation,
+            crate::feed::cache::Invalidation::Precise
+        );
+        assert!(c.secrets.is_some());
+    }
+
+    #[test]
+    fn a_bad_file_names_the_key_and_the_file() {
+        let given = || Settings {
+            webhook_secret: Some(SECRET.into()),
             ..Default::default()
         };
-        let c = Config::from_settings(cli.or(file)).unwrap();
-        assert_eq!(c.listen.port(), 9);
+        let e = layered(given(), "cache_backend = \"memcached\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cache_backend in config file"), "{e}");
+        assert!(e.contains("c.toml is invalid") && e.contains("moka"), "{e}");
+        let e = layered(given(), "http_max_connections = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http_max_connections"), "{e}");
+        let e = layered(given(), "lisen = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown setting `lisen`"), "{e}");
+        let e = layered(given(), "listen = [").unwrap_err().to_string();
+        assert!(e.contains("c.toml is invalid") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn the_file_is_named_as_a_key_source_only_when_no_flag_gave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nbatch_max = 4\n").unwrap();
+        let given = Settings {
+            batch_max: Some(8),
+            ..Default::default()
+        };
+        let layers = Layers::new(&given, Some(&file)).unwrap();
+        assert_eq!(layers.file_of("listen"), Some(file.as_path()));
+        assert_eq!(layers.file_of("batch_max"), None);
+        assert_eq!(layers.file_of("data_dir"), None);
+        assert_eq!(layers.settings().unwrap().batch_max, Some(8));
+    }
+
+    #[test]
+    fn a_missing_secret_is_none_only_where_none_is_needed() {
+        let c = Config::without_secret(Settings::default()).unwrap();
+        assert!(c.secrets.is_none());
     }
 
     #[test]
@@ -892,38 +764,6 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("CLERKSYNC_DATABASE_URL"));
-    }
-
-    #[test]
-    fn cache_backend_settings() {
-        use crate::feed::cache::Backend;
-        let with = |backend: &str, url: Option<&str>| {
-            Config::from_settings(Settings {
-                webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
-                cache_backend: Some(backend.into()),
-                redis_url: url.map(str::to_string),
-                ..Default::default()
-            })
-        };
-        assert_eq!(with("moka", None).unwrap().cache_backend, Backend::Moka);
-        match with("redis", None).unwrap().cache_backend {
-            Backend::Redis(o) => {
-                assert_eq!(o.url, "redis://127.0.0.1:6379");
-                assert_eq!(o.prefix, "clerksync:");
-            }
-            Backend::Moka => panic!("redis expected"),
-        }
-        let e = with("memcached", None).unwrap_err().to_string();
-        assert!(e.contains("CLERKSYNC_CACHE_BACKEND"), "{e}");
-        let e = with("redis", Some("http://u:hunter2@x"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("CLERKSYNC_REDIS_URL") && !e.contains("hunter2"),
-            "{e}"
-        );
-        let c = with("redis", Some("redis://u:hunter2@x:6379")).unwrap();
-        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

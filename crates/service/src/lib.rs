@@ -21,6 +21,7 @@ pub mod queue;
 pub mod realtime;
 pub mod search;
 pub mod serve;
+pub mod setting;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

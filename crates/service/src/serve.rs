@@ -7,7 +7,7 @@
 //! header timeout, stop accepting because slow clients hold every slot (a
 //! quick request such as `/healthz` must still be served), or buffer a body.
 
-use crate::config::{ConfigError, Settings};
+use crate::setting::Invalid;
 use crate::telemetry::metrics::HttpMetrics;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -63,49 +63,63 @@ impl Default for HttpConfig {
     }
 }
 
-impl HttpConfig {
-    pub fn from_settings(s: &Settings) -> Result<HttpConfig, ConfigError> {
+/// The server's limits as given (flags, `CLERKSYNC_*`, config file keys): one
+/// field per setting, checked by [`HttpSettings::build`].
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, clap::Args)]
+pub struct HttpSettings {
+    /// Webhook body bytes held in memory at once, over all requests (past it: 503).
+    #[arg(long, global = true, env = "CLERKSYNC_MAX_BUFFERED_BODY_BYTES")]
+    pub max_buffered_body_bytes: Option<usize>,
+    /// Seconds a client has to send a request's headers (also bounds an idle keep-alive connection).
+    #[arg(long, global = true, env = "CLERKSYNC_HTTP_HEADER_TIMEOUT_SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's whole body.
+    #[arg(long, global = true, env = "CLERKSYNC_HTTP_BODY_TIMEOUT_SECS")]
+    pub http_body_timeout_secs: Option<u64>,
+    /// Most HTTP connections open at once (WebSockets included).
+    #[arg(long, global = true, env = "CLERKSYNC_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+}
+
+impl HttpSettings {
+    /// The limits, defaults filled in; `max_body_bytes` is the largest webhook
+    /// body, which the buffered-body budget must hold.
+    pub fn build(&self, max_body_bytes: usize) -> Result<HttpConfig, Invalid> {
         let secs = |v: Option<u64>, default: u64, name: &'static str| {
             let v = v.unwrap_or(default);
             if (1..=3600).contains(&v) {
                 Ok(Duration::from_secs(v))
             } else {
-                Err(ConfigError::BadValue {
-                    name,
-                    message: "must be between 1 and 3600 seconds".into(),
-                })
+                Err(Invalid::new(name, "must be between 1 and 3600 seconds"))
             }
         };
-        let max_connections = s.http_max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_connections = self.http_max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if !(1..=1_000_000).contains(&max_connections) {
-            return Err(ConfigError::BadValue {
-                name: "CLERKSYNC_HTTP_MAX_CONNECTIONS",
-                message: "must be between 1 and 1000000".into(),
-            });
+            return Err(Invalid::new(
+                "CLERKSYNC_HTTP_MAX_CONNECTIONS",
+                "must be between 1 and 1000000",
+            ));
         }
-        let max_body = s
-            .max_body_bytes
-            .unwrap_or(crate::config::DEFAULT_MAX_BODY_BYTES);
-        let budget = s
+        let budget = self
             .max_buffered_body_bytes
-            .unwrap_or(DEFAULT_MAX_BUFFERED_BODY_BYTES.max(max_body));
+            .unwrap_or(DEFAULT_MAX_BUFFERED_BODY_BYTES.max(max_body_bytes));
         // A budget below one body would refuse every large delivery; permits are u32.
-        if budget < max_body || budget > u32::MAX as usize {
-            return Err(ConfigError::BadValue {
-                name: "CLERKSYNC_MAX_BUFFERED_BODY_BYTES",
-                message: format!(
-                    "must be at least CLERKSYNC_MAX_BODY_BYTES ({max_body}) and below 4 GiB"
+        if budget < max_body_bytes || budget > u32::MAX as usize {
+            return Err(Invalid::new(
+                "CLERKSYNC_MAX_BUFFERED_BODY_BYTES",
+                format!(
+                    "must be at least CLERKSYNC_MAX_BODY_BYTES ({max_body_bytes}) and below 4 GiB"
                 ),
-            });
+            ));
         }
         Ok(HttpConfig {
             header_timeout: secs(
-                s.http_header_timeout_secs,
+                self.http_header_timeout_secs,
                 DEFAULT_HEADER_TIMEOUT_SECS,
                 "CLERKSYNC_HTTP_HEADER_TIMEOUT_SECS",
             )?,
             body_timeout: secs(
-                s.http_body_timeout_secs,
+                self.http_body_timeout_secs,
                 DEFAULT_BODY_TIMEOUT_SECS,
                 "CLERKSYNC_HTTP_BODY_TIMEOUT_SECS",
             )?,
@@ -446,48 +460,48 @@ mod tests {
 
     #[test]
     fn defaults_and_bad_values_name_the_setting() {
-        let c = HttpConfig::from_settings(&Settings::default()).unwrap();
+        const BODY: usize = 1 << 20;
+        let c = HttpSettings::default().build(BODY).unwrap();
         assert_eq!(c, HttpConfig::default());
         assert!(c.max_connections < 1024, "fits a 1,024-descriptor process");
-        let bad = |s: Settings, name: &str| {
-            let e = HttpConfig::from_settings(&s).unwrap_err().to_string();
+        let bad = |s: HttpSettings, body: usize, name: &str| {
+            let e = s.build(body).unwrap_err().to_string();
             assert!(e.contains(name), "{e}");
         };
         bad(
-            Settings {
+            HttpSettings {
                 http_header_timeout_secs: Some(0),
                 ..Default::default()
             },
+            BODY,
             "CLERKSYNC_HTTP_HEADER_TIMEOUT_SECS",
         );
         bad(
-            Settings {
+            HttpSettings {
                 http_body_timeout_secs: Some(100_000),
                 ..Default::default()
             },
+            BODY,
             "CLERKSYNC_HTTP_BODY_TIMEOUT_SECS",
         );
         bad(
-            Settings {
+            HttpSettings {
                 http_max_connections: Some(0),
                 ..Default::default()
             },
+            BODY,
             "CLERKSYNC_HTTP_MAX_CONNECTIONS",
         );
         bad(
-            Settings {
-                max_body_bytes: Some(2 << 20),
+            HttpSettings {
                 max_buffered_body_bytes: Some(1 << 20),
                 ..Default::default()
             },
+            2 << 20,
             "CLERKSYNC_MAX_BUFFERED_BODY_BYTES",
         );
         // A body limit above the default budget raises the default budget.
-        let c = HttpConfig::from_settings(&Settings {
-            max_body_bytes: Some(100 << 20),
-            ..Default::default()
-        })
-        .unwrap();
+        let c = HttpSettings::default().build(100 << 20).unwrap();
         assert_eq!(c.max_buffered_body_bytes, 100 << 20);
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::clock::Clock;
 use crate::processor::EventObserver;
+use crate::setting::Invalid;
 use crate::store::db::Database;
 use crate::sync::{Delivery, Outcome};
 use crate::telemetry::metrics::Metrics;
@@ -78,7 +79,72 @@ impl fmt::Display for AlertUrl {
     }
 }
 
-/// Alert settings (see `config.rs` for how they are read).
+/// The alert settings as given (flags, `CLERKSYNC_ALERT_*`, config file keys):
+/// one field per setting, checked by [`AlertSettings::build`].
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, clap::Args)]
+pub struct AlertSettings {
+    /// Alert webhook (Slack-compatible `{"text": ...}`); alerts are off when unset.
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_ALERT_WEBHOOK_URL",
+        hide_env_values = true
+    )]
+    pub alert_webhook_url: Option<String>,
+    /// Signature failures per minute above which an alert is sent.
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_ALERT_SIGNATURE_FAILURES_PER_MINUTE"
+    )]
+    pub alert_signature_failures_per_minute: Option<u32>,
+    /// Sync lag (oldest pending event, or receipt -> applied) above which an alert is sent.
+    #[arg(long, global = true, env = "CLERKSYNC_ALERT_LAG_SECONDS")]
+    pub alert_lag_seconds: Option<u64>,
+    /// At most one alert of each kind per this many seconds.
+    #[arg(long, global = true, env = "CLERKSYNC_ALERT_MIN_INTERVAL_SECS")]
+    pub alert_min_interval_secs: Option<u64>,
+}
+
+impl AlertSettings {
+    /// The alert configuration, defaults filled in. The URL is never quoted in
+    /// an error (its path is a token).
+    pub fn build(&self) -> Result<AlertConfig, Invalid> {
+        let url = match self.alert_webhook_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) => Some(
+                AlertUrl::parse(u).map_err(|m| Invalid::new("CLERKSYNC_ALERT_WEBHOOK_URL", m))?,
+            ),
+        };
+        let per_minute = self
+            .alert_signature_failures_per_minute
+            .unwrap_or(DEFAULT_SIGNATURE_FAILURES_PER_MINUTE);
+        if per_minute == 0 {
+            return Err(Invalid::new(
+                "CLERKSYNC_ALERT_SIGNATURE_FAILURES_PER_MINUTE",
+                "must be at least 1",
+            ));
+        }
+        let lag = self.alert_lag_seconds.unwrap_or(DEFAULT_LAG_SECS);
+        if lag == 0 {
+            return Err(Invalid::new(
+                "CLERKSYNC_ALERT_LAG_SECONDS",
+                "must be at least 1",
+            ));
+        }
+        let interval = self
+            .alert_min_interval_secs
+            .unwrap_or(DEFAULT_MIN_INTERVAL_SECS);
+        Ok(AlertConfig {
+            url,
+            signature_failures_per_minute: per_minute,
+            lag: Duration::from_secs(lag),
+            min_interval: Duration::from_secs(interval),
+        })
+    }
+}
+
+/// The checked alert configuration.
 #[derive(Debug, Clone)]
 pub struct AlertConfig {
     /// None: alerts are off.

@@ -7,10 +7,11 @@
 //! configuration, never from Clerk at run time) or accept a setting that would
 //! make a limit zero. See ARCHITECTURE.md.
 
-use crate::config::{ConfigError, Settings};
 use crate::realtime::resume::ResumeWindow;
+use crate::setting::Invalid;
 use jsonwebtoken::DecodingKey;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const DEFAULT_MAX_CONNECTIONS_PER_TOKEN: usize = 100;
@@ -126,19 +127,85 @@ fn list(s: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-fn bad(name: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::BadValue {
-        name,
-        message: message.into(),
-    }
+/// The realtime settings as given (flags, `CLERKSYNC_CLERK_*` and
+/// `CLERKSYNC_REALTIME_*`, config file keys): one field per setting, checked
+/// by [`RealtimeSettings::build`].
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, clap::Args)]
+pub struct RealtimeSettings {
+    /// PEM public key that verifies Clerk session tokens (/v1/realtime).
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_CLERK_JWT_KEY",
+        hide_env_values = true
+    )]
+    pub clerk_jwt_key: Option<String>,
+    /// JWKS file (Clerk's /.well-known/jwks.json) that verifies session tokens.
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_JWKS_FILE")]
+    pub clerk_jwks_file: Option<PathBuf>,
+    /// Allowed session-token issuers (`iss`), comma-separated; any when unset.
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_ISSUERS")]
+    pub clerk_issuers: Option<String>,
+    /// Allowed session-token parties (`azp`, your origins), comma-separated; any when unset.
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_AUTHORIZED_PARTIES")]
+    pub clerk_authorized_parties: Option<String>,
+    /// Clock skew tolerated on session-token `exp`/`nbf`, in seconds (default 5).
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_LEEWAY_SECS")]
+    pub clerk_leeway_secs: Option<u64>,
+    /// Longest session-token lifetime (`exp - iat`) accepted, in seconds (default 3600).
+    #[arg(long, global = true, env = "CLERKSYNC_CLERK_MAX_TOKEN_LIFETIME_SECS")]
+    pub clerk_max_token_lifetime_secs: Option<u64>,
+    /// Browser origins allowed to open /v1/realtime, comma-separated.
+    #[arg(long, global = true, env = "CLERKSYNC_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Most realtime connections per token (per user for session tokens).
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_TOKEN"
+    )]
+    pub realtime_max_connections_per_token: Option<usize>,
+    /// Most anonymous realtime connections from one client address (open server).
+    #[arg(
+        long,
+        global = true,
+        env = "CLERKSYNC_REALTIME_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
+    pub realtime_max_connections_per_address: Option<usize>,
+    /// Most changes one realtime `since` replay sends; past it the client resyncs.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_MAX_REPLAY")]
+    pub realtime_max_replay: Option<i64>,
+    /// Subscribe requests one realtime connection may make per minute.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_SUBSCRIBES_PER_MINUTE")]
+    pub realtime_subscribes_per_minute: Option<u32>,
+    /// Messages a realtime connection may have waiting before it counts as too slow.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_QUEUE")]
+    pub realtime_queue: Option<usize>,
+    /// Largest message a realtime client may send, in bytes.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_MAX_MESSAGE_BYTES")]
+    pub realtime_max_message_bytes: Option<usize>,
+    /// Seconds between realtime pings (a missing pong closes the connection).
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_PING_SECS")]
+    pub realtime_ping_secs: Option<u64>,
+    /// Seconds a realtime connection may hold no subscription.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_IDLE_SECS")]
+    pub realtime_idle_secs: Option<u64>,
+    /// Days back a realtime client may resume (`since`).
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_RETENTION_DAYS")]
+    pub realtime_retention_days: Option<f64>,
+    /// Most feed entries a realtime resume may reach back.
+    #[arg(long, global = true, env = "CLERKSYNC_REALTIME_RETENTION_ENTRIES")]
+    pub realtime_retention_entries: Option<i64>,
 }
 
-impl RealtimeConfig {
-    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+impl RealtimeSettings {
+    /// The realtime configuration, defaults filled in and keys loaded.
+    pub fn build(&self) -> Result<RealtimeConfig, Invalid> {
+        let s = self;
         let pem = match s.clerk_jwt_key.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(p) => Some(SessionKeys::from_pem(p).map_err(|e| {
-                bad(
+                Invalid::new(
                     "CLERKSYNC_CLERK_JWT_KEY",
                     format!("not an RSA public key in PEM form ({e}): paste the PEM public key from the Clerk dashboard's API keys page"),
                 )
@@ -148,13 +215,13 @@ impl RealtimeConfig {
             None => None,
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    bad(
+                    Invalid::new(
                         "CLERKSYNC_CLERK_JWKS_FILE",
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
                 Some(SessionKeys::from_jwks(&text).map_err(|e| {
-                    bad(
+                    Invalid::new(
                         "CLERKSYNC_CLERK_JWKS_FILE",
                         format!("{}: {e}", path.display()),
                     )
@@ -166,12 +233,12 @@ impl RealtimeConfig {
             (a, b) => a.or(b),
         };
         let positive = |v: Option<u64>, default: u64, name: &'static str| match v {
-            Some(0) => Err(bad(name, "must be at least 1")),
+            Some(0) => Err(Invalid::new(name, "must be at least 1")),
             v => Ok(v.unwrap_or(default)),
         };
         let days = s.realtime_retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
         if !(days.is_finite() && days >= 0.0) {
-            return Err(bad(
+            return Err(Invalid::new(
                 "CLERKSYNC_REALTIME_RETENTION_DAYS",
                 "must be a non-negative number of days",
             ));
@@ -180,12 +247,12 @@ impl RealtimeConfig {
             .realtime_max_message_bytes
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         if max_message_bytes < 256 {
-            return Err(bad(
+            return Err(Invalid::new(
                 "CLERKSYNC_REALTIME_MAX_MESSAGE_BYTES",
                 "must be at least 256",
             ));
         }
-        Ok(Self {
+        Ok(RealtimeConfig {
             session_keys,
             issuers: list(s.clerk_issuers.as_deref()),
             authorized_parties: list(s.clerk_authorized_parties.as_deref()),
@@ -253,7 +320,9 @@ impl RealtimeConfig {
 
 impl Default for RealtimeConfig {
     fn default() -> Self {
-        Self::from_settings(&Settings::default()).expect("the defaults are valid")
+        RealtimeSettings::default()
+            .build()
+            .expect("the defaults are valid")
     }
 }
 
@@ -269,16 +338,18 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_variable() {
-        let e = RealtimeConfig::from_settings(&Settings {
+        let e = RealtimeSettings {
             clerk_jwt_key: Some("not a key".into()),
             ..Default::default()
-        })
+        }
+        .build()
         .unwrap_err();
         assert!(e.to_string().contains("CLERKSYNC_CLERK_JWT_KEY"), "{e}");
-        let e = RealtimeConfig::from_settings(&Settings {
+        let e = RealtimeSettings {
             realtime_queue: Some(0),
             ..Default::default()
-        })
+        }
+        .build()
         .unwrap_err();
         assert!(e.to_string().contains("CLERKSYNC_REALTIME_QUEUE"), "{e}");
     }

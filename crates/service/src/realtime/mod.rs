@@ -75,6 +75,6 @@ pub mod visibility;
 pub mod writer;
 
 pub use auth::{AuthError, Principal};
-pub use config::{RealtimeConfig, SessionKeys};
+pub use config::{RealtimeConfig, RealtimeSettings, SessionKeys};
 pub use hub::RealtimeHub;
 pub use protocol::Topic;

@@ -7,7 +7,19 @@
 pub mod history;
 pub mod metrics;
 
-use crate::config::LogFormat;
+/// `CLERKSYNC_LOG_FORMAT`: how log lines are written on stderr.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[value(alias = "text")]
+    #[serde(alias = "text")]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global tracing subscriber (only `main` calls this).
 pub fn init_logging(format: LogFormat) {

@@ -30,8 +30,13 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 
 pub mod redis;
+pub mod settings;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A setting (`CLERKSYNC_CACHE_STRATEGY`): its names are the variants' in kebab case.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// The processor refreshes the cache after each commit, before the change
     /// counts as processed (read-your-writes).
@@ -40,7 +45,11 @@ pub enum Strategy {
     WriteBehind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A setting (`CLERKSYNC_CACHE_INVALIDATION`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Invalidation {
     /// Only the changed entities' own keys.
     Precise,

@@ -66,7 +66,7 @@ pub struct RedisOptions {
 impl fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisOptions")
-            .field("url", &crate::config::redact_url(&self.url))
+            .field("url", &crate::setting::redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("ttl_secs", &self.ttl_secs)
             .field("local_max_entries", &self.local_max_entries)
@@ -190,7 +190,7 @@ impl Shared {
         opts: &RedisOptions,
     ) -> Result<(Shared, redis::Client), CacheError> {
         let connect_err = |e: redis::RedisError| CacheError::Connect {
-            url: crate::config::redact_url(&opts.url),
+            url: crate::setting::redact_url(&opts.url),
             reason: e.to_string(),
         };
         let client = redis::Client::open(opts.url.as_str()).map_err(connect_err)?;
