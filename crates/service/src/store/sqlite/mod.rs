@@ -12,6 +12,7 @@
 
 mod conn;
 mod gate;
+mod purge;
 mod tx;
 
 pub(crate) use conn::{run_blocking, spawn_gate_thread};
@@ -609,8 +610,8 @@ impl EntityStore for Sqlite<'_> {
 impl MaintenanceStore for Sqlite<'_> {
     async fn purge_expired(&self, cutoff_ms: i64, redact: &Redaction) -> Result<PurgeReport> {
         // The background side of the gate: webhook appends go first.
-        let _gate = self.gate.background().await;
-        crate::store::maintenance::purge_impl!(self.pool, cutoff_ms, redact)
+        self.write_background(|c| purge::purge(c, cutoff_ms, redact))
+            .await
     }
 
     /// Copies the WAL into the database and truncates it to zero bytes, so the
