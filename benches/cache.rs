@@ -29,9 +29,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn fill_store(db: &Database, n: usize) {
-    let Database::Sqlite(pool, ..) = db else {
+    let Some(path) = db.file_path() else {
         unreachable!("the bench uses SQLite")
     };
+    let pool = &sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("a pool on the bench's database");
     let mut tx = pool.begin().await.expect("begin");
     for i in 0..n {
         let data = json!({

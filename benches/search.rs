@@ -148,9 +148,12 @@ fn user_json(rng: &mut StdRng, n: usize, p: &Person) -> String {
 
 /// Fills the users table of a fresh store, in transactions of 10,000 rows.
 async fn fill_store(db: &Database, n: usize) -> Vec<Person> {
-    let Database::Sqlite(pool, ..) = db else {
+    let Some(path) = db.file_path() else {
         unreachable!("the bench uses SQLite")
     };
+    let pool = &sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("a pool on the bench's database");
     let mut rng = StdRng::seed_from_u64(5);
     let mut people = Vec::with_capacity(n);
     const ROWS: usize = 500;

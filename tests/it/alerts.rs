@@ -264,7 +264,6 @@ async fn a_hung_receiver_never_holds_processing_up() {
 #[tokio::test]
 async fn sync_lag_over_the_threshold_raises_an_alert() {
     use clerksync::clock::FixedClock;
-    use clerksync::store::db::Database;
     let rx = Receiver::start(0).await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
@@ -278,9 +277,7 @@ async fn sync_lag_over_the_threshold_raises_an_alert() {
         .await
         .unwrap();
     let addr = app.local_addr();
-    let Database::Sqlite(pool, ..) = app.state().db.clone() else {
-        unreachable!("a SQLite URL")
-    };
+    let pool = crate::helpers::sqlite_pool(&app.state().db).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let token = stop.clone();
     let server = tokio::spawn(app.run(async move { token.cancelled().await }));

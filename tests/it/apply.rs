@@ -274,7 +274,8 @@ async fn invalid_data_fails_readably_and_touches_nothing() {
     let (st, ev) = s.get_json("/v1/users/user_ok", None).await;
     assert_eq!(st, 200, "events behind a bad one still apply: {ev}");
     let errors: Vec<String> = match &s.db {
-        clerksync::store::Database::Sqlite(p, ..) => {
+        clerksync::store::Database::Sqlite(..) => {
+            let p = &crate::helpers::sqlite_pool(&s.db).await;
             sqlx::query_scalar("SELECT last_error FROM inbox WHERE status = 'dead' ORDER BY seq")
                 .fetch_all(p)
                 .await

@@ -185,14 +185,20 @@ impl Server {
 
     pub async fn scalar(&self, sql: &str) -> i64 {
         match &self.db {
-            Database::Sqlite(p, ..) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Database::Sqlite(..) => {
+                let p = &crate::helpers::sqlite_pool(&self.db).await;
+                sqlx::query_scalar(sql).fetch_one(p).await.unwrap()
+            }
             Database::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
         }
     }
 
     pub async fn exec(&self, sql: &str) {
         match &self.db {
-            Database::Sqlite(p, ..) => sqlx::query(sql).execute(p).await.map(|_| ()),
+            Database::Sqlite(..) => {
+                let p = &crate::helpers::sqlite_pool(&self.db).await;
+                sqlx::query(sql).execute(p).await.map(|_| ())
+            }
             Database::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
         }
         .unwrap()

@@ -180,7 +180,10 @@ pub async fn reset(db: &Database) {
     for t in TABLES {
         let sql = format!("DELETE FROM {t}");
         match db {
-            Database::Sqlite(p, ..) => sqlx::query(&sql).execute(p).await.map(|_| ()),
+            Database::Sqlite(..) => {
+                let p = &crate::helpers::sqlite_pool(db).await;
+                sqlx::query(&sql).execute(p).await.map(|_| ())
+            }
             Database::Postgres(p) => sqlx::query(&sql).execute(p).await.map(|_| ()),
         }
         .unwrap();
@@ -213,14 +216,20 @@ pub async fn dump(db: &Database) -> Vec<String> {
             Option<String>,
         );
         let rows: Vec<Row> = match db {
-            Database::Sqlite(p, ..) => sqlx::query_as(&sql).fetch_all(p).await.unwrap(),
+            Database::Sqlite(..) => {
+                let p = &crate::helpers::sqlite_pool(db).await;
+                sqlx::query_as(&sql).fetch_all(p).await.unwrap()
+            }
             Database::Postgres(p) => sqlx::query_as(&sql).fetch_all(p).await.unwrap(),
         };
         out.extend(rows.into_iter().map(|r| format!("{t}: {r:?}")));
     }
     let sql = "SELECT user_id, id, email_address, is_primary FROM user_emails ORDER BY user_id, id";
     let rows: Vec<(String, String, String, bool)> = match db {
-        Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Database::Sqlite(..) => {
+            let p = &crate::helpers::sqlite_pool(db).await;
+            sqlx::query_as(sql).fetch_all(p).await.unwrap()
+        }
         Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
     };
     out.extend(rows.into_iter().map(|r| format!("user_emails: {r:?}")));
@@ -239,7 +248,10 @@ async fn store(db: &Database, evs: &[Ev]) -> Vec<Delivery> {
     let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, \
                body, attempts FROM inbox JOIN inbox_bodies USING (seq) ORDER BY seq";
     let stored: Vec<Delivery> = match db {
-        Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Database::Sqlite(..) => {
+            let p = &crate::helpers::sqlite_pool(db).await;
+            sqlx::query_as(sql).fetch_all(p).await.unwrap()
+        }
         Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
     };
     stored

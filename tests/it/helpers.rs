@@ -346,3 +346,18 @@ pub async fn post_signed(
         .unwrap()
         .status()
 }
+
+/// A sqlx pool on a SQLite database's file, for tests that inspect or change
+/// the database directly (the service itself talks to SQLite through rusqlite).
+pub async fn sqlite_pool(db: &clerksync::store::Database) -> sqlx::SqlitePool {
+    let path = db.file_path().expect("a SQLite database");
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(opts)
+        .await
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}

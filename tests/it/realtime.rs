@@ -659,7 +659,10 @@ async fn resume_case(s: Server, n: i64) {
     s.settle().await;
     const Q: &str = "SELECT seq FROM change_feed WHERE kind = 'user' AND entity_id = 'user_a' AND seq > $1 ORDER BY seq";
     let want: Vec<i64> = match &s.db {
-        Database::Sqlite(p, ..) => sqlx::query_scalar(Q).bind(first).fetch_all(p).await,
+        Database::Sqlite(..) => {
+            let p = &crate::helpers::sqlite_pool(&s.db).await;
+            sqlx::query_scalar(Q).bind(first).fetch_all(p).await
+        }
         Database::Postgres(p) => sqlx::query_scalar(Q).bind(first).fetch_all(p).await,
     }
     .unwrap();
@@ -1074,7 +1077,10 @@ async fn the_ws_bench_delivers_every_change_to_every_client_once_in_order() {
     assert!(r.all_delivered && r.kept_up, "{r:?}");
     const Q: &str = "SELECT seq FROM change_feed WHERE seq > $1 ORDER BY seq";
     let want: Vec<i64> = match &s.db {
-        Database::Sqlite(p, ..) => sqlx::query_scalar(Q).bind(before).fetch_all(p).await,
+        Database::Sqlite(..) => {
+            let p = &crate::helpers::sqlite_pool(&s.db).await;
+            sqlx::query_scalar(Q).bind(before).fetch_all(p).await
+        }
         Database::Postgres(p) => sqlx::query_scalar(Q).bind(before).fetch_all(p).await,
     }
     .unwrap();

@@ -10,7 +10,7 @@ use crate::store::feed::{FeedEntry, FeedFilter};
 use crate::store::inbox::{ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts};
 use crate::store::sqlite::WriteGate;
 use crate::store::{ApplyStore, FeedStore, InboxStore, MaintenanceStore, StoreError};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::PgPool;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,8 @@ pub enum DbError {
     },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database migration failed: {0}")]
+    SqliteMigrate(#[source] crate::store::sqlite::SqliteMigrateError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,9 +68,9 @@ pub enum DbError {
 /// database directly); the program talks to it through its methods.
 #[derive(Clone, Debug)]
 pub enum Database {
-    /// The pool (migrations, tests), and the gate that owns the writer and reader
-    /// connections every statement of the backend runs on (`store::sqlite`).
-    Sqlite(SqlitePool, Arc<WriteGate>),
+    /// The gate that owns the writer and reader connections every statement
+    /// of the backend runs on (`store::sqlite`).
+    Sqlite(Arc<WriteGate>),
     Postgres(PgPool),
 }
 
@@ -77,8 +79,8 @@ pub enum Database {
 macro_rules! backend {
     ($db:expr, |$b:ident| $body:expr) => {
         match $db {
-            Database::Sqlite(pool, gate) => {
-                let $b = crate::store::sqlite::Sqlite { pool, gate };
+            Database::Sqlite(gate) => {
+                let $b = crate::store::sqlite::Sqlite { gate };
                 $body
             }
             Database::Postgres(pool) => {
@@ -135,6 +137,15 @@ impl Database {
         match self {
             Database::Sqlite(..) => crate::store::sqlite::run_blocking(fut),
             Database::Postgres(_) => fut.await,
+        }
+    }
+
+    /// The database file, when the backend keeps the data in one (SQLite):
+    /// for tools and tests that open it themselves.
+    pub fn file_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Database::Sqlite(gate) => Some(gate.path()),
+            Database::Postgres(_) => None,
         }
     }
 

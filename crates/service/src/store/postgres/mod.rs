@@ -7,6 +7,7 @@
 //! writer (another node may hold any row), or hand out a `sqlx` type outside
 //! the store.
 
+mod purge;
 mod tx;
 
 use crate::clerk::model::Kind;
@@ -551,7 +552,7 @@ impl EntityStore for Postgres<'_> {
 #[async_trait]
 impl MaintenanceStore for Postgres<'_> {
     async fn purge_expired(&self, cutoff_ms: i64, redact: &Redaction) -> Result<PurgeReport> {
-        crate::store::maintenance::purge_impl!(self.pool, cutoff_ms, redact)
+        purge::purge(self.pool, cutoff_ms, redact).await
     }
 
     /// PostgreSQL keeps old row versions until VACUUM reclaims them

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use std::path::Path;
 use std::time::Duration;
 
-/// migrated.
+/// Opens the writer connection (creating the file if needed), in WAL mode.
 ///
 /// `synchronous = NORMAL`: a commit does not wait for the WAL's fsync while it
 /// holds the write gate (measured on this project's machines: ~1.2 ms per

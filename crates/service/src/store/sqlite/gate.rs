@@ -35,6 +35,8 @@ pub struct WriteGate {
     path: std::path::PathBuf,
     /// Reader connections kept for [`WriteGate::read`].
     readers: std::sync::Mutex<Vec<rusqlite::Connection>>,
+    /// Reader connections opened so far (`/metrics`).
+    opened: std::sync::atomic::AtomicUsize,
 }
 
 /// Holds the gate until dropped.
@@ -60,6 +62,7 @@ impl WriteGate {
             wal,
             path,
             readers: Default::default(),
+            opened: Default::default(),
             lock: Arc::new(tokio::sync::Mutex::new(writer)),
             background: Default::default(),
             urgent_waiting: Default::default(),
@@ -83,7 +86,12 @@ impl WriteGate {
             .pop();
         let conn = match pooled {
             Some(c) => c,
-            None => open_reader(&self.path)?,
+            None => {
+                let c = open_reader(&self.path)?;
+                self.opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                c
+            }
         };
         let out = blocking(|| f(&conn)).map_err(StoreError::from);
         self.readers
@@ -128,6 +136,22 @@ impl WriteGate {
 }
 
 impl WriteGate {
+    /// The database file.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Connections open (the writer and the readers), and how many readers are idle.
+    pub(crate) fn connections(&self) -> (u32, usize) {
+        let opened = self.opened.load(std::sync::atomic::Ordering::Relaxed);
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len();
+        (1 + opened as u32, idle)
+    }
+
     /// Makes every commit so far durable: fsyncs the WAL without holding the
     /// gate, so writers go on while it waits for the disk.
     pub(crate) fn sync(&self) -> Result<(), StoreError> {

@@ -12,10 +12,13 @@
 
 mod conn;
 mod gate;
+mod migrate;
+mod purge;
 mod tx;
 
 pub(crate) use conn::{run_blocking, spawn_gate_thread};
 pub use gate::WriteGate;
+pub use migrate::SqliteMigrateError;
 
 use crate::clerk::model::Kind;
 use crate::store::db::{Database, DbError};
@@ -34,27 +37,59 @@ use crate::store::{
 use async_trait::async_trait;
 use conn::blocking;
 use rusqlite::{params, Connection, OptionalExtension};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
-use std::str::FromStr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The backend, borrowed from a [`Database`] for one call.
 pub(crate) struct Sqlite<'a> {
-    pub pool: &'a SqlitePool,
     pub gate: &'a Arc<WriteGate>,
+}
+
+/// The file a `sqlite:` URL names, and whether it asks for an in-memory
+/// database (sqlx's rules: `sqlite://path` or `sqlite:path`, `:memory:`,
+/// `?mode=memory`, the path percent-decoded).
+fn parse_url(u: &str) -> (PathBuf, bool) {
+    let rest = u
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
+    let memory = path == ":memory:"
+        || url::form_urlencoded::parse(params.as_bytes())
+            .any(|(k, v)| k == "mode" && v == "memory");
+    (PathBuf::from(percent_decode(path)), memory)
+}
+
+/// `%XX` escapes decoded (a `?` or `#` in a file name); anything else as is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Refuses a SQLite URL whose file does not exist (commands on stored data).
 pub(crate) fn check_exists(u: &str) -> Result<(), DbError> {
-    if let Ok(opts) = SqliteConnectOptions::from_str(u) {
-        let file = opts.get_filename();
-        if file.as_os_str() != ":memory:" && !file.exists() {
-            return Err(DbError::Missing {
-                path: file.display().to_string(),
-            });
-        }
+    let (file, memory) = parse_url(u);
+    if !memory && !file.exists() {
+        return Err(DbError::Missing {
+            path: file.display().to_string(),
+        });
     }
     Ok(())
 }
@@ -62,15 +97,11 @@ pub(crate) fn check_exists(u: &str) -> Result<(), DbError> {
 /// Opens (creating the file if needed), migrates, and starts the writer,
 /// the WAL handle and the checkpointer.
 pub(crate) async fn open(u: &str) -> Result<Database, DbError> {
-    let opts = SqliteConnectOptions::from_str(u).map_err(|source| DbError::Open {
-        url: u.to_string(),
-        source,
-    })?;
-    let file = opts.get_filename().to_path_buf();
-    if u.contains(":memory:") || u.contains("mode=memory") || file.as_os_str() == ":memory:" {
+    let (file, memory) = parse_url(u);
+    if memory || u.contains(":memory:") {
         return Err(DbError::InMemory(u.to_string()));
     }
-    if let Some(dir) = opts.get_filename().parent() {
+    if let Some(dir) = file.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
                 path: dir.display().to_string(),
@@ -78,46 +109,24 @@ pub(crate) async fn open(u: &str) -> Result<Database, DbError> {
             })?;
         }
     }
-    // WAL + synchronous=FULL for the pool (migrations): a commit returns only
-    // after the WAL is fsynced. The writer connection fsyncs outside the gate
-    // instead (conn::open_writer).
-    let opts = opts
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
-        // 4 MB of page cache per connection: the OS page cache holds
-        // the rest, and 8 connections x 16 MB blew the memory budget.
-        .pragma("cache_size", "-4000")
-        // Erased values must not survive in freed space (store::maintenance).
-        .pragma("secure_delete", "ON")
-        .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await
-        .map_err(|source| DbError::Open {
-            url: u.to_string(),
-            source,
-        })?;
-    crate::store::migrations::sqlite().run(&pool).await?;
-    let writer = conn::open_writer(&file).map_err(|source| DbError::OpenWriter {
+    let open_error = |source| DbError::OpenWriter {
         url: u.to_string(),
         source,
-    })?;
+    };
+    // The writer creates the file and sets WAL mode; migrations run on it
+    // before anyone else can write.
+    let mut writer = blocking(|| conn::open_writer(&file)).map_err(open_error)?;
+    blocking(|| migrate::run(&mut writer, &crate::store::migrations::sqlite()))
+        .map_err(DbError::SqliteMigrate)?;
     let wal = conn::open_wal(&file).map_err(|source| DbError::Wal {
         path: format!("{}-wal", file.display()),
         source,
     })?;
     let gate = Arc::new(WriteGate::new(writer, wal, file.clone()));
-    conn::spawn_checkpointer(&file, Arc::downgrade(&gate)).map_err(|source| {
-        DbError::OpenWriter {
-            url: u.to_string(),
-            source,
-        }
-    })?;
-    Ok(Database::Sqlite(pool, gate))
+    // The migrations' commits are on disk before anyone is served.
+    gate.sync()?;
+    conn::spawn_checkpointer(&file, Arc::downgrade(&gate)).map_err(open_error)?;
+    Ok(Database::Sqlite(gate))
 }
 
 impl Sqlite<'_> {
@@ -439,7 +448,7 @@ impl FeedStore for Sqlite<'_> {
         after: i64,
         limit: i64,
     ) -> Result<Vec<FeedEntry>> {
-        // Every consumer reads every row: through sqlx each row crossed threads.
+        // Every consumer reads every row: on a reader connection, no thread hop per row.
         let rows = self.read(|c| {
             let mut stmt = c.prepare_cached(filter.read_sql())?;
             match filter.key() {
@@ -609,8 +618,8 @@ impl EntityStore for Sqlite<'_> {
 impl MaintenanceStore for Sqlite<'_> {
     async fn purge_expired(&self, cutoff_ms: i64, redact: &Redaction) -> Result<PurgeReport> {
         // The background side of the gate: webhook appends go first.
-        let _gate = self.gate.background().await;
-        crate::store::maintenance::purge_impl!(self.pool, cutoff_ms, redact)
+        self.write_background(|c| purge::purge(c, cutoff_ms, redact))
+            .await
     }
 
     /// Copies the WAL into the database and truncates it to zero bytes, so the
@@ -638,10 +647,10 @@ impl MaintenanceStore for Sqlite<'_> {
     }
 
     fn pool_stats(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
+        self.gate.connections()
     }
 
-    async fn close(&self) {
-        self.pool.close().await
-    }
+    /// Connections close when the last handle is dropped; commits are
+    /// already durable or in the WAL.
+    async fn close(&self) {}
 }
