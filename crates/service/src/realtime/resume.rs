@@ -5,6 +5,7 @@
 //! through its index. Must never: replay what a viewer may not see, or write to
 //! the store. See ARCHITECTURE.md.
 
+use crate::clerk::kind::Topics;
 use crate::clerk::model::Kind;
 use crate::feed::{last_seq, read_after, read_filtered, FeedFilter};
 use crate::realtime::protocol::Topic;
@@ -116,11 +117,13 @@ pub async fn replay_page(
     let mut data_cache: HashMap<(Kind, String), Value> = HashMap::new();
     let mut frames = Vec::new();
     for e in entries {
-        let maybe = match (topic, e.kind) {
-            (Topic::All, _) | (_, Kind::Membership) => true,
-            (Topic::User(u), Kind::User) => *u == e.entity_id,
-            (Topic::Org(o), Kind::Organization) => *o == e.entity_id,
-            _ => false,
+        // Cheap routing on the feed row first; a membership's topics need its refs.
+        let maybe = match (topic, e.kind.spec().topics) {
+            (Topic::All, _) | (_, Topics::UserAndOrganization) => true,
+            (Topic::User(u), Topics::OwnUser) => *u == e.entity_id,
+            (Topic::Org(o), Topics::OwnOrganization) => *o == e.entity_id,
+            (Topic::User(_), Topics::OwnOrganization | Topics::None)
+            | (Topic::Org(_), Topics::OwnUser | Topics::None) => false,
         };
         if !maybe {
             continue;

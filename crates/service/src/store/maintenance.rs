@@ -6,6 +6,7 @@
 //! `sync::erasure`'s, handed in as a [`Redaction`]), or hold a purge
 //! transaction longer than [`ERASE_USERS_PER_TX`] users.
 
+use crate::clerk::kind::{Erasure, Kind};
 use crate::store::db::{backend, Database};
 use crate::store::{FeedStore, MaintenanceStore, StoreError};
 
@@ -34,13 +35,25 @@ pub const ERASE_USERS_PER_TX: u64 = 50;
 /// Most expired archive rows one purge transaction reads.
 pub(crate) const ARCHIVE_ROWS_PER_TX: i64 = 500;
 
-/// The table of the message an email or SMS delivery is about.
+/// The table of the message (an email or SMS: [`Erasure::Messages`]) a
+/// delivery is about.
 pub(crate) fn message_table(event_type: &str) -> Option<&'static str> {
-    match event_type.split('.').next() {
-        Some("email") => Some("emails"),
-        Some("sms") => Some("sms_messages"),
-        _ => None,
+    let kind = Kind::from_family(event_type.split('.').next()?)?;
+    match kind.spec().erasure {
+        Erasure::Messages => Some(kind.table()),
+        Erasure::Keep | Erasure::UserTombstones => None,
     }
+}
+
+/// The tables whose rows keep something of a deleted user, and how each is
+/// erased: declared per kind (clerk/kind.rs), walked by each backend's purge.
+pub(crate) fn erased_tables() -> impl Iterator<Item = (&'static str, Erasure)> {
+    Kind::ALL
+        .into_iter()
+        .filter_map(|kind| match kind.spec().erasure {
+            Erasure::Keep => None,
+            e @ (Erasure::UserTombstones | Erasure::Messages) => Some((kind.table(), e)),
+        })
 }
 
 /// Purges, in one short transaction, archive rows older than `cutoff_ms` (at

@@ -3,8 +3,9 @@
 //! Must never: erase more than [`ERASE_USERS_PER_TX`] users in one
 //! transaction, or hold its transaction across anything but these statements.
 
+use crate::clerk::kind::Erasure;
 use crate::store::maintenance::{
-    message_table, PurgeReport, Redaction, ARCHIVE_ROWS_PER_TX, ERASE_USERS_PER_TX,
+    erased_tables, message_table, PurgeReport, Redaction, ARCHIVE_ROWS_PER_TX, ERASE_USERS_PER_TX,
 };
 use crate::store::StoreError;
 use sqlx::PgPool;
@@ -128,20 +129,15 @@ pub(super) async fn purge(
                     .await?;
                 redact_audit!(tx, redact, "entity_id", id);
             }
-            for t in ["sessions", "memberships"] {
-                sqlx::query(&format!(
-                    "UPDATE {t} SET data = NULL WHERE user_id = $1 AND deleted = $2"
-                ))
-                .bind(uid)
-                .bind(true)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for t in ["emails", "sms_messages"] {
-                sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1"))
-                    .bind(uid)
-                    .execute(&mut *tx)
-                    .await?;
+            for (t, erasure) in erased_tables() {
+                let sql = match erasure {
+                    Erasure::UserTombstones => {
+                        format!("UPDATE {t} SET data = NULL WHERE user_id = $1 AND deleted = TRUE")
+                    }
+                    Erasure::Messages => format!("UPDATE {t} SET data = NULL WHERE user_id = $1"),
+                    Erasure::Keep => continue,
+                };
+                sqlx::query(&sql).bind(uid).execute(&mut *tx).await?;
             }
             let n = sqlx::query("DELETE FROM archive WHERE user_id = $1")
                 .bind(uid)

@@ -4,8 +4,9 @@
 //! its background side), or erase more than [`ERASE_USERS_PER_TX`] users in
 //! one transaction (webhook acks wait for the gate meanwhile).
 
+use crate::clerk::kind::Erasure;
 use crate::store::maintenance::{
-    message_table, PurgeReport, Redaction, ARCHIVE_ROWS_PER_TX, ERASE_USERS_PER_TX,
+    erased_tables, message_table, PurgeReport, Redaction, ARCHIVE_ROWS_PER_TX, ERASE_USERS_PER_TX,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -118,15 +119,15 @@ fn erase_user(
             .execute([id])?;
         redact_audit(tx, "entity_id", id, redact)?;
     }
-    for t in ["sessions", "memberships"] {
-        tx.prepare_cached(&format!(
-            "UPDATE {t} SET data = NULL WHERE user_id = ?1 AND deleted = 1"
-        ))?
-        .execute([uid])?;
-    }
-    for t in ["emails", "sms_messages"] {
-        tx.prepare_cached(&format!("UPDATE {t} SET data = NULL WHERE user_id = ?1"))?
-            .execute([uid])?;
+    for (t, erasure) in erased_tables() {
+        let sql = match erasure {
+            Erasure::UserTombstones => {
+                format!("UPDATE {t} SET data = NULL WHERE user_id = ?1 AND deleted = 1")
+            }
+            Erasure::Messages => format!("UPDATE {t} SET data = NULL WHERE user_id = ?1"),
+            Erasure::Keep => continue,
+        };
+        tx.prepare_cached(&sql)?.execute([uid])?;
     }
     let n = tx
         .prepare_cached("DELETE FROM archive WHERE user_id = ?1")?
