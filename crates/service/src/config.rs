@@ -24,7 +24,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use crate::setting::redact_url;
+pub use crate::setting::{redact_url, Token};
 pub use crate::telemetry::LogFormat;
 
 /// Why start-up cannot go on. Each message is one line that says what to set.
@@ -103,30 +103,6 @@ impl ConfigError {
             Some(Origin::File(path)) => format!("{key} in config file {}", path.display()),
         };
         ConfigError::Named(self.to_string().replacen(var, &name, 1))
-    }
-}
-
-/// A bearer token; `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Constant-time comparison against a presented token.
-    pub fn matches(&self, presented: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        self.0.len() == presented.len() && bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
     }
 }
 
@@ -353,7 +329,17 @@ fn read_file(path: &Path) -> Result<Dict, ConfigError> {
         path: path.to_path_buf(),
         message,
     };
-    let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        // toml's message may take several lines ("invalid array\nexpected `]`").
+        let message = e.message().trim().replace('\n', ": ");
+        match e.span() {
+            Some(at) => bad(format!(
+                "line {}: {message}",
+                text[..at.start].matches('\n').count() + 1
+            )),
+            None => bad(message),
+        }
+    })?;
     let known = known_keys();
     if let Some(key) = table.keys().find(|k| !known.contains(k)) {
         return Err(bad(format!("unknown setting `{key}`")));
@@ -710,8 +696,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown setting `lisen`"), "{e}");
-        let e = layered(given(), "listen = [").unwrap_err().to_string();
-        assert!(e.contains("c.toml is invalid") && !e.contains('\n'), "{e}");
+        let e = layered(given(), "listen = 1\nlisten = [")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml is invalid: line 2: "), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
     }
 
     #[test]
