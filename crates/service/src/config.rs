@@ -2,14 +2,15 @@
 //!
 //! Owns: the sources of settings and their order ([`Layers`], on figment),
 //! naming a bad setting as the user gave it ([`ConfigError::named_by`]), and
-//! building the typed [`Config`] from the subsystems' own settings: each
+//! building the typed [`Config`] from the subsystems' own settings. Each
 //! subsystem declares its settings once (flag, `CLERKSYNC_*` variable and file
-//! key, in one `clap::Args` + serde struct: `serve::HttpSettings`,
-//! `feed::cache::settings::CacheSettings`, `alerts::AlertSettings`,
-//! `realtime::RealtimeSettings`) next to their defaults and checks, and [`Settings`] flattens them with the core
-//! settings (addresses, database, tokens, processor). Must never: be re-read
-//! after start-up, or print a secret (the `Debug` of secrets and tokens is
-//! redacted).
+//! key in one field of a `clap::Args` + serde struct), next to their defaults
+//! and checks: `serve::HttpSettings`, `feed::cache::settings::CacheSettings`,
+//! `alerts::AlertSettings`, `realtime::RealtimeSettings`. [`Settings`]
+//! flattens those groups with the core settings (addresses, database, tokens,
+//! the processor's), and a new group takes one line in [`Layers::settings`].
+//! Must never: be re-read after start-up, hold a default or limit of a group,
+//! or print a secret (the `Debug` of secrets and tokens is redacted).
 
 use crate::alerts::AlertSettings;
 use crate::feed::cache::settings::CacheSettings;
