@@ -40,6 +40,9 @@ pub struct AppState {
     pub committer: GroupCommitter,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    /// `config.realtime`, shared by every realtime connection's tasks (which
+    /// see no other setting).
+    pub realtime_config: Arc<crate::realtime::RealtimeConfig>,
     /// Notified after each inbox commit that stored new deliveries.
     pub inbox_committed: Arc<Notify>,
     /// Changes after every apply commit (change-feed consumers watch it).
@@ -151,6 +154,7 @@ impl App {
             ),
             committer,
             metrics,
+            realtime_config: Arc::new(config.realtime.clone()),
             config: Arc::new(config),
             inbox_committed,
             applied,

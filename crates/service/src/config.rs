@@ -2,14 +2,15 @@
 //!
 //! Owns: the sources of settings and their order ([`Layers`], on figment),
 //! naming a bad setting as the user gave it ([`ConfigError::named_by`]), and
-//! building the typed [`Config`] from the subsystems' own settings: each
+//! building the typed [`Config`] from the subsystems' own settings. Each
 //! subsystem declares its settings once (flag, `CLERKSYNC_*` variable and file
-//! key, in one `clap::Args` + serde struct: `serve::HttpSettings`,
-//! `feed::cache::settings::CacheSettings`, `alerts::AlertSettings`,
-//! `realtime::RealtimeSettings`) next to their defaults and checks, and [`Settings`] flattens them with the core
-//! settings (addresses, database, tokens, processor). Must never: be re-read
-//! after start-up, or print a secret (the `Debug` of secrets and tokens is
-//! redacted).
+//! key in one field of a `clap::Args` + serde struct), next to their defaults
+//! and checks: `serve::HttpSettings`, `feed::cache::settings::CacheSettings`,
+//! `alerts::AlertSettings`, `realtime::RealtimeSettings`. [`Settings`]
+//! flattens those groups with the core settings (addresses, database, tokens,
+//! the processor's), and a new group takes one line in [`Layers::settings`].
+//! Must never: be re-read after start-up, hold a default or limit of a group,
+//! or print a secret (the `Debug` of secrets and tokens is redacted).
 
 use crate::alerts::AlertSettings;
 use crate::feed::cache::settings::CacheSettings;
@@ -24,7 +25,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use crate::setting::redact_url;
+pub use crate::setting::{redact_url, Token};
 pub use crate::telemetry::LogFormat;
 
 /// Why start-up cannot go on. Each message is one line that says what to set.
@@ -103,30 +104,6 @@ impl ConfigError {
             Some(Origin::File(path)) => format!("{key} in config file {}", path.display()),
         };
         ConfigError::Named(self.to_string().replacen(var, &name, 1))
-    }
-}
-
-/// A bearer token; `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Constant-time comparison against a presented token.
-    pub fn matches(&self, presented: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        self.0.len() == presented.len() && bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
     }
 }
 
@@ -353,7 +330,17 @@ fn read_file(path: &Path) -> Result<Dict, ConfigError> {
         path: path.to_path_buf(),
         message,
     };
-    let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        // toml's message may take several lines ("invalid array\nexpected `]`").
+        let message = e.message().trim().replace('\n', ": ");
+        match e.span() {
+            Some(at) => bad(format!(
+                "line {}: {message}",
+                text[..at.start].matches('\n').count() + 1
+            )),
+            None => bad(message),
+        }
+    })?;
     let known = known_keys();
     if let Some(key) = table.keys().find(|k| !known.contains(k)) {
         return Err(bad(format!("unknown setting `{key}`")));
@@ -710,8 +697,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown setting `lisen`"), "{e}");
-        let e = layered(given(), "listen = [").unwrap_err().to_string();
-        assert!(e.contains("c.toml is invalid") && !e.contains('\n'), "{e}");
+        let e = layered(given(), "listen = 1\nlisten = [")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml is invalid: line 2: "), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn check_origin(config: &crate::config::Config, headers: &HeaderMap) -> Result<(
     if origin_host.is_some() && origin_host == host.as_deref() {
         return Ok(());
     }
-    if rt.allowed_origins.is_empty() && !is_open(config) {
+    if rt.allowed_origins.is_empty() && !is_open(config.api_token.as_ref(), rt) {
         return Ok(());
     }
     Err(ApiError::Forbidden(
@@ -126,21 +126,27 @@ async fn connect(
     let metrics = &state.metrics.realtime;
     check_origin(&state.config, &headers)
         .inspect_err(|_| metrics.reject(RejectReason::origin_denied))?;
-    if is_open(&state.config) {
+    let open = is_open(state.config.api_token.as_ref(), &state.config.realtime);
+    if open {
         crate::api::read::local_host_only(&state.config, &headers)?;
     }
     let token = header_token(&headers).or(p.token.as_deref());
-    let (principal, expires_at) = authenticate_until(&state.config, token, state.clock.now_secs())
-        .inspect_err(|e| {
-            metrics.reject(e.reason());
-        })?;
+    let (principal, expires_at) = authenticate_until(
+        state.config.api_token.as_ref(),
+        &state.config.realtime,
+        token,
+        state.clock.now_secs(),
+    )
+    .inspect_err(|e| {
+        metrics.reject(e.reason());
+    })?;
     let ws = ws.map_err(|e| RealtimeError::NotWebSocket(e.body_text()))?;
     let rt = &state.config.realtime;
     let mut budgets = vec![(principal.key(), rt.max_connections_per_token)];
     // Anonymous clients share the one "service" budget; each address gets
     // only part of it, so one client cannot take every slot. Without the peer
     // address (a server not wired with connect info) only the shared budget holds.
-    if is_open(&state.config) {
+    if open {
         if let Some(Extension(ConnectInfo(addr))) = peer {
             budgets.push((
                 format!("addr:{}", addr.ip()),
@@ -164,7 +170,7 @@ async fn connect(
             let env = SessionEnv {
                 db: state.db.clone(),
                 hub: state.realtime.clone(),
-                config: state.config.clone(),
+                config: state.realtime_config.clone(),
                 metrics: state.metrics.clone(),
                 clock: state.clock.clone(),
             };

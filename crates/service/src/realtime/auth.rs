@@ -9,6 +9,7 @@
 
 use crate::realtime::config::{RealtimeConfig, SessionKeys};
 use crate::realtime::visibility::Viewer;
+use crate::setting::Token;
 use crate::telemetry::metrics::RejectReason;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -94,29 +95,30 @@ impl AuthError {
 
 /// Who `token` is. `now` is in seconds (the app's injectable clock).
 pub fn authenticate(
-    config: &crate::config::Config,
+    api_token: Option<&Token>,
+    rt: &RealtimeConfig,
     token: Option<&str>,
     now: i64,
 ) -> Result<Principal, AuthError> {
-    authenticate_until(config, token, now).map(|(p, _)| p)
+    authenticate_until(api_token, rt, token, now).map(|(p, _)| p)
 }
 
 /// Who `token` is, and until when (a session token's `exp`, unix seconds;
 /// None for the API token and an open server).
 pub fn authenticate_until(
-    config: &crate::config::Config,
+    api_token: Option<&Token>,
+    rt: &RealtimeConfig,
     token: Option<&str>,
     now: i64,
 ) -> Result<(Principal, Option<i64>), AuthError> {
-    let rt = &config.realtime;
-    if config.api_token.is_none() && rt.session_keys.is_none() {
+    if is_open(api_token, rt) {
         return Ok((Principal::Service, None));
     }
     let token = token.map(str::trim).filter(|t| !t.is_empty());
     let Some(token) = token else {
         return Err(AuthError::Missing);
     };
-    if config.api_token.as_ref().is_some_and(|t| t.matches(token)) {
+    if api_token.is_some_and(|t| t.matches(token)) {
         return Ok((Principal::Service, None));
     }
     match &rt.session_keys {
@@ -237,8 +239,8 @@ pub fn verify_session_claims(
 }
 
 /// Is the stream open to anyone (no API token, no session keys)?
-pub fn is_open(config: &crate::config::Config) -> bool {
-    config.api_token.is_none() && config.realtime.session_keys.is_none()
+pub fn is_open(api_token: Option<&Token>, rt: &RealtimeConfig) -> bool {
+    api_token.is_none() && rt.session_keys.is_none()
 }
 
 #[cfg(test)]

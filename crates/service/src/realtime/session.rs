@@ -9,9 +9,9 @@
 //! ARCHITECTURE.md.
 
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::feed::count_filtered;
 use crate::realtime::auth::{verify_session_claims, Principal};
+use crate::realtime::config::RealtimeConfig;
 use crate::realtime::hub::{Connection, RealtimeHub};
 use crate::realtime::protocol::{
     close_code, control, parse_client_message, ClientMessage, Outbound, Topic,
@@ -59,7 +59,8 @@ impl Drop for Open {
 pub struct SessionEnv {
     pub db: Database,
     pub hub: Arc<RealtimeHub>,
-    pub config: Arc<Config>,
+    /// The realtime settings (the endpoint shares one copy for all connections).
+    pub config: Arc<RealtimeConfig>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
 }
@@ -109,7 +110,7 @@ pub async fn serve(
         principal: &principal,
         tx: &tx,
         expires_at,
-        subscribes_left: f64::from(env.config.realtime.subscribes_per_minute),
+        subscribes_left: f64::from(env.config.subscribes_per_minute),
         refilled_at: Instant::now(),
     };
     if let Some((code, reason)) = ctl.run(stream, &writer_done).await {
@@ -150,7 +151,7 @@ impl Controller<'_> {
         mut stream: SplitStream<WebSocket>,
         writer_done: &CancellationToken,
     ) -> Option<Close> {
-        let rt = &self.env.config.realtime;
+        let rt = &self.env.config;
         let mut ping =
             tokio::time::interval_at(Instant::now() + rt.ping_interval, rt.ping_interval);
         // After a stall (a slow answer), the next ping is one interval later, not
@@ -223,7 +224,7 @@ impl Controller<'_> {
     /// clock), as a timer deadline; None for connections that do not expire.
     fn expiry_check(&self) -> Option<Instant> {
         let exp = self.expires_at?;
-        let leeway = self.env.config.realtime.leeway_secs;
+        let leeway = self.env.config.leeway_secs;
         // Expired once `now_secs > exp + leeway`, i.e. from the next whole second.
         let end_ms = exp
             .saturating_add(leeway)
@@ -234,7 +235,7 @@ impl Controller<'_> {
     }
 
     fn expired(&self) -> bool {
-        let leeway = self.env.config.realtime.leeway_secs;
+        let leeway = self.env.config.leeway_secs;
         self.expires_at
             .is_some_and(|exp| self.env.clock.now_secs() > exp.saturating_add(leeway))
     }
@@ -253,7 +254,7 @@ impl Controller<'_> {
                 ))
                 .await;
         };
-        let rt = &self.env.config.realtime;
+        let rt = &self.env.config;
         let Some(keys) = &rt.session_keys else {
             metrics.reject(RejectReason::refresh_refused);
             return self
@@ -286,7 +287,7 @@ impl Controller<'_> {
     }
 
     async fn queue(&self, out: Outbound) -> Result<(), Close> {
-        let wait = self.env.config.realtime.ping_interval;
+        let wait = self.env.config.ping_interval;
         match tokio::time::timeout(wait, self.tx.send(out)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err((
@@ -337,7 +338,7 @@ impl Controller<'_> {
                 snapshot,
             } => {
                 if !self.take_subscribe() {
-                    let per_minute = self.env.config.realtime.subscribes_per_minute;
+                    let per_minute = self.env.config.subscribes_per_minute;
                     self.env
                         .metrics
                         .realtime
@@ -354,7 +355,7 @@ impl Controller<'_> {
     /// Takes one subscribe request from the connection's allowance: each one
     /// may cost a membership check, a snapshot or a replay.
     fn take_subscribe(&mut self) -> bool {
-        let per_minute = f64::from(self.env.config.realtime.subscribes_per_minute);
+        let per_minute = f64::from(self.env.config.subscribes_per_minute);
         let now = Instant::now();
         let refill = now.duration_since(self.refilled_at).as_secs_f64() * per_minute / 60.0;
         self.refilled_at = now;
@@ -464,7 +465,7 @@ impl Controller<'_> {
             return Ok(());
         };
         let now = self.env.clock.now_ms();
-        let rt = &self.env.config.realtime;
+        let rt = &self.env.config;
         let resume = match check_resume(&self.env.db, since, now, &rt.resume).await {
             // A replay is bounded: past `max_replay` changes the client
             // reloads the topic's state instead (cheaper for both sides).
