@@ -20,12 +20,16 @@ import {
 } from "./types.js";
 
 /** What `subscribe` needs of the platform's WebSocket (browsers' and Node's own). */
+// The handlers take `any` so that the DOM's own WebSocket type (whose handlers
+// take Event, MessageEvent, CloseEvent) is accepted as it is.
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((ev: unknown) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
+  /* eslint-disable @typescript-eslint/no-explicit-any */
+  onopen: ((ev: any) => void) | null;
+  onmessage: ((ev: any) => void) | null;
+  onclose: ((ev: any) => void) | null;
+  onerror: ((ev: any) => void) | null;
+  /* eslint-enable @typescript-eslint/no-explicit-any */
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
@@ -295,12 +299,12 @@ export class Stream {
         this.scheduleReconnect();
       }
     }, this.opts.pongTimeoutMs);
-    ws.onmessage = (ev) => {
+    ws.onmessage = (ev: { data: unknown }) => {
       if (this.ws === ws) {
         this.onFrame(ev.data);
       }
     };
-    ws.onclose = (ev) => {
+    ws.onclose = (ev: { code: number; reason: string }) => {
       if (this.ws === ws) {
         this.onClosed(ev.code, ev.reason);
       }

@@ -45,7 +45,7 @@ export interface PublicUserData {
   [field: string]: unknown;
 }
 
-/** An organization membership; `role` is normalized (`admin`, `member`, ...). */
+/** An organization membership; `role` is normalized to today's keys (`org:admin`, `org:member`, ...). */
 export interface Membership {
   id: string;
   object?: "organization_membership";

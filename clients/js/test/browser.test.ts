@@ -62,7 +62,7 @@ it("a React page with useUser and useMemberships updates when webhooks arrive", 
   await server.post("user.created", user("user_b2", "Bob"));
   await server.post("organizationMembership.created", membership("orgmem_b2", "org_b", "user_b2"));
   await tab.waitForSelector('li[data-id="orgmem_b2"]');
-  expect(await tab.textContent('li[data-id="orgmem_b2"]')).toBe("user_b2 (member)");
+  expect(await tab.textContent('li[data-id="orgmem_b2"]')).toBe("user_b2 (org:member)");
 
   await server.post("user.updated", { ...user("user_b1", "Brenda-Renamed"), updated_at: tick() });
   await tab.waitForFunction(() => document.getElementById("user")?.textContent === "Brenda-Renamed Tester");

@@ -17,9 +17,11 @@ import {
 } from "../src/index.js";
 import {
   API_TOKEN,
+  CheckedWebSocket,
   generateKeys,
   membership,
   org,
+  protocolViolations,
   Server,
   sessionToken,
   sleep,
@@ -97,11 +99,11 @@ describe("reads", () => {
       if (members.length < 2) await sleep(25);
     }
     expect(members.map((m) => [m.id, m.user_id, m.role])).toEqual([
-      ["orgmem_r1", "user_r1", "admin"],
-      ["orgmem_r2", "user_r2", "member"],
+      ["orgmem_r1", "user_r1", "org:admin"],
+      ["orgmem_r2", "user_r2", "org:member"],
     ]);
     const orgs = await c.users.organizations("user_r1").all();
-    expect(orgs.map((o) => [o.id, o.role, o.membership_id])).toEqual([["org_r1", "admin", "orgmem_r1"]]);
+    expect(orgs.map((o) => [o.id, o.role, o.membership_id])).toEqual([["org_r1", "org:admin", "orgmem_r1"]]);
     const audit = await c.audit("user_r1", { limit: 1 }).all();
     expect(audit[0]).toMatchObject({ entity_id: "user_r1", operation: "create", kind: "user" });
   });
@@ -135,7 +137,7 @@ describe("realtime", () => {
   afterAll(() => server?.dispose());
 
   it("starts from a snapshot and sees a membership change", async () => {
-    const c = createClient({ url: server.url, token: API_TOKEN });
+    const c = createClient({ url: server.url, token: API_TOKEN, WebSocket: CheckedWebSocket });
     const snapshots: SnapshotData[] = [];
     const changes: Change[] = [];
     const sub = c.subscribe("org:org_live", {
@@ -157,7 +159,11 @@ describe("realtime", () => {
   });
 
   it("refuses a topic the session may not see, with a TopicError", async () => {
-    const c = createClient({ url: server.url, token: () => sessionToken(keys, "user_live", 60) });
+    const c = createClient({
+      url: server.url,
+      token: () => sessionToken(keys, "user_live", 60),
+      WebSocket: CheckedWebSocket,
+    });
     const errors: Error[] = [];
     c.subscribe("user:user_someone_else", { onError: (e) => errors.push(e) });
     await until(() => errors.length > 0, "the refusal");
@@ -174,6 +180,7 @@ describe("realtime", () => {
     // the socket (4001) within seconds.
     const c = createClient({
       url: server.url,
+      WebSocket: CheckedWebSocket,
       token: () => {
         issued += 1;
         return sessionToken(keys, "user_live", 4);
@@ -201,7 +208,12 @@ describe("reconnect", () => {
     let server = await Server.start();
     const topic: Topic = "org:org_rs";
     await server.post("organization.created", org("org_rs", "Restart"));
-    const c = createClient({ url: server.url, token: API_TOKEN, realtime: { minReconnectDelayMs: 100, maxReconnectDelayMs: 1000 } });
+    const c = createClient({
+      url: server.url,
+      token: API_TOKEN,
+      WebSocket: CheckedWebSocket,
+      realtime: { minReconnectDelayMs: 100, maxReconnectDelayMs: 1000 },
+    });
     await c.organizations.get("org_rs", { waitMs: 10_000 });
     const seen: Change[] = [];
     const statuses: StreamStatus[] = [];
@@ -228,7 +240,7 @@ describe("reconnect", () => {
     // The change feed of the topic since the first subscription, read by a
     // second client's replay.
     const feed: Change[] = [];
-    const reader = createClient({ url: server.url, token: API_TOKEN });
+    const reader = createClient({ url: server.url, token: API_TOKEN, WebSocket: CheckedWebSocket });
     const rsub = reader.subscribe(topic, { since: start, onChange: (ch) => feed.push(ch) });
     await until(() => (rsub.lastSeq(topic) ?? -1) >= seen[seen.length - 1].seq, "the replay");
     expect(seen.map((ch) => ch.seq)).toEqual(feed.map((ch) => ch.seq));
@@ -244,5 +256,11 @@ describe("reconnect", () => {
     reader.close();
     c.close();
     await server.dispose();
+  });
+});
+
+describe("protocol", () => {
+  it("every frame sent and received above matched clients/realtime.schema.json", () => {
+    expect(protocolViolations).toEqual([]);
   });
 });

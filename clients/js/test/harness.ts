@@ -2,9 +2,10 @@
 // random port, signed Clerk webhooks, and Clerk-style RS256 session tokens made
 // with a key generated per run (never committed). No mocks.
 
+import { Ajv2020, type ValidateFunction } from "ajv/dist/2020.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHmac, generateKeyPairSync, randomBytes, sign as rsaSign, type KeyObject } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -239,4 +240,42 @@ export function membership(id: string, orgId: string, userId: string, role = "or
     created_at: t,
     updated_at: t,
   };
+}
+
+// The realtime protocol's contract: every frame either side sends is checked
+// against clients/realtime.schema.json.
+
+const schema = JSON.parse(readFileSync(join(repo, "clients", "realtime.schema.json"), "utf8"));
+const ajv = new Ajv2020({ strict: false });
+ajv.addSchema(schema);
+const validClient = ajv.getSchema(`${schema.$id}#/$defs/ClientMessage`)!;
+const validServer = ajv.getSchema(`${schema.$id}#/$defs/ServerMessage`)!;
+
+/** Frames that did not match the schema, with why. */
+export const protocolViolations: string[] = [];
+
+function check(valid: ValidateFunction, raw: unknown, side: string): void {
+  let msg: unknown;
+  try {
+    msg = JSON.parse(String(raw));
+  } catch {
+    protocolViolations.push(`${side} sent a frame that is not JSON: ${String(raw)}`);
+    return;
+  }
+  if (!valid(msg)) {
+    protocolViolations.push(`${side} frame ${String(raw)}: ${ajv.errorsText(valid.errors)}`);
+  }
+}
+
+/** The platform's WebSocket, checking each frame against the protocol's schema. */
+export class CheckedWebSocket extends WebSocket {
+  constructor(url: string) {
+    super(url);
+    this.addEventListener("message", (ev) => check(validServer, ev.data, "server"));
+  }
+
+  override send(data: string): void {
+    check(validClient, data, "client");
+    super.send(data);
+  }
 }
