@@ -355,9 +355,11 @@ export class Stream {
           entry.lastSeq = Math.max(entry.lastSeq ?? m.seq, m.seq);
         }
         if (entry.resnapshot && !entry.wantSnapshot) {
+          // Live again without state (after a resync): fetch it.
           this.resubscribeWithSnapshot(m.topic, entry);
+        } else {
+          entry.wantSnapshot = false;
         }
-        entry.wantSnapshot = false;
         break;
       }
       case "snapshot": {

@@ -259,6 +259,41 @@ describe("reconnect", () => {
   });
 });
 
+describe("resync", () => {
+  it("answers a resync by refetching the topic's state as a snapshot", async () => {
+    // At most two replayed changes: a resume from 0 over five is refused.
+    const server = await Server.start({ env: { CLERKSYNC_REALTIME_MAX_REPLAY: "2" } });
+    await server.post("organization.created", org("org_rsy", "Resync"));
+    for (let i = 1; i <= 4; i++) {
+      await server.post("organizationMembership.created", membership(`orgmem_rsy${i}`, "org_rsy", `user_rsy${i}`));
+    }
+    const c = createClient({ url: server.url, token: API_TOKEN, WebSocket: CheckedWebSocket });
+    for (let i = 0; i < 400 && (await c.organizations.memberships("org_rsy").all()).length < 4; i++) {
+      await sleep(25);
+    }
+    const resyncs: string[] = [];
+    const snapshots: SnapshotData[] = [];
+    const changes: Change[] = [];
+    c.subscribe("org:org_rsy", {
+      since: 0,
+      onResync: (_t, reason) => resyncs.push(reason),
+      onSnapshot: (_t, d) => snapshots.push(d),
+      onChange: (ch) => changes.push(ch),
+    });
+    await until(() => snapshots.length > 0, "the snapshot after the resync");
+    expect(resyncs.length).toBe(1);
+    expect(changes).toEqual([]);
+    expect(snapshots[0].memberships.map((m) => m.id)).toEqual(["orgmem_rsy1", "orgmem_rsy2", "orgmem_rsy3", "orgmem_rsy4"]);
+    // And it is live after the snapshot.
+    await server.post("organizationMembership.created", membership("orgmem_rsy5", "org_rsy", "user_rsy5"));
+    await until(() => changes.some((ch) => ch.id === "orgmem_rsy5"), "a change after the snapshot");
+    // One refetch, not one per acknowledgement.
+    expect(snapshots.length).toBe(1);
+    c.close();
+    await server.dispose();
+  });
+});
+
 describe("protocol", () => {
   it("every frame sent and received above matched clients/realtime.schema.json", () => {
     expect(protocolViolations).toEqual([]);

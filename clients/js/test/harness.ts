@@ -272,6 +272,7 @@ export class CheckedWebSocket extends WebSocket {
   constructor(url: string) {
     super(url);
     this.addEventListener("message", (ev) => check(validServer, ev.data, "server"));
+    if (process.env.DEBUG_FRAMES) this.addEventListener("message", (ev) => console.log("<", ev.data));
   }
 
   override send(data: string): void {

@@ -48,6 +48,16 @@ pub(crate) async fn require_admin(
     Ok(next.run(req).await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/stats",
+    tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Stored events by status", body = crate::store::StatusCounts),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let c = crate::store::inbox_counts(&s.db)
         .await
@@ -57,6 +67,16 @@ async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
 
 /// The last five minutes of per-second received/processed counts, kept by the
 /// server, so a page opened now draws the whole chart at once.
+#[utoipa::path(
+    get,
+    path = "/admin/throughput",
+    tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Per-second counts of the last five minutes", body = crate::telemetry::history::History),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn throughput(State(s): State<AppState>) -> Json<crate::telemetry::history::History> {
     Json(s.metrics.throughput.snapshot())
 }
@@ -69,6 +89,26 @@ struct ListParams {
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/events",
+    tag = "admin", security(("admin_token" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "pending, done, failed, dead or discarded"),
+        ("type" = Option<String>, Query, description = "Event type, e.g. user.created"),
+        ("entity" = Option<String>, Query, description = "Entity id"),
+        ("since" = Option<i64>, Query, description = "Received at or after (unix ms)"),
+        ("until" = Option<i64>, Query, description = "Received before (unix ms)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Events per page (default 50)"),
+        ("cursor" = Option<String>, Query, description = "A previous page's next_cursor"),
+    ),
+    responses(
+        (status = 200, description = "Stored events, newest first", body = crate::api::openapi::EventPage),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn list(
     State(s): State<AppState>,
     Query(p): Query<ListParams>,
@@ -101,6 +141,17 @@ async fn list(
     Ok(Json(json!({ "data": rows, "next_cursor": next })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/events/{svix_id}",
+    tag = "admin", security(("admin_token" = [])),
+    params(("svix_id" = String, Path, description = "The delivery's svix-id")),
+    responses(
+        (status = 200, description = "The stored event with its body", body = crate::api::openapi::EventDetail),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn show(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let (rec, body) = events::show(&s.db, &id)
         .await
@@ -122,6 +173,18 @@ fn answer(t: Transition, what: &str) -> Result<Json<Value>, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/events/{svix_id}/retry",
+    tag = "admin", security(("admin_token" = [])),
+    params(("svix_id" = String, Path, description = "The delivery's svix-id")),
+    responses(
+        (status = 200, description = "Queued for another attempt", body = crate::api::openapi::Transition),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The event cannot be retried in its status", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn retry(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let t = events::retry(&s.db, &id)
         .await
@@ -130,6 +193,18 @@ async fn retry(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json
     answer(t, "queued")
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/events/{svix_id}/discard",
+    tag = "admin", security(("admin_token" = [])),
+    params(("svix_id" = String, Path, description = "The delivery's svix-id")),
+    responses(
+        (status = 200, description = "Set aside, never applied", body = crate::api::openapi::Transition),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The event cannot be discarded in its status", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn discard(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -140,6 +215,16 @@ async fn discard(
     answer(t, "discarded")
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/events/retry-dead",
+    tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every dead event queued again", body = crate::api::openapi::RetriedDead),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn retry_dead(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let n = events::retry_all_dead(&s.db)
         .await
@@ -148,9 +233,13 @@ async fn retry_dead(State(s): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({ "queued": n })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EntityParams {
+    /// Audit entries per page (default 200).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// A previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -158,6 +247,18 @@ struct EntityParams {
 /// (tombstones included, which `/v1` answers with 410) and its audit history,
 /// oldest first. Behind the admin token, so the dashboard never needs the read
 /// API's token as well.
+#[utoipa::path(
+    get,
+    path = "/admin/entities/{id}",
+    tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "A user (user_...) or organization (org_...) id"), EntityParams),
+    responses(
+        (status = 200, description = "The stored record and its audit history", body = crate::api::openapi::EntityDetail),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn entity(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod read;
 pub mod realtime;
 pub mod search;

@@ -3,7 +3,7 @@
 use crate::store::db::{on_pool, Database};
 
 /// An inbox row as operators see it (the body only in `show`).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct EventRecord {
     pub seq: i64,
     pub svix_id: String,

@@ -9,7 +9,7 @@ pub mod migrations;
 pub use db::Database;
 
 /// Inbox rows by status.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     pub received: i64,
     pub pending: i64,
