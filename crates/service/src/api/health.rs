@@ -54,7 +54,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     path = "/metrics",
     tag = "health",
     responses(
-        (status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)
+        (status = 200, description = "Prometheus metrics, in the OpenMetrics text format", content_type = "application/openmetrics-text", body = String)
     )
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -58,7 +58,7 @@ impl From<SearchError> for ApiError {
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// Words to find (names, usernames, emails; the last word also as a prefix).
-    #[param(required = true)]
+    #[param(required = true, min_length = 1, max_length = 512)]
     q: Option<String>,
     /// `users` or `organizations` (default: both).
     #[param(pattern = "^(users?|organizations?)$")]
