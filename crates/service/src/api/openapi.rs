@@ -128,7 +128,11 @@ page!(
     UserOrganization,
     "A page of a user's organizations."
 );
-page!(AuditPage, AuditEntry, "A page of audit entries, oldest first.");
+page!(
+    AuditPage,
+    AuditEntry,
+    "A page of audit entries, oldest first."
+);
 page!(
     EventPage,
     crate::store::events::EventRecord,
