@@ -201,6 +201,38 @@ describe("realtime", () => {
     expect(statuses).not.toContain("reconnecting");
     c.close();
   });
+
+  it("reconnects with a fresh token when the server closes an expired session (4001)", async () => {
+    // While "offline" the token source has nothing (Clerk unreachable): the
+    // refresh cannot happen, the server closes the socket at expiry, and the
+    // client reconnects with the next token it can get and resumes.
+    let offline = false;
+    const statuses: StreamStatus[] = [];
+    const changes: Change[] = [];
+    let snap = false;
+    const c = createClient({
+      url: server.url,
+      WebSocket: CheckedWebSocket,
+      token: () => (offline ? null : sessionToken(keys, "user_live", 3)),
+    });
+    c.subscribe("user:user_live", {
+      snapshot: true,
+      onSnapshot: () => (snap = true),
+      onChange: (ch) => changes.push(ch),
+      onStatus: (s) => {
+        statuses.push(s);
+        if (s === "reconnecting") offline = false;
+      },
+    });
+    await until(() => snap, "snapshot");
+    offline = true;
+    await until(() => statuses.filter((s) => s === "open").length >= 2, "the reconnect after expiry");
+    await server.post("user.updated", { ...user("user_live", "AfterExpiry"), updated_at: tick() });
+    await until(() => changes.some((ch) => ch.data?.first_name === "AfterExpiry"), "a change after the reconnect");
+    expect(statuses).toContain("reconnecting");
+    expect(new Set(changes.map((ch) => ch.seq)).size).toBe(changes.length);
+    c.close();
+  });
 });
 
 describe("reconnect", () => {
