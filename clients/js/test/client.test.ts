@@ -171,35 +171,34 @@ describe("realtime", () => {
     c.close();
   });
 
+  /** A session client watching `user:user_live` from a snapshot. */
+  function watchOwnUser(token: () => string | null) {
+    const w = { statuses: [] as StreamStatus[], changes: [] as Change[], snapshot: false };
+    const client = createClient({ url: server.url, WebSocket: CheckedWebSocket, token });
+    client.subscribe("user:user_live", {
+      snapshot: true,
+      onSnapshot: () => (w.snapshot = true),
+      onChange: (ch) => w.changes.push(ch),
+      onStatus: (s) => w.statuses.push(s),
+    });
+    return { client, w };
+  }
+
   it("refreshes a session token on the open socket before it expires", async () => {
     let issued = 0;
-    const statuses: StreamStatus[] = [];
-    const changes: Change[] = [];
-    let snap = false;
     // Four-second tokens, no leeway: without a refresh the server would close
     // the socket (4001) within seconds.
-    const c = createClient({
-      url: server.url,
-      WebSocket: CheckedWebSocket,
-      token: () => {
-        issued += 1;
-        return sessionToken(keys, "user_live", 4);
-      },
+    const { client, w } = watchOwnUser(() => {
+      issued += 1;
+      return sessionToken(keys, "user_live", 4);
     });
-    c.subscribe("user:user_live", {
-      snapshot: true,
-      onSnapshot: () => (snap = true),
-      onChange: (ch) => changes.push(ch),
-      onStatus: (s) => statuses.push(s),
-    });
-    await until(() => snap, "snapshot");
+    await until(() => w.snapshot, "snapshot");
     // Two refreshes past the first token's expiry.
     await until(() => issued >= 4, "refreshed tokens");
-    const u = user("user_live", "Renamed");
-    await server.post("user.updated", { ...u, updated_at: tick() });
-    await until(() => changes.some((ch) => ch.kind === "user" && ch.data?.first_name === "Renamed"), "the rename");
-    expect(statuses).not.toContain("reconnecting");
-    c.close();
+    await server.post("user.updated", { ...user("user_live", "Renamed"), updated_at: tick() });
+    await until(() => w.changes.some((ch) => ch.data?.first_name === "Renamed"), "the rename");
+    expect(w.statuses).not.toContain("reconnecting");
+    client.close();
   });
 
   it("reconnects with a fresh token when the server closes an expired session (4001)", async () => {
@@ -207,31 +206,17 @@ describe("realtime", () => {
     // refresh cannot happen, the server closes the socket at expiry, and the
     // client reconnects with the next token it can get and resumes.
     let offline = false;
-    const statuses: StreamStatus[] = [];
-    const changes: Change[] = [];
-    let snap = false;
-    const c = createClient({
-      url: server.url,
-      WebSocket: CheckedWebSocket,
-      token: () => (offline ? null : sessionToken(keys, "user_live", 3)),
+    const { client, w } = watchOwnUser(() => {
+      if (offline && w.statuses.includes("reconnecting")) offline = false;
+      return offline ? null : sessionToken(keys, "user_live", 3);
     });
-    c.subscribe("user:user_live", {
-      snapshot: true,
-      onSnapshot: () => (snap = true),
-      onChange: (ch) => changes.push(ch),
-      onStatus: (s) => {
-        statuses.push(s);
-        if (s === "reconnecting") offline = false;
-      },
-    });
-    await until(() => snap, "snapshot");
+    await until(() => w.snapshot, "snapshot");
     offline = true;
-    await until(() => statuses.filter((s) => s === "open").length >= 2, "the reconnect after expiry");
+    await until(() => w.statuses.filter((s) => s === "open").length >= 2, "the reconnect after expiry");
     await server.post("user.updated", { ...user("user_live", "AfterExpiry"), updated_at: tick() });
-    await until(() => changes.some((ch) => ch.data?.first_name === "AfterExpiry"), "a change after the reconnect");
-    expect(statuses).toContain("reconnecting");
-    expect(new Set(changes.map((ch) => ch.seq)).size).toBe(changes.length);
-    c.close();
+    await until(() => w.changes.some((ch) => ch.data?.first_name === "AfterExpiry"), "a change after the reconnect");
+    expect(new Set(w.changes.map((ch) => ch.seq)).size).toBe(w.changes.length);
+    client.close();
   });
 });
 
