@@ -7,6 +7,7 @@
 use crate::api::cursor;
 use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
+use crate::api::openapi::{EventDetail, EventPage};
 use crate::api::read::bearer;
 use crate::app::AppState;
 use crate::store::events::{self, EventFilter, Transition, STATUSES};
@@ -112,7 +113,7 @@ struct ListParams {
 async fn list(
     State(s): State<AppState>,
     Query(p): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     if let Some(st) = p.filter.status.as_deref() {
         if !STATUSES.contains(&st) {
             return Err(ApiError::BadRequest(format!(
@@ -128,17 +129,21 @@ async fn list(
         ));
     }
     let before = cursor::decode_seq(p.cursor.as_deref())?;
-    let rows = events::list(&s.db, &p.filter, before, limit + 1)
+    let mut rows = events::list(&s.db, &p.filter, before, limit + 1)
         .await
         .map_err(ApiError::internal)?;
     let more = rows.len() as i64 > limit;
-    let rows = &rows[..rows.len().min(limit as usize)];
+    rows.truncate(limit as usize);
     let next = if more {
         rows.last().map(|r| cursor::encode(r.seq))
     } else {
         None
     };
-    Ok(Json(json!({ "data": rows, "next_cursor": next })))
+    // The documented types (api/openapi.rs), so the document cannot drift.
+    Ok(Json(EventPage {
+        data: rows,
+        next_cursor: next,
+    }))
 }
 
 #[utoipa::path(
@@ -152,14 +157,18 @@ async fn list(
         (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
     )
 )]
-async fn show(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (rec, body) = events::show(&s.db, &id)
+async fn show(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EventDetail>, ApiError> {
+    let (record, body) = events::show(&s.db, &id)
         .await
         .map_err(ApiError::internal)?
         .ok_or(ApiError::NotFound)?;
-    let mut v = json!(rec);
-    v["body"] = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    Ok(Json(v))
+    Ok(Json(EventDetail {
+        record,
+        body: serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    }))
 }
 
 fn answer(t: Transition, what: &str) -> Result<Json<Value>, ApiError> {

@@ -107,6 +107,22 @@ pub struct AuditEntry {
     pub changes: Value,
 }
 
+impl From<&crate::store::read::AuditEntry> for AuditEntry {
+    fn from(a: &crate::store::read::AuditEntry) -> Self {
+        AuditEntry {
+            seq: a.seq,
+            svix_id: a.svix_id.clone(),
+            kind: a.kind.clone(),
+            entity_id: a.entity_id.clone(),
+            operation: a.operation.clone(),
+            version: a.version,
+            at: a.at,
+            // Stored as JSON text by the apply that wrote it.
+            changes: serde_json::from_str(&a.changes).unwrap_or(Value::Null),
+        }
+    }
+}
+
 macro_rules! page {
     ($name:ident, $item:ty, $doc:literal) => {
         #[doc = $doc]

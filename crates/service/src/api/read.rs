@@ -7,6 +7,7 @@
 use crate::api::cursor;
 use crate::api::error::ApiError;
 use crate::api::extract::{Path, Query};
+use crate::api::openapi::{AuditEntry, AuditPage};
 use crate::app::AppState;
 use crate::clerk::model::{normalize_role, Kind, User};
 use crate::feed::cache::{entity_key, org_members_key, Cached, Invalidation, Lookup};
@@ -533,7 +534,7 @@ pub struct AuditParams {
 async fn audit(
     State(s): State<AppState>,
     Query(p): Query<AuditParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let Some(entity_id) = p.entity_id.as_deref().filter(|e| !e.is_empty()) else {
         return Err(ApiError::BadRequest("entity_id is required".into()));
     };
@@ -553,15 +554,9 @@ async fn audit(
     } else {
         None
     };
-    let data: Vec<Value> = rows
-        .iter()
-        .map(|a| {
-            json!({
-                "seq": a.seq, "svix_id": a.svix_id, "kind": a.kind, "entity_id": a.entity_id,
-                "operation": a.operation, "version": a.version, "at": a.at,
-                "changes": serde_json::from_str::<Value>(&a.changes).unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "data": data, "next_cursor": next })))
+    // Built as the documented types, so the document cannot drift from the answer.
+    Ok(Json(AuditPage {
+        data: rows.iter().map(AuditEntry::from).collect(),
+        next_cursor: next,
+    }))
 }
