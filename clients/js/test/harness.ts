@@ -272,6 +272,7 @@ export class CheckedWebSocket extends WebSocket {
   constructor(url: string) {
     super(url);
     this.addEventListener("message", (ev) => check(validServer, ev.data, "server"));
+    // DEBUG_FRAMES=1 prints every frame the server sends (to read a failing test).
     if (process.env.DEBUG_FRAMES) this.addEventListener("message", (ev) => console.log("<", ev.data));
   }
 
