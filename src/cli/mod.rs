@@ -55,6 +55,8 @@ enum Command {
     Wsbench(clerksync_loadgen::ws::WsBenchArgs),
     /// Try it: serve a fresh demo database fed with a live stream; prints the dashboard address.
     Demo(crate::demo::DemoArgs),
+    /// Print the HTTP API's OpenAPI 3.1 document (`clerksync openapi > openapi.json`).
+    Openapi,
     /// Inspect and operate on stored events (works with the server stopped).
     Events {
         #[command(flatten)]
@@ -132,6 +134,11 @@ async fn run(command: Command, sources: &Sources) -> anyhow::Result<()> {
         Command::Wsbench(args) => {
             let report = clerksync_loadgen::ws::run(args).await?;
             out(report);
+            Ok(())
+        }
+        Command::Openapi => {
+            // The committed openapi.json is this output (a test compares them).
+            out(clerksync::api::openapi::json().trim_end());
             Ok(())
         }
         Command::Demo(args) => {

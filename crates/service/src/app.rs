@@ -322,6 +322,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/clerk", post(crate::webhook::handler::receive))
         .merge(api::health::routes())
+        .merge(api::openapi::routes())
         .merge(api::read::routes(state.clone()))
         .merge(api::search::routes(state.clone()))
         .merge(api::realtime::routes())

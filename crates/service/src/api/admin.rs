@@ -6,6 +6,7 @@
 
 use crate::api::cursor;
 use crate::api::extract::{Path, Query};
+use crate::api::openapi::{EventDetail, EventPage};
 use crate::api::read::bearer;
 use crate::app::AppState;
 use crate::http_error::ApiError;
@@ -48,6 +49,16 @@ pub(crate) async fn require_admin(
     Ok(next.run(req).await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/stats",
+    tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Stored events by status", body = crate::store::StatusCounts),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let c = crate::store::inbox_counts(&s.db)
         .await
@@ -57,6 +68,16 @@ async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
 
 /// The last five minutes of per-second received/processed counts, kept by the
 /// server, so a page opened now draws the whole chart at once.
+#[utoipa::path(
+    get,
+    path = "/admin/throughput",
+    tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Per-second counts of the last five minutes", body = crate::telemetry::history::History),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn throughput(State(s): State<AppState>) -> Json<crate::telemetry::history::History> {
     Json(s.metrics.throughput.snapshot())
 }
@@ -69,10 +90,30 @@ struct ListParams {
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/events",
+    tag = "admin", security(("admin_token" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "pending, done, failed, dead or discarded"),
+        ("type" = Option<String>, Query, description = "Event type, e.g. user.created"),
+        ("entity" = Option<String>, Query, description = "Entity id"),
+        ("since" = Option<i64>, Query, description = "Received at or after (unix ms)"),
+        ("until" = Option<i64>, Query, description = "Received before (unix ms)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Events per page (default 50)"),
+        ("cursor" = Option<String>, Query, description = "A previous page's next_cursor"),
+    ),
+    responses(
+        (status = 200, description = "Stored events, newest first", body = crate::api::openapi::EventPage),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn list(
     State(s): State<AppState>,
     Query(p): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     if let Some(st) = p.filter.status.as_deref() {
         if !STATUSES.contains(&st) {
             return Err(ApiError::BadRequest(format!(
@@ -88,27 +129,46 @@ async fn list(
         ));
     }
     let before = cursor::decode_seq(p.cursor.as_deref())?;
-    let rows = events::list(&s.db, &p.filter, before, limit + 1)
+    let mut rows = events::list(&s.db, &p.filter, before, limit + 1)
         .await
         .map_err(ApiError::internal)?;
     let more = rows.len() as i64 > limit;
-    let rows = &rows[..rows.len().min(limit as usize)];
+    rows.truncate(limit as usize);
     let next = if more {
         rows.last().map(|r| cursor::encode(r.seq))
     } else {
         None
     };
-    Ok(Json(json!({ "data": rows, "next_cursor": next })))
+    // The documented types (api/openapi.rs), so the document cannot drift.
+    Ok(Json(EventPage {
+        data: rows,
+        next_cursor: next,
+    }))
 }
 
-async fn show(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (rec, body) = events::show(&s.db, &id)
+#[utoipa::path(
+    get,
+    path = "/admin/events/{svix_id}",
+    tag = "admin", security(("admin_token" = [])),
+    params(("svix_id" = String, Path, description = "The delivery's svix-id")),
+    responses(
+        (status = 200, description = "The stored event with its body", body = crate::api::openapi::EventDetail),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
+async fn show(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EventDetail>, ApiError> {
+    let (record, body) = events::show(&s.db, &id)
         .await
         .map_err(ApiError::internal)?
         .ok_or(ApiError::NotFound)?;
-    let mut v = json!(rec);
-    v["body"] = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    Ok(Json(v))
+    Ok(Json(EventDetail {
+        record,
+        body: serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    }))
 }
 
 fn answer(t: Transition, what: &str) -> Result<Json<Value>, ApiError> {
@@ -122,6 +182,18 @@ fn answer(t: Transition, what: &str) -> Result<Json<Value>, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/events/{svix_id}/retry",
+    tag = "admin", security(("admin_token" = [])),
+    params(("svix_id" = String, Path, description = "The delivery's svix-id")),
+    responses(
+        (status = 200, description = "Queued for another attempt", body = crate::api::openapi::Transition),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The event cannot be retried in its status", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn retry(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let t = events::retry(&s.db, &id)
         .await
@@ -130,6 +202,18 @@ async fn retry(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json
     answer(t, "queued")
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/events/{svix_id}/discard",
+    tag = "admin", security(("admin_token" = [])),
+    params(("svix_id" = String, Path, description = "The delivery's svix-id")),
+    responses(
+        (status = 200, description = "Set aside, never applied", body = crate::api::openapi::Transition),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The event cannot be discarded in its status", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn discard(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -140,6 +224,16 @@ async fn discard(
     answer(t, "discarded")
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/events/retry-dead",
+    tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every dead event queued again", body = crate::api::openapi::RetriedDead),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn retry_dead(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let n = events::retry_all_dead(&s.db)
         .await
@@ -148,9 +242,13 @@ async fn retry_dead(State(s): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({ "queued": n })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EntityParams {
+    /// Audit entries per page (default 200).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// A previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -158,6 +256,18 @@ struct EntityParams {
 /// (tombstones included, which `/v1` answers with 410) and its audit history,
 /// oldest first. Behind the admin token, so the dashboard never needs the read
 /// API's token as well.
+#[utoipa::path(
+    get,
+    path = "/admin/entities/{id}",
+    tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "A user (user_...) or organization (org_...) id"), EntityParams),
+    responses(
+        (status = 200, description = "The stored record and its audit history", body = crate::api::openapi::EntityDetail),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn entity(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -15,10 +15,27 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The process serves", body = crate::api::openapi::Health)
+    )
+)]
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The database answers", body = crate::api::openapi::Health),
+        (status = 503, description = "The database does not answer", body = crate::api::openapi::Health)
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.db.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
@@ -32,6 +49,14 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "Prometheus metrics, in the OpenMetrics text format", content_type = "application/openmetrics-text", body = String)
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Queue depths are read at scrape time, not tracked incrementally.
     if let Ok(c) = crate::store::inbox_counts(&state.db).await {

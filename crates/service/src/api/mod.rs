@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod dashboard;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod read;
 pub mod realtime;
 pub mod search;

@@ -6,6 +6,7 @@
 
 use crate::api::cursor;
 use crate::api::extract::{Path, Query};
+use crate::api::openapi::{AuditEntry, AuditPage};
 use crate::app::AppState;
 use crate::clerk::model::Kind;
 use crate::feed::cache::{entity_key, org_members_key, Cached, Invalidation, Lookup};
@@ -118,15 +119,23 @@ const MAX_WAIT_MS: u64 = 30_000;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GetParams {
+    /// Wait up to this long (ms; longer waits are cut to 30000) for the entity to be synced.
+    #[param(minimum = 0, maximum = 30000)]
     wait_ms: Option<u64>,
+    /// With `wait_ms`: wait until the entity's `updated_at` (unix ms) is at least this.
     min_updated_at: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Items per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// A previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -225,6 +234,20 @@ async fn cached_entity(state: &AppState, kind: Kind, id: &str) -> Result<EntityR
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}",
+    tag = "read", security(("api_token" = [])),
+    params(("id" = String, Path, description = "A Clerk user id", min_length = 1, max_length = 128), GetParams),
+    responses(
+        (status = 200, description = "The user", body = crate::api::openapi::User),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Never synced", body = crate::api::openapi::ErrorBody),
+        (status = 410, description = "Deleted", body = crate::api::openapi::GoneBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn get_user(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -234,6 +257,20 @@ async fn get_user(
     Ok(Json(user_json(&r)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/organizations/{id}",
+    tag = "read", security(("api_token" = [])),
+    params(("id" = String, Path, description = "A Clerk organization id", min_length = 1, max_length = 128), GetParams),
+    responses(
+        (status = 200, description = "The organization", body = crate::api::openapi::Organization),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Never synced", body = crate::api::openapi::ErrorBody),
+        (status = 410, description = "Deleted", body = crate::api::openapi::GoneBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn get_org(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -293,6 +330,18 @@ async fn page(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "read", security(("api_token" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "Live users, by id", body = crate::api::openapi::UserPage),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn list_users(
     State(s): State<AppState>,
     Query(p): Query<PageParams>,
@@ -300,6 +349,18 @@ async fn list_users(
     page(&s, Kind::User, None, &p, user_json, None).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/organizations",
+    tag = "read", security(("api_token" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "Live organizations, by id", body = crate::api::openapi::OrganizationPage),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn list_orgs(
     State(s): State<AppState>,
     Query(p): Query<PageParams>,
@@ -307,6 +368,20 @@ async fn list_orgs(
     page(&s, Kind::Organization, None, &p, record_json, None).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/organizations/{id}/memberships",
+    tag = "read", security(("api_token" = [])),
+    params(("id" = String, Path, description = "A Clerk organization id", min_length = 1, max_length = 128), PageParams),
+    responses(
+        (status = 200, description = "The organization's live memberships, by id", body = crate::api::openapi::MembershipPage),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Organization never synced", body = crate::api::openapi::ErrorBody),
+        (status = 410, description = "Deleted", body = crate::api::openapi::GoneBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn org_memberships(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -326,6 +401,20 @@ async fn org_memberships(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/organizations",
+    tag = "read", security(("api_token" = [])),
+    params(("id" = String, Path, description = "A Clerk user id", min_length = 1, max_length = 128), PageParams),
+    responses(
+        (status = 200, description = "The user's organizations, by membership id", body = crate::api::openapi::UserOrganizationPage),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "User never synced", body = crate::api::openapi::ErrorBody),
+        (status = 410, description = "Deleted", body = crate::api::openapi::GoneBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn user_organizations(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -379,17 +468,35 @@ async fn user_organizations(
     Ok(Json(json!({ "data": out, "next_cursor": next })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// The user, organization or membership id.
+    #[param(required = true, min_length = 1, max_length = 128)]
     entity_id: Option<String>,
+    /// Entries per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// A previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "read", security(("api_token" = [])),
+    params(AuditParams),
+    responses(
+        (status = 200, description = "The entity's applied changes, oldest first", body = crate::api::openapi::AuditPage),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn audit(
     State(s): State<AppState>,
     Query(p): Query<AuditParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let Some(entity_id) = p.entity_id.as_deref().filter(|e| !e.is_empty()) else {
         return Err(ApiError::BadRequest("entity_id is required".into()));
     };
@@ -409,15 +516,9 @@ async fn audit(
     } else {
         None
     };
-    let data: Vec<Value> = rows
-        .iter()
-        .map(|a| {
-            json!({
-                "seq": a.seq, "svix_id": a.svix_id, "kind": a.kind, "entity_id": a.entity_id,
-                "operation": a.operation, "version": a.version, "at": a.at,
-                "changes": serde_json::from_str::<Value>(&a.changes).unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "data": data, "next_cursor": next })))
+    // Built as the documented types, so the document cannot drift from the answer.
+    Ok(Json(AuditPage {
+        data: rows.iter().map(AuditEntry::from).collect(),
+        next_cursor: next,
+    }))
 }

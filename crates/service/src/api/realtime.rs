@@ -114,6 +114,20 @@ fn check_origin(config: &crate::config::Config, headers: &HeaderMap) -> Result<(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/realtime",
+    tag = "realtime", security((), ("api_token" = []), ("session_token" = [])),
+    params(("token" = Option<String>, Query, description = "The token, for clients that cannot set headers (browsers)")),
+    responses(
+        (status = 101, description = "Upgraded: the stream's frames are described by clients/realtime.schema.json"),
+        (status = 400, description = "Not a WebSocket request", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "This browser origin may not open the stream", body = crate::api::openapi::ErrorBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "Too many connections for this token or address", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn connect(
     State(state): State<AppState>,
     Query(p): Query<ConnectParams>,

@@ -54,13 +54,32 @@ impl From<SearchError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// Words to find (names, usernames, emails; the last word also as a prefix).
+    #[param(required = true, min_length = 1, max_length = 512)]
     q: Option<String>,
+    /// `users` or `organizations` (default: both).
+    #[param(pattern = "^(users?|organizations?)$")]
     kind: Option<String>,
+    /// Results (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/search",
+    tag = "read", security(("api_token" = [])),
+    params(SearchParams),
+    responses(
+        (status = 200, description = "Matching users or organizations, best first", body = crate::api::openapi::SearchResults),
+        (status = 400, description = "Bad input: a parameter, cursor or id (the error names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 421, description = "A token-less server answers only for localhost, 127.0.0.1 or [::1]", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn search(
     State(s): State<AppState>,
     Query(p): Query<SearchParams>,
@@ -103,6 +122,16 @@ async fn search(
     Ok(Json(json!({ "data": data })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/reindex",
+    tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The latest rebuild of the search index", body = crate::api::openapi::ReindexStatus),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn reindex_status(State(s): State<AppState>) -> Json<Value> {
     Json(json!({
         "status": s.search.rebuild_status(),
@@ -112,6 +141,17 @@ async fn reindex_status(State(s): State<AppState>) -> Json<Value> {
 }
 
 /// Starts a rebuild in the background (202); progress at `GET /admin/reindex`.
+#[utoipa::path(
+    post,
+    path = "/admin/reindex",
+    tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "A rebuild started", body = crate::api::openapi::ReindexStarted),
+        (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "A rebuild is running", body = crate::api::openapi::ErrorBody)
+    )
+)]
 async fn start_reindex(State(s): State<AppState>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ticket = s.search.claim_rebuild()?;
     let run = ticket.run;

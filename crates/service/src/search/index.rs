@@ -110,7 +110,7 @@ struct WriterState {
 }
 
 /// Progress of the latest rebuild, for `GET /admin/reindex`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RebuildStatus {
     /// Rebuilds started since the process started (the latest one's number).
     pub run: u64,
@@ -121,7 +121,7 @@ pub struct RebuildStatus {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RebuildReport {
     pub users: u64,
     pub organizations: u64,

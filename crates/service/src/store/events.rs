@@ -8,7 +8,7 @@ use crate::store::db::{backend, Database};
 use crate::store::{EventStore, InboxStore, StoreError};
 
 /// An inbox row as operators see it (the body only in `show`).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct EventRecord {
     pub seq: i64,
     pub svix_id: String,

@@ -69,7 +69,7 @@ pub(crate) const LOG_PAGE: &str =
      WHERE seq > $1 AND status <> 'discarded' ORDER BY seq LIMIT $2";
 
 /// Inbox rows by status.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     pub received: i64,
     pub pending: i64,

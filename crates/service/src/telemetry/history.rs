@@ -32,7 +32,7 @@ pub struct Throughput {
 
 /// The last [`SECONDS`] seconds, oldest first; the last entry is the current,
 /// still-running second.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct History {
     /// Unix second of the last entry.
     pub until: i64,

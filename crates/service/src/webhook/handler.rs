@@ -146,6 +146,20 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 
 pub const MAX_ID_LEN: usize = 256;
 
+#[utoipa::path(
+    post,
+    path = "/webhooks/clerk",
+    tag = "webhooks", request_body(content = Object, content_type = "application/json", description = "A Clerk event envelope, as Svix delivers it"),
+    params(("svix-id" = String, Header, description = "The delivery id (or webhook-id)"), ("svix-timestamp" = String, Header, description = "Unix seconds (or webhook-timestamp)"), ("svix-signature" = String, Header, description = "v1,<base64 HMAC-SHA256> entries (or webhook-signature)")),
+    responses(
+        (status = 200, description = "Durable (accepted) or already stored (duplicate)", body = crate::api::openapi::WebhookAck),
+        (status = 400, description = "Missing or malformed headers, or not a Clerk event envelope", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No matching signature, or a timestamp more than 5 minutes off", body = crate::api::openapi::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is over the limit", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "Shutting down, storage unavailable or the body budget spent (Svix retries)", body = crate::api::openapi::ErrorBody)
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
