@@ -113,14 +113,14 @@ impl Database {
     }
 
     /// How the processor should apply on this backend.
-    pub fn strategy(&self) -> ApplyStrategy {
+    pub(crate) fn strategy(&self) -> ApplyStrategy {
         backend!(self, |b| b.strategy())
     }
 
     /// Runs `fut`, a loop that takes turns writing, where the backend's writers
     /// run best (SQLite: a thread of its own, see `store::sqlite::spawn_gate_thread`;
     /// elsewhere: a task). The handle resolves when it ends.
-    pub fn spawn_writer<F>(&self, name: &str, fut: F) -> tokio::task::JoinHandle<()>
+    pub(crate) fn spawn_writer<F>(&self, name: &str, fut: F) -> tokio::task::JoinHandle<()>
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -133,7 +133,7 @@ impl Database {
     /// Runs `fut`, whose awaits are calls on a transaction of this database,
     /// as the backend runs them best (SQLite: polled on this thread, every call
     /// completes at once; elsewhere: awaited).
-    pub async fn run_tx<F: std::future::Future>(&self, fut: F) -> F::Output {
+    pub(crate) async fn run_tx<F: std::future::Future>(&self, fut: F) -> F::Output {
         match self {
             Database::Sqlite(..) => crate::store::sqlite::run_blocking(fut),
             Database::Postgres(_) => fut.await,
@@ -172,12 +172,12 @@ impl Database {
 
     /// Appends deliveries whose svix-ids are distinct, in one transaction; for
     /// each row, whether it was new. Durable when it returns.
-    pub async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>, StoreError> {
+    pub(crate) async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>, StoreError> {
         backend!(self, |b| b.append(rows).await)
     }
 
     /// Leases up to `limit` due events, oldest first.
-    pub async fn claim(
+    pub(crate) async fn claim(
         &self,
         now: i64,
         lease_until: i64,
@@ -189,7 +189,7 @@ impl Database {
     }
 
     /// Due events, oldest first, without leasing them, leaving out `skip`.
-    pub async fn due(
+    pub(crate) async fn due(
         &self,
         now: i64,
         skip: &[i64],
@@ -199,12 +199,12 @@ impl Database {
     }
 
     /// Gives back leases (shutdown).
-    pub async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    pub(crate) async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
         backend!(self, |b| b.release(seqs).await)
     }
 
     /// Records a failed attempt: retried after `next_attempt_at`, or dead.
-    pub async fn mark_failed(
+    pub(crate) async fn mark_failed(
         &self,
         seq: i64,
         error: &str,
@@ -224,27 +224,27 @@ impl Database {
     }
 
     /// Is any delivery pending or waiting for a retry?
-    pub async fn anything_due(&self) -> Result<bool, StoreError> {
+    pub(crate) async fn anything_due(&self) -> Result<bool, StoreError> {
         backend!(self, |b| b.anything_due().await)
     }
 
     /// Queues again the done deliveries received at or after `since_ms`; how many.
-    pub async fn requeue_since(&self, since_ms: i64) -> Result<u64, StoreError> {
+    pub(crate) async fn requeue_since(&self, since_ms: i64) -> Result<u64, StoreError> {
         backend!(self, |b| b.requeue_since(since_ms).await)
     }
 
     /// How many deliveries the inbox holds.
-    pub async fn inbox_len(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn inbox_len(&self) -> Result<i64, StoreError> {
         backend!(self, |b| b.len().await)
     }
 
     /// The stored log after `after`, in seq order, discarded deliveries left out.
-    pub async fn log_page(&self, after: i64, limit: i64) -> Result<Vec<LogRow>, StoreError> {
+    pub(crate) async fn log_page(&self, after: i64, limit: i64) -> Result<Vec<LogRow>, StoreError> {
         backend!(self, |b| b.log_page(after, limit).await)
     }
 
     /// The feed entries of `filter` after `after`, oldest first.
-    pub async fn read_feed(
+    pub(crate) async fn read_feed(
         &self,
         filter: FeedFilter<'_>,
         after: i64,
@@ -254,7 +254,7 @@ impl Database {
     }
 
     /// How many of `filter`'s entries follow `after`, up to `cap`.
-    pub async fn count_feed(
+    pub(crate) async fn count_feed(
         &self,
         filter: FeedFilter<'_>,
         after: i64,
@@ -264,22 +264,26 @@ impl Database {
     }
 
     /// The newest feed entry's seq (0 when the feed is empty).
-    pub async fn last_feed_seq(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn last_feed_seq(&self) -> Result<i64, StoreError> {
         backend!(self, |b| b.last_feed_seq().await)
     }
 
     /// A consumer's saved checkpoint, if it has one.
-    pub async fn load_checkpoint(&self, consumer: &str) -> Result<Option<i64>, StoreError> {
+    pub(crate) async fn load_checkpoint(&self, consumer: &str) -> Result<Option<i64>, StoreError> {
         backend!(self, |b| b.load_checkpoint(consumer).await)
     }
 
     /// Creates a consumer's checkpoint at 0 unless it exists.
-    pub async fn register_consumer(&self, consumer: &str, now: i64) -> Result<(), StoreError> {
+    pub(crate) async fn register_consumer(
+        &self,
+        consumer: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         backend!(self, |b| b.register_consumer(consumer, now).await)
     }
 
     /// Saves a consumer's checkpoint, durably.
-    pub async fn save_checkpoint(
+    pub(crate) async fn save_checkpoint(
         &self,
         consumer: &str,
         seq: i64,
@@ -290,14 +294,14 @@ impl Database {
 
     /// Refreshes planner statistics of the tables that grew (PostgreSQL; a
     /// no-op elsewhere).
-    pub async fn refresh_statistics(&self) -> Result<(), StoreError> {
+    pub(crate) async fn refresh_statistics(&self) -> Result<(), StoreError> {
         backend!(self, |b| b.refresh_statistics().await)
     }
 
     /// Keeps planner statistics fresh until `cancel` (PostgreSQL: tables that
     /// grow from empty are planned as empty for a minute otherwise; returns at
     /// once elsewhere).
-    pub async fn keep_statistics_fresh(&self, cancel: tokio_util::sync::CancellationToken) {
+    pub(crate) async fn keep_statistics_fresh(&self, cancel: tokio_util::sync::CancellationToken) {
         backend!(self, |b| b.keep_statistics_fresh(cancel).await)
     }
 }
