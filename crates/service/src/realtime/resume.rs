@@ -70,7 +70,6 @@ pub async fn check_resume(
 /// One frame of a replay.
 #[derive(Debug, Clone)]
 pub struct ReplayFrame {
-    pub seq: i64,
     pub text: Utf8Bytes,
     /// Set when this change ended the viewer's own membership in this organization.
     pub ends_membership_in: Option<String>,
@@ -158,7 +157,6 @@ pub async fn replay_page(
             _ => None,
         };
         frames.push(ReplayFrame {
-            seq: r.entry.seq,
             text,
             ends_membership_in,
         });
