@@ -1580,4 +1580,141 @@ mod tests {
             }
         }
     }
+
+    fn realistic(seed: u64, events: usize) -> Vec<Event> {
+        generate(&GenConfig {
+            seed,
+            events,
+            profile: Profile::Realistic,
+            delete_share: Profile::Realistic.default_delete_share(),
+            ..GenConfig::default()
+        })
+    }
+
+    /// The realistic profile has the mix issue 21 describes (shares with some
+    /// tolerance: the stream is random).
+    #[test]
+    fn realistic_profile_has_the_production_mix() {
+        let events = realistic(17, 10_000);
+        assert_eq!(events.len(), 10_000);
+        let n = events.len() as f64;
+        let count = |ty: &str| events.iter().filter(|e| e.event_type == ty).count() as f64;
+        let users = count("user.created");
+        let memberships = count("organizationMembership.created");
+        let per_user = memberships / users;
+        assert!(
+            (1.4..=1.8).contains(&per_user),
+            "{per_user} memberships per user"
+        );
+        let user_updates = count("user.updated") / n;
+        assert!(
+            (0.35..=0.45).contains(&user_updates),
+            "user.updated share {user_updates}"
+        );
+        let deletes = events
+            .iter()
+            .filter(|e| e.action == Action::Deleted)
+            .count() as f64
+            / n;
+        assert!((0.005..=0.05).contains(&deletes), "delete share {deletes}");
+        let mean_body = events.iter().map(|e| e.body.len()).sum::<usize>() as f64 / n;
+        assert!(
+            (1200.0..=2400.0).contains(&mean_body),
+            "mean body {mean_body} bytes"
+        );
+
+        // Most user updates change only the activity fields: compare each with
+        // the user's previous full payload, ignoring those.
+        let activity = ["last_active_at", "last_sign_in_at", "updated_at"];
+        let mut last: HashMap<String, Value> = HashMap::new();
+        let (mut updates, mut activity_only) = (0, 0);
+        let (mut with_oauth, mut with_phone, mut created) = (0, 0, 0);
+        for e in events.iter().filter(|e| e.kind == EntityKind::User) {
+            let mut data = body(e)["data"].clone();
+            if e.action == Action::Created {
+                created += 1;
+                with_oauth +=
+                    usize::from(!data["external_accounts"].as_array().unwrap().is_empty());
+                with_phone += usize::from(!data["phone_numbers"].as_array().unwrap().is_empty());
+                let metadata = ["public_metadata", "private_metadata", "unsafe_metadata"]
+                    .map(|k| data[k].to_string().len())
+                    .iter()
+                    .sum::<usize>();
+                assert!(
+                    (200..=1200).contains(&metadata),
+                    "{metadata} bytes of metadata"
+                );
+                let email = &data["email_addresses"][0]["verification"];
+                assert_eq!(email["status"], "verified");
+            }
+            for k in activity {
+                data.as_object_mut().unwrap().remove(k);
+            }
+            if e.action == Action::Updated {
+                updates += 1;
+                activity_only += usize::from(last.get(&e.entity_id) == Some(&data));
+            }
+            last.insert(e.entity_id.clone(), data);
+        }
+        let share = activity_only as f64 / updates as f64;
+        assert!((0.6..=0.9).contains(&share), "activity-only share {share}");
+        let oauth = with_oauth as f64 / created as f64;
+        assert!(
+            (0.25..=0.45).contains(&oauth),
+            "external accounts on {oauth}"
+        );
+        let phone = with_phone as f64 / created as f64;
+        assert!((0.15..=0.4).contains(&phone), "phone numbers on {phone}");
+    }
+
+    /// The realistic stream keeps every invariant of the classic one (the
+    /// lifecycle and reference checks above, on its events).
+    #[test]
+    fn realistic_profile_keeps_lifecycles_and_references_well_formed() {
+        let events = realistic(19, 8000);
+        let mut alive: HashSet<String> = HashSet::new();
+        let mut version: HashMap<&str, i64> = HashMap::new();
+        for e in &events {
+            let v = body(e);
+            let head = parse_head(&e.body).expect("envelope");
+            assert_eq!(head.entity_key.as_deref(), Some(e.entity_key.as_str()));
+            let ver = v["data"]["updated_at"].as_i64().unwrap_or(e.timestamp_ms);
+            if let Some(prev) = version.insert(&e.entity_id, ver) {
+                assert!(ver > prev, "{} went from {prev} to {ver}", e.entity_id);
+            }
+            match (e.kind, e.action) {
+                (EntityKind::Membership, _) => {
+                    let user = v["data"]["public_user_data"]["user_id"].as_str().unwrap();
+                    let org = v["data"]["organization"]["id"].as_str().unwrap();
+                    assert!(
+                        alive.contains(user) && alive.contains(org),
+                        "{}",
+                        e.entity_id
+                    );
+                }
+                (_, Action::Deleted) => {
+                    assert!(alive.remove(&e.entity_id), "{} deleted twice", e.entity_id);
+                }
+                (_, Action::Created) => {
+                    alive.insert(e.entity_id.clone());
+                }
+                _ => assert!(alive.contains(&e.entity_id), "update of {}", e.entity_id),
+            }
+        }
+    }
+
+    /// `--profile classic` keeps the lean payloads of the stream the generator
+    /// produced before profiles existed.
+    #[test]
+    fn classic_profile_keeps_the_lean_payloads() {
+        let classic = generate(&cfg(23, 2000));
+        let user = classic
+            .iter()
+            .find(|e| e.event_type == "user.created")
+            .unwrap();
+        let data = body(user)["data"].clone();
+        assert!(data.get("last_active_at").is_none() && data.get("banned").is_none());
+        let realistic = realistic(23, 2000);
+        assert_ne!(classic[0].body, realistic[0].body);
+    }
 }
