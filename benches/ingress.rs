@@ -6,8 +6,8 @@
 //! (the body comes from the load generator, which follows the real fixtures).
 
 use clerksync::clerk::envelope::parse_head;
-use clerksync::loadgen::generate::{generate, GenConfig};
 use clerksync::webhook::verify::{verify, DeliveryHeaders, SecretSet, WebhookSecret};
+use clerksync_loadgen::generate::{generate, GenConfig};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

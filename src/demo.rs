@@ -15,15 +15,15 @@
 //! server other than over HTTP like Svix would (the feed signs its deliveries;
 //! nothing is written into the database directly).
 
-use crate::app::{App, BuildError};
-use crate::config::{Config, ConfigError, Settings};
-use crate::loadgen::generate::{self, GenConfig};
-use crate::loadgen::plan::{self, PlanConfig};
-use crate::loadgen::{self, LoadgenArgs};
-use crate::webhook::WebhookSecret;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use clap::Parser;
+use clerksync::app::{App, BuildError};
+use clerksync::config::{Config, ConfigError, Settings};
+use clerksync::webhook::WebhookSecret;
+use clerksync_loadgen::generate::{self, GenConfig};
+use clerksync_loadgen::plan::{self, PlanConfig};
+use clerksync_loadgen::{self as loadgen, LoadgenArgs};
 use serde_json::json;
 use std::future::Future;
 use std::io;
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// Address to listen on.
-    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
+    #[arg(long, default_value = clerksync::config::DEFAULT_LISTEN)]
     pub listen: String,
     /// Directory of the demo's database and search index. The demo creates it;
     /// a later demo deletes only its own files in it, and refuses a directory it
@@ -191,7 +191,7 @@ pub async fn run(
         .await;
     let _ = feeder.await;
     served.map_err(DemoError::Serve)?;
-    crate::output::line(format!(
+    clerksync::output::line(format!(
         "demo stopped; its data stays in {} until the next demo (clerksync events stats --data-dir {})",
         args.data_dir.display(),
         args.data_dir.display()
@@ -340,7 +340,7 @@ fn print_banner(base: &str, whsec: &str, token: &str, args: &DemoArgs, fresh: bo
     } else {
         "then nothing more (--live-rate 0)".to_string()
     };
-    crate::output::line(format!(
+    clerksync::output::line(format!(
         "\n\
 clerksync demo is running: an opening burst of {events} events at {rate}/s, {live}; \
 with duplicates, out-of-order and forged deliveries mixed in, and 3 poisoned events \
@@ -424,13 +424,13 @@ async fn feed(
     };
     match report {
         Ok(json) => match serde_json::from_str::<loadgen::report::Report>(&json) {
-            Ok(r) => crate::output::line(format!(
+            Ok(r) => clerksync::output::line(format!(
                 "demo burst done: {} deliveries sent, {} accepted, {} forged ones refused; {then}",
                 r.sent,
                 r.status_2xx,
                 r.forged_by_status.get(&401).copied().unwrap_or(0)
             )),
-            Err(_) => crate::output::line(format!("demo burst done; {then}")),
+            Err(_) => clerksync::output::line(format!("demo burst done; {then}")),
         },
         Err(e) => eprintln!("demo: the opening burst failed: {e}; {then}"),
     }
@@ -622,11 +622,11 @@ mod tests {
     fn poisoned_events_are_envelopes_that_never_apply() {
         for e in poisoned_events(1) {
             let body = e.to_string();
-            let head = crate::clerk::envelope::parse_head(body.as_bytes());
+            let head = clerksync::clerk::envelope::parse_head(body.as_bytes());
             assert!(head.is_ok(), "ingress accepts {body}");
             let t = e["type"].as_str().unwrap();
             assert!(
-                crate::clerk::model::parse_event(t, &body, 1).is_err(),
+                clerksync::clerk::model::parse_event(t, &body, 1).is_err(),
                 "{body} must fail to apply"
             );
         }

@@ -5,6 +5,8 @@
 //! (each command's `--help` shows only what it uses; the config file still
 //! supplies any key).
 
+mod demo;
+
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -46,11 +48,11 @@ enum Command {
         db: DbArgs,
     },
     /// Generate a signed Clerk event stream and send it to a running server.
-    Loadgen(clerksync::loadgen::LoadgenArgs),
+    Loadgen(clerksync_loadgen::LoadgenArgs),
     /// Benchmark /v1/realtime: N WebSocket clients, webhooks at a rate, commit-to-receipt latency.
-    Wsbench(clerksync::loadgen::ws::WsBenchArgs),
+    Wsbench(clerksync_loadgen::ws::WsBenchArgs),
     /// Try it: serve a fresh demo database fed with a live stream; prints the dashboard address.
-    Demo(clerksync::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Inspect and operate on stored events (works with the server stopped).
     Events {
         #[command(flatten)]
@@ -302,7 +304,7 @@ async fn run(cli: Cli, sources: &Sources) -> anyhow::Result<()> {
             reindex(config, url).await
         }
         Command::Loadgen(args) => {
-            let (text, report) = clerksync::loadgen::execute(args).await?;
+            let (text, report) = clerksync_loadgen::execute(args).await?;
             out(text);
             // Scripts notice a run the server did not answer as it should.
             if let Some(why) = report.and_then(|r| r.failure()) {
@@ -311,13 +313,13 @@ async fn run(cli: Cli, sources: &Sources) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Wsbench(args) => {
-            let report = clerksync::loadgen::ws::run(args).await?;
+            let report = clerksync_loadgen::ws::run(args).await?;
             out(report);
             Ok(())
         }
         Command::Demo(args) => {
             clerksync::telemetry::init_logging(clerksync::config::LogFormat::Human);
-            clerksync::demo::run(args, shutdown_signal()).await?;
+            demo::run(args, shutdown_signal()).await?;
             Ok(())
         }
     }

@@ -466,12 +466,12 @@ pub(crate) async fn loadgen_stream_converges(s: &Server) {
         "--expect",
         &expect_s,
     ]);
-    clerksync::loadgen::run(send)
+    clerksync_loadgen::run(send)
         .await
         .expect("every delivery acknowledged");
     s.settle().await;
     let check = loadgen_args(&["--url", &url, "--check", &expect_s]);
-    let report = clerksync::loadgen::run(check)
+    let report = clerksync_loadgen::run(check)
         .await
         .expect("store matches --expect");
     assert!(report.contains("entities match"), "{report}");

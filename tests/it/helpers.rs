@@ -286,11 +286,11 @@ pub async fn inbox_ids(path: &Path) -> HashSet<String> {
 #[derive(clap::Parser)]
 struct LoadgenCli {
     #[command(flatten)]
-    args: clerksync::loadgen::LoadgenArgs,
+    args: clerksync_loadgen::LoadgenArgs,
 }
 
 /// `clerksync loadgen` arguments parsed from a command line, as the CLI would.
-pub fn loadgen_args(argv: &[&str]) -> clerksync::loadgen::LoadgenArgs {
+pub fn loadgen_args(argv: &[&str]) -> clerksync_loadgen::LoadgenArgs {
     use clap::Parser;
     LoadgenCli::parse_from(std::iter::once("loadgen").chain(argv.iter().copied())).args
 }

@@ -6,8 +6,8 @@
 use crate::backends::{sqlite_server, Server};
 use crate::helpers::{sign, TEST_KEY};
 use clerksync::config::Token;
-use clerksync::loadgen::expect::ExpectedState;
-use clerksync::loadgen::report::Report;
+use clerksync_loadgen::expect::ExpectedState;
+use clerksync_loadgen::report::Report;
 use prometheus_parse::{Scrape, Value as PValue};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -99,7 +99,7 @@ async fn metrics_parse_and_agree_with_admin_stats_after_a_loadgen_run() {
     let url = s.url("/webhooks/clerk");
     let secret = crate::helpers::whsec(TEST_KEY);
     let expect_s = expect_path.display().to_string();
-    let report = clerksync::loadgen::run(loadgen_args(&[
+    let report = clerksync_loadgen::run(loadgen_args(&[
         "--url",
         &url,
         "--secret",

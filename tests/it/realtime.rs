@@ -1037,7 +1037,7 @@ async fn a_session_ends_at_token_expiry_unless_refreshed() {
 /// change of the feed, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ws_bench_delivers_every_change_to_every_client_once_in_order() {
-    use clerksync::loadgen::ws::{run_step, StepConfig, TopicMode};
+    use clerksync_loadgen::ws::{run_step, StepConfig, TopicMode};
     let s = server(|c| c.realtime.max_connections_per_token = 50).await;
     let before = s
         .scalar("SELECT COALESCE(MAX(seq), 0) FROM change_feed")

@@ -6,7 +6,7 @@
 //! user sees), or stop at the first mismatch (the report lists them).
 
 use super::expect::ExpectedState;
-use crate::clerk::model::normalize_role;
+use clerksync::clerk::model::normalize_role;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! or retry a failed request (a failure is a result to report, not to paper over).
 
 use super::plan::Delivery;
-use crate::webhook::WebhookSecret;
+use clerksync::webhook::WebhookSecret;
 use hdrhistogram::Histogram;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Url};

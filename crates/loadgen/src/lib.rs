@@ -22,8 +22,8 @@ pub mod report;
 mod send;
 pub mod ws;
 
-use crate::webhook::verify::{SecretError, WebhookSecret};
-use crate::webhook::SecretSet;
+use clerksync::webhook::verify::{SecretError, WebhookSecret};
+use clerksync::webhook::SecretSet;
 use rand::Rng;
 use report::{Latency, Report};
 use serde::Serialize;
@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(lines.len(), report.deliveries);
         for l in &lines {
             let body = l["body"].as_str().unwrap();
-            crate::clerk::envelope::parse_head(body.as_bytes()).unwrap();
+            clerksync::clerk::envelope::parse_head(body.as_bytes()).unwrap();
             assert!(l["svix_id"].as_str().unwrap().starts_with("msg_"));
         }
         let state: expect::ExpectedState = serde_json::from_str(&read("e1.json")).unwrap();
@@ -514,7 +514,7 @@ mod tests {
     /// real ingress does (204 when genuine, 401 when not). Independent of the
     /// real server so these tests check the load generator alone.
     async fn verifying_server(secret: &str) -> std::net::SocketAddr {
-        use crate::webhook::verify::{verify, DeliveryHeaders};
+        use clerksync::webhook::verify::{verify, DeliveryHeaders};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -565,7 +565,7 @@ mod tests {
                             .unwrap()
                             .as_secs() as i64;
                         let genuine = verify(&set, headers, &body, now, true).is_ok()
-                            && crate::clerk::envelope::parse_head(&body).is_ok();
+                            && clerksync::clerk::envelope::parse_head(&body).is_ok();
                         let resp: &[u8] = if genuine {
                             b"HTTP/1.1 204 No Content\r\n\r\n"
                         } else {

@@ -1357,7 +1357,7 @@ fn membership_json(m: &Membership, org: &Org, user: &User, profile: Profile) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clerk::envelope::parse_head;
+    use clerksync::clerk::envelope::parse_head;
     use std::collections::HashMap;
 
     fn cfg(seed: u64, events: usize) -> GenConfig {

@@ -241,8 +241,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::generate::{generate, GenConfig};
-    use crate::loadgen::plan::{plan, PlanConfig};
+    use crate::generate::{generate, GenConfig};
+    use crate::plan::{plan, PlanConfig};
     use serde_json::json;
 
     fn user(id: &str, at: i64, first: &str, emails: &[(&str, &str)], primary: &str) -> Value {
@@ -496,8 +496,8 @@ mod tests {
             .iter()
             .rev()
             .find(|e| {
-                e.action != crate::loadgen::generate::Action::Deleted
-                    && e.kind == crate::loadgen::generate::EntityKind::User
+                e.action != crate::generate::Action::Deleted
+                    && e.kind == crate::generate::EntityKind::User
                     && !in_order.users[&e.entity_id].deleted
             })
             .unwrap();

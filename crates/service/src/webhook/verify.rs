@@ -251,7 +251,7 @@ mod vector_tests {
 
     const VECTORS: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/svix/vectors.json"
+        "/../../tests/fixtures/svix/vectors.json"
     );
 
     fn vectors() -> Value {

@@ -116,7 +116,7 @@ pub fn plan(events: &[Event], cfg: &PlanConfig) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::generate::{generate, GenConfig};
+    use crate::generate::{generate, GenConfig};
     use std::collections::HashMap;
 
     fn events() -> Vec<Event> {

@@ -26,8 +26,8 @@
 use super::generate::{self, EntityKind};
 use super::plan;
 use super::send;
-use crate::webhook::verify::{SecretError, WebhookSecret};
-use crate::webhook::SecretSet;
+use clerksync::webhook::verify::{SecretError, WebhookSecret};
+use clerksync::webhook::SecretSet;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use rand::Rng;

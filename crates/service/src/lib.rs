@@ -11,11 +11,9 @@ pub mod app;
 pub mod clerk;
 pub mod clock;
 pub mod config;
-pub mod demo;
 pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod loadgen;
 pub mod output;
 pub mod processor;
 pub mod queue;
