@@ -153,6 +153,8 @@ def stop(proc):
 
 def measure(proc, data_dir, bin_path, url, lg_args, env, drained):
     """Drives `proc` with loadgen, waits for `drained()`, returns the row."""
+    # Other work on the machine skews every figure: record how busy it was.
+    load_before = os.getloadavg()[0]
     cpu0 = cpu_seconds(proc.pid)
     started = time.time()
     lg, lg_cpu = loadgen(bin_path, url, lg_args, env)
@@ -179,4 +181,5 @@ def measure(proc, data_dir, bin_path, url, lg_args, env, drained):
         "disk_bytes": disk,
         "disk_bytes_per_delivery": round(disk / max(ok, 1)),
         "loadgen_cpu_s": round(lg_cpu, 2),
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }

@@ -111,6 +111,8 @@ ROWS = [
     ("peak RSS", lambda r: f"{r['peak_rss_mib']:.0f} MiB"),
     ("on disk after the run", lambda r: f"{r['disk_bytes'] / 1e6:.0f} MB "
                                         f"({r['disk_bytes_per_delivery'] / 1e3:.2f} KB per delivery)"),
+    ("machine load (1-min average, before / after)",
+     lambda r: " / ".join(f"{x:.1f}" for x in r["loadavg_1m"])),
 ]
 
 
@@ -138,6 +140,9 @@ def main():
     ap.add_argument("--loadgen-arg", action="append", default=[],
                     help="extra loadgen flag, e.g. --loadgen-arg=--profile=classic")
     ap.add_argument("--only", choices=["peer", "clerksync"])
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate peer and clerksync this many times (one table per round): "
+                         "on a shared machine one round can be skewed by other work")
     ap.add_argument("--keep", action="store_true", help="keep clerksync's data directory")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     a = ap.parse_args()
@@ -147,17 +152,23 @@ def main():
     lg_args = ["--events", str(a.events), "--seed", str(a.seed),
                "--connections", str(a.connections), "--out-of-order", str(a.out_of_order),
                "--duplicates", str(a.duplicates), *a.loadgen_arg]
-    results = {}
-    if a.only != "clerksync":
-        results["Node handler"] = run_peer(a, lg_args)
-    if a.only != "peer":
-        results["clerksync"] = run_clerksync(a, lg_args, a.env)
+    rounds = []
+    for _ in range(a.rounds):
+        results = {}
+        if a.only != "clerksync":
+            results["Node handler"] = run_peer(a, lg_args)
+        if a.only != "peer":
+            results["clerksync"] = run_clerksync(a, lg_args, a.env)
+        rounds.append(results)
     ingest = None
     if a.ingest_env:
         ingest = run_clerksync(a, lg_args, a.env + a.ingest_env)
     print(f"Stream: clerksync loadgen {' '.join(lg_args)} (closed loop), both on SQLite.\n")
-    print(table(results))
-    print()
+    for i, results in enumerate(rounds, 1):
+        if len(rounds) > 1:
+            print(f"Round {i}:\n")
+        print(table(results))
+        print()
     if ingest:
         print(f"Ingest only ({' '.join(a.ingest_env)}): {ingest['acks_per_s']:,} acks/s, "
               f"ack p99 {ingest['ack_p99_ms']:.1f} ms")
@@ -166,7 +177,7 @@ def main():
               "(pass --ingest-env KEY=VALUE once it has one).")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"loadgen_args": lg_args, "results": results, "ingest_only": ingest}, f,
+            json.dump({"loadgen_args": lg_args, "rounds": rounds, "ingest_only": ingest}, f,
                       indent=2)
 
 
