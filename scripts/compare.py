@@ -64,7 +64,7 @@ def run_peer(a, lg_args):
     data = tempfile.mkdtemp(prefix="peer-node-")
     port = benchlib.free_port()
     env = dict(os.environ, PORT=str(port), PEER_DB=os.path.join(data, "peer.db"),
-               CLERKSYNC_WEBHOOK_SECRET=benchlib.SECRET)
+               CLERKSYNC_WEBHOOK_SECRET=benchlib.SECRET, PEER_SYNCHRONOUS=a.peer_synchronous)
     log_path = os.path.join(data, "peer.log")
     with open(log_path, "w") as out:
         proc = subprocess.Popen(["node", os.path.join(PEER_DIR, "server.js")], env=env,
@@ -139,6 +139,10 @@ def main():
                     help="setting KEY=VALUE that stops or slows apply, for an ingest-only run")
     ap.add_argument("--loadgen-arg", action="append", default=[],
                     help="extra loadgen flag, e.g. --loadgen-arg=--profile=classic")
+    ap.add_argument("--peer-synchronous", default="NORMAL",
+                    choices=["OFF", "NORMAL", "FULL", "EXTRA"],
+                    help="the peer's SQLite synchronous setting (default NORMAL: no fsync per ack; "
+                         "see bench/peer-node/server.js)")
     ap.add_argument("--only", choices=["peer", "clerksync"])
     ap.add_argument("--rounds", type=int, default=1,
                     help="alternate peer and clerksync this many times (one table per round): "
@@ -163,7 +167,8 @@ def main():
     ingest = None
     if a.ingest_env:
         ingest = run_clerksync(a, lg_args, a.env + a.ingest_env)
-    print(f"Stream: clerksync loadgen {' '.join(lg_args)} (closed loop), both on SQLite.\n")
+    print(f"Stream: clerksync loadgen {' '.join(lg_args)} (closed loop), both on SQLite "
+          f"(the peer with synchronous={a.peer_synchronous}).\n")
     for i, results in enumerate(rounds, 1):
         if len(rounds) > 1:
             print(f"Round {i}:\n")
