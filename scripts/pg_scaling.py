@@ -47,8 +47,10 @@ def build_log(bin_path, events, seed):
 
 
 def psql(url, sql):
+    # client_min_messages: no NOTICE per dropped table on stderr.
     subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], check=True,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL,
+                   env=dict(os.environ, PGOPTIONS="-c client_min_messages=warning"))
 
 
 def with_port_and_schema(url, port, schema):
