@@ -1,7 +1,7 @@
 //! The final state a correct sync must reach for a set of events (`--expect FILE`).
 //!
 //! Owns: an independent, deliberately simple reference implementation of the
-//! convergence rules of DESIGN.md "Semantics", computed from the raw bodies (not
+//! convergence rules of ARCHITECTURE.md ("The rules every part keeps"), computed from the raw bodies (not
 //! from the generator's internals, so it also checks hand-written streams).
 //!
 //! Must never: depend on delivery order or on duplicates (the result is a function
