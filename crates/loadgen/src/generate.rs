@@ -784,7 +784,7 @@ impl Gen {
                 "from_oauth_github"
             };
         }
-        // Sized so that a stream averages ~1.8 KB per delivery, near the
+        // Sized so that a stream averages ~1.9 KB per delivery, near the
         // production stream of issue 21 (1.7 KB).
         let mut public = json!({
             "plan": pick(rng, PLANS),

@@ -42,7 +42,7 @@ Stream: --events events in all; each entity (user, organization, membership) get
 *.created, *.updated events with increasing updated_at and, for a --deletes share, a \
 *.deleted. Memberships only join live users and organizations of the stream. \
 --profile realistic (default) is shaped like production Clerk traffic: full payloads \
-(~1.7 KB on average: emails with verification objects, OAuth accounts, phone numbers, \
+(~1.9 KB on average: emails with verification objects, OAuth accounts, phone numbers, \
 metadata of a few hundred bytes), ~1.6 memberships per user, ~40% user.updated, most \
 of them touching only activity fields, 3% deletes. --profile classic is the original \
 lean mix (every entity 1..=--max-updates updates, 10% deletes).
