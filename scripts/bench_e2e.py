@@ -7,56 +7,32 @@ applied, then reports:
 
 - ingress: acks/s and ack latency (loadgen's own report);
 - end to end: events applied per second, from the first send to the last commit;
+- cost: server CPU (utime+stime from /proc over the run) per delivery, peak RSS
+  (VmHWM), bytes on disk under the data directory per delivery once drained;
 - sync lag (received -> processed), exact p50/p90/p99/max, read from the inbox
   rows themselves (`processed_at - received_at`, both stamped by the server).
 
 Usage: scripts/bench_e2e.py [--bin target/release/clerksync] [--events N]
        [--rate R] [--connections C] [--seed S] [--env KEY=VALUE ...]
-       [--database-url postgres://...]   (default: SQLite in a temp dir)
+       [--loadgen-arg=--profile=... ...] [--database-url postgres://...]
+       (default: SQLite in a temp dir)
 Prints one JSON object on the last line; progress on stderr.
 """
 import argparse
 import json
 import os
-import resource
 import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-ADMIN = "bench-admin-token"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def get_json(url):
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
-def pct(sorted_vals, p):
-    if not sorted_vals:
-        return None
-    i = min(len(sorted_vals) - 1, int(round(p / 100.0 * (len(sorted_vals) - 1))))
-    return sorted_vals[i]
+import benchlib
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default=os.path.join(
-        os.environ.get("CARGO_TARGET_DIR", "target"), "release", "clerksync"))
+    ap.add_argument("--bin", default=benchlib.default_bin())
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rate", type=float)
     ap.add_argument("--keep", action="store_true",
@@ -65,62 +41,32 @@ def main():
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--database-url")
     ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--loadgen-arg", action="append", default=[],
+                    help="extra loadgen flag, e.g. --loadgen-arg=--duplicates=0.05")
     a = ap.parse_args()
 
     data = tempfile.mkdtemp(prefix="clerksync-bench-")
-    port = free_port()
-    env = dict(os.environ)
-    env.update({
-        "CLERKSYNC_LISTEN": f"127.0.0.1:{port}",
-        "CLERKSYNC_WEBHOOK_SECRET": SECRET,
-        "CLERKSYNC_ADMIN_TOKEN": ADMIN,
-        "RUST_LOG": "warn",
-    })
-    if a.database_url:
-        env["CLERKSYNC_DATABASE_URL"] = a.database_url
-    for kv in a.env:
-        k, v = kv.split("=", 1)
-        env[k] = v
-    log = open(os.environ.get("BENCH_SERVE_LOG") or os.path.join(data, "serve.log"), "w")
-    server = subprocess.Popen([a.bin, "serve", "--data-dir", data], env=env,
-                              stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
+    env = benchlib.clerksync_env(benchlib.free_port(), a.env, a.database_url)
+    log_path = os.environ.get("BENCH_SERVE_LOG") or os.path.join(data, "serve.log")
+    server, base = benchlib.start_clerksync(a.bin, data, env, log_path)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/readyz", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.05)
-        else:
-            sys.exit(f"server did not become ready; see {data}/serve.log")
-        cmd = [a.bin, "loadgen", "--url", base + "/webhooks/clerk", "--events",
-               str(a.events), "--connections", str(a.connections), "--seed",
-               str(a.seed), "--json", "--quiet"]
+        args = ["--events", str(a.events), "--connections", str(a.connections),
+                "--seed", str(a.seed), *a.loadgen_arg]
         if a.rate:
-            cmd += ["--rate", str(a.rate)]
+            args += ["--rate", str(a.rate)]
+        cpu_before = benchlib.cpu_seconds(server.pid)
         started = time.time()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        loadgen_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        lg, loadgen_cpu = benchlib.loadgen(a.bin, base + "/webhooks/clerk", args, env)
         acked = time.time()
-        lg = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"loadgen: {lg.get('throughput_acks_per_s')} acks/s", file=sys.stderr)
-        while True:
-            st = get_json(base + "/admin/stats")
-            if st["pending"] == 0:
-                break
-            time.sleep(0.05)
+        stats = benchlib.wait_drained(base)
         done = time.time()
-        stats = st
-        with open(f"/proc/{server.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        server_cpu = (int(fields[11]) + int(fields[12])) / tick
+        server_cpu = benchlib.cpu_seconds(server.pid) - cpu_before
+        peak_rss = benchlib.peak_rss_bytes(server.pid)
+        disk = benchlib.disk_bytes(data)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        benchlib.stop(server)
+    deliveries = max(lg.get("status_2xx", 0), 1)
     result = {
         "events_stored": stats["received"],
         "acks_per_s": lg.get("throughput_acks_per_s"),
@@ -130,13 +76,17 @@ def main():
         "e2e_events_per_s": round(stats["received"] / (done - started), 1),
         "server_cpu_s": round(server_cpu, 2),
         "server_cpu_us_per_event": round(server_cpu * 1e6 / max(stats["received"], 1)),
+        "server_cpu_us_per_delivery": round(server_cpu * 1e6 / deliveries),
+        "peak_rss_mib": round(peak_rss / 2**20, 1),
+        "disk_bytes": disk,
+        "disk_bytes_per_delivery": round(disk / deliveries),
         "loadgen_cpu_s": round(loadgen_cpu, 2),
     }
     if not a.database_url:
         db = sqlite3.connect(os.path.join(data, "clerksync.db"))
         lags = sorted(r[0] for r in db.execute(
             "SELECT processed_at - received_at FROM inbox WHERE processed_at IS NOT NULL"))
-        result["sync_lag_ms"] = {f"p{p}": pct(lags, p) for p in (50, 90, 99)}
+        result["sync_lag_ms"] = {f"p{p}": benchlib.pct(lags, p) for p in (50, 90, 99)}
         result["sync_lag_ms"]["max"] = lags[-1] if lags else None
     if a.keep:
         print(f"data directory kept: {data}", file=sys.stderr)

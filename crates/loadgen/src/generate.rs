@@ -39,6 +39,44 @@ pub struct GenConfig {
     pub users_per_org: u32,
     /// Time (unix ms) of the first event; every later event is 1..=1500 ms later.
     pub start_ms: i64,
+    /// The mix of events and the payload shapes.
+    pub profile: Profile,
+}
+
+/// Which stream to generate: the mix of events and how full the payloads are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Shaped like a production Clerk instance's traffic (issue 21): full user
+    /// payloads (emails with verification objects, an external account for about
+    /// a third of users, phone numbers for some, public/private/unsafe metadata of
+    /// a few hundred bytes, the newer activity and security fields), ~1.6
+    /// memberships per user, ~40% of events `user.updated` of which three in four
+    /// change only activity fields (`last_active_at`, `last_sign_in_at`,
+    /// `updated_at`); users and organizations get 0..=max_updates updates, a
+    /// membership none or one or two.
+    Realistic,
+    /// The original mix: lean payloads, 1.2 memberships per user, every entity
+    /// 1..=max_updates updates spread over all of its fields.
+    Classic,
+}
+
+impl Profile {
+    /// The share of entities deleted when `--deletes` is not given: "a few
+    /// percent" in real traffic, more in the classic mix to exercise tombstones.
+    pub fn default_delete_share(self) -> f64 {
+        match self {
+            Profile::Realistic => 0.03,
+            Profile::Classic => 0.1,
+        }
+    }
+
+    /// Memberships created per user created.
+    fn memberships_per_user(self) -> f64 {
+        match self {
+            Profile::Realistic => 1.6,
+            Profile::Classic => 1.2,
+        }
+    }
 }
 
 /// 2025-01-01T00:00:00Z: a fixed default keeps `--seed` alone enough to reproduce a stream.
@@ -53,6 +91,10 @@ impl Default for GenConfig {
             delete_share: 0.1,
             users_per_org: 10,
             start_ms: DEFAULT_START_MS,
+            // The library's default stays the stream its tests and the demo's
+            // live feed were written against; `clerksync loadgen` defaults to
+            // the realistic one.
+            profile: Profile::Classic,
         }
     }
 }
@@ -242,6 +284,61 @@ const USER_AGENTS: &[&str] = &[
 ];
 const PLANS: &[&str] = &["free", "starter", "pro", "team", "enterprise"];
 const EMAIL_STRATEGIES: &[&str] = &["email_code", "email_link", "ticket", "from_oauth_google"];
+// Realistic profile: the vocabulary of typical SaaS metadata.
+const FEATURES: &[&str] = &[
+    "beta_dashboard",
+    "ai_assistant",
+    "sso",
+    "audit_log",
+    "api_access",
+    "custom_domains",
+];
+const JOB_ROLES: &[&str] = &[
+    "engineer",
+    "designer",
+    "founder",
+    "product_manager",
+    "sales",
+    "support",
+    "marketing",
+];
+const SIGNUP_SOURCES: &[&str] = &[
+    "organic",
+    "google_ads",
+    "referral",
+    "product_hunt",
+    "partner",
+];
+const LOCALES: &[&str] = &[
+    "en-US", "en-GB", "de-DE", "fr-FR", "ja-JP", "pt-BR", "es-ES",
+];
+const TIMEZONES: &[&str] = &[
+    "America/New_York",
+    "America/Los_Angeles",
+    "Europe/London",
+    "Europe/Berlin",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+    "America/Sao_Paulo",
+];
+const INDUSTRIES: &[&str] = &[
+    "software",
+    "finance",
+    "healthcare",
+    "retail",
+    "education",
+    "media",
+];
+/// What Clerk lists on a membership for its role (system permissions).
+const ADMIN_PERMISSIONS: &[&str] = &[
+    "org:sys_domains:manage",
+    "org:sys_domains:read",
+    "org:sys_memberships:manage",
+    "org:sys_memberships:read",
+    "org:sys_profile:delete",
+    "org:sys_profile:manage",
+];
+const MEMBER_PERMISSIONS: &[&str] = &["org:sys_domains:read", "org:sys_memberships:read"];
 
 #[derive(Debug, Clone)]
 struct Email {
@@ -254,6 +351,16 @@ struct Email {
 struct Phone {
     id: String,
     number: String,
+}
+
+/// A sign-in with an OAuth provider (realistic profile only).
+#[derive(Debug, Clone)]
+struct ExternalAccount {
+    id: String,
+    provider: &'static str,
+    provider_user_id: String,
+    email_address: String,
+    avatar_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -275,6 +382,9 @@ struct User {
     unsafe_metadata: Value,
     created_at: i64,
     updated_at: i64,
+    /// Realistic profile only (the classic payloads do not carry these).
+    last_active_at: Option<i64>,
+    external_accounts: Vec<ExternalAccount>,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +398,9 @@ struct Org {
     public_metadata: Value,
     created_at: i64,
     updated_at: i64,
+    /// Realistic profile only.
+    private_metadata: Value,
+    max_allowed_memberships: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -429,6 +542,23 @@ impl Gen {
         let kind = self.pick_kind();
         // Plan the lifecycle, trimmed to what the remaining budget allows.
         let mut allowed = slack - 1;
+        if self.cfg.profile == Profile::Realistic {
+            // Drawn per kind, so after the entity exists (a membership may
+            // have become a sign-up).
+            let (kind, idx) = self.create_entity(kind);
+            let max = self.cfg.max_updates;
+            let updates = match kind {
+                // Most memberships never change; some get a role change or two.
+                EntityKind::Membership if self.rng.gen_bool(0.3) => self.rng.gen_range(1..=2),
+                EntityKind::Membership => 0,
+                _ => self.rng.gen_range(0..=max),
+            }
+            .min(allowed as u32);
+            allowed -= updates as usize;
+            let delete = allowed > 0 && self.rng.gen_bool(self.cfg.delete_share);
+            self.push_script(kind, idx, updates, delete);
+            return;
+        }
         let mut updates = if self.cfg.max_updates == 0 {
             0
         } else {
@@ -437,7 +567,12 @@ impl Gen {
         updates = updates.min(allowed as u32);
         allowed -= updates as usize;
         let delete = allowed > 0 && self.rng.gen_bool(self.cfg.delete_share);
-        let (kind, idx) = match kind {
+        let (kind, idx) = self.create_entity(kind);
+        self.push_script(kind, idx, updates, delete);
+    }
+
+    fn create_entity(&mut self, kind: EntityKind) -> (EntityKind, usize) {
+        match kind {
             EntityKind::User => (kind, self.create_user()),
             EntityKind::Organization => (kind, self.create_org()),
             EntityKind::Membership => match self.create_membership() {
@@ -445,8 +580,7 @@ impl Gen {
                 // No free (user, org) pair right now: a sign-up instead.
                 None => (EntityKind::User, self.create_user()),
             },
-        };
-        self.push_script(kind, idx, updates, delete);
+        }
     }
 
     fn push_script(&mut self, kind: EntityKind, idx: usize, updates_left: u32, delete: bool) {
@@ -469,7 +603,7 @@ impl Gen {
         let w_mem = if self.live_users.is_empty() || self.live_orgs.is_empty() {
             0.0
         } else {
-            w_user * 1.2
+            w_user * self.cfg.profile.memberships_per_user()
         };
         let x = self.rng.gen::<f64>() * (w_user + w_org + w_mem);
         if x < w_user {
@@ -578,7 +712,7 @@ impl Gen {
             &id,
             &initials(first_name.as_deref(), last_name.as_deref()),
         );
-        let user = User {
+        let mut user = User {
             id,
             first_name,
             last_name,
@@ -596,20 +730,114 @@ impl Gen {
             unsafe_metadata: json!({}),
             created_at: t,
             updated_at: t,
+            last_active_at: None,
+            external_accounts: Vec::new(),
         };
+        // Drawn after everything the classic profile draws, so its streams
+        // stay byte-identical.
+        if self.cfg.profile == Profile::Realistic {
+            self.realistic_user(&mut user, t);
+        }
         let idx = self.users.len();
         self.users.push(user);
         self.live_users.push(idx);
-        let data = user_json(&self.users[idx]);
+        let data = user_json(&self.users[idx], self.cfg.profile);
         let id = self.users[idx].id.clone();
         self.emit(EntityKind::User, Action::Created, &id, &id, t, data, true);
         idx
+    }
+
+    /// What a production user carries beyond the classic payload: a fuller
+    /// profile, an OAuth account for about a third, metadata of a few hundred bytes.
+    fn realistic_user(&mut self, u: &mut User, t: i64) {
+        let company = self.company_name();
+        let rng = &mut self.rng;
+        u.last_active_at = Some(t);
+        if u.phones.is_empty() && rng.gen_bool(0.12) {
+            u.phones.push(Phone {
+                id: ids::entity_id("idn", t, rng),
+                number: format!("+4477{:08}", rng.gen_range(0..100_000_000)),
+            });
+        }
+        if rng.gen_bool(0.35) {
+            let provider = if rng.gen_bool(0.8) {
+                "oauth_google"
+            } else {
+                "oauth_github"
+            };
+            let provider_user_id = rng
+                .gen_range(100_000_000_000u64..999_999_999_999)
+                .to_string();
+            u.external_accounts.push(ExternalAccount {
+                id: ids::entity_id("idn", t, rng),
+                provider,
+                avatar_url: format!(
+                    "https://lh3.googleusercontent.com/a/ACg8oc{}=s96-c",
+                    &ids::entity_id("x", t, rng)[2..]
+                ),
+                provider_user_id,
+                email_address: u.emails[0].address.clone(),
+            });
+            u.emails[0].strategy = if provider == "oauth_google" {
+                "from_oauth_google"
+            } else {
+                "from_oauth_github"
+            };
+        }
+        // Sized so that a stream averages ~1.9 KB per delivery, near the
+        // production stream of issue 21 (1.7 KB).
+        let mut public = json!({
+            "plan": pick(rng, PLANS),
+            "onboarded": rng.gen_bool(0.7),
+            "seats": rng.gen_range(1..50),
+            "company": company,
+            "role": pick(rng, JOB_ROLES),
+            "locale": pick(rng, LOCALES),
+        });
+        if rng.gen_bool(0.4) {
+            let features: Vec<&str> = FEATURES
+                .iter()
+                .copied()
+                .filter(|_| rng.gen_bool(0.4))
+                .collect();
+            public["features"] = json!(features);
+            public["signup_source"] = json!(pick(rng, SIGNUP_SOURCES));
+        }
+        u.public_metadata = public;
+        if rng.gen_bool(0.6) {
+            u.private_metadata = json!({
+                "stripe_customer_id": format!("cus_{}", &ids::entity_id("x", t, rng)[2..16]),
+                "crm_id": format!("0035g0000{:06}", rng.gen_range(0..1_000_000)),
+            });
+        }
+        if rng.gen_bool(0.5) {
+            u.unsafe_metadata = json!({
+                "theme": if rng.gen_bool(0.5) { "dark" } else { "light" },
+                "onboarding_step": rng.gen_range(0..6),
+                "timezone": pick(rng, TIMEZONES),
+            });
+        }
     }
 
     fn update_user(&mut self, idx: usize) {
         let t = self.tick();
         let rng = &mut self.rng;
         let u = &mut self.users[idx];
+        if self.cfg.profile == Profile::Realistic {
+            // Clerk sends user.updated on every sign-in and session refresh
+            // that moves the activity stamps: most updates change nothing else.
+            u.last_active_at = Some(t);
+            if rng.gen_bool(0.75) {
+                if rng.gen_bool(0.4) {
+                    u.last_sign_in_at = Some(t);
+                }
+                u.updated_at = t;
+                let data = user_json(u, self.cfg.profile);
+                let id = u.id.clone();
+                self.emit(EntityKind::User, Action::Updated, &id, &id, t, data, true);
+                return;
+            }
+        }
         match rng.gen_range(0..100) {
             // Most user.updated events in practice are profile edits and sign-ins.
             0..=24 => {
@@ -639,9 +867,16 @@ impl Gen {
                     u.primary_email = u.emails.len() - 1;
                 }
             }
-            70..=89 => {
-                u.public_metadata = json!({"plan": pick(rng, PLANS), "onboarded": true, "seats": rng.gen_range(1..50)});
-            }
+            70..=89 => match &mut u.public_metadata {
+                // Realistic metadata is a larger object: change two of its keys.
+                Value::Object(m) if self.cfg.profile == Profile::Realistic => {
+                    m.insert("plan".into(), json!(pick(rng, PLANS)));
+                    m.insert("seats".into(), json!(rng.gen_range(1..50)));
+                }
+                _ => {
+                    u.public_metadata = json!({"plan": pick(rng, PLANS), "onboarded": true, "seats": rng.gen_range(1..50)});
+                }
+            },
             90..=94 => u.two_factor_enabled = !u.two_factor_enabled,
             _ => {
                 u.unsafe_metadata =
@@ -649,7 +884,7 @@ impl Gen {
             }
         }
         u.updated_at = t;
-        let data = user_json(u);
+        let data = user_json(u, self.cfg.profile);
         let id = u.id.clone();
         self.emit(EntityKind::User, Action::Updated, &id, &id, t, data, true);
     }
@@ -708,7 +943,7 @@ impl Gen {
             .rng
             .gen_bool(0.4)
             .then(|| format!("https://{slug}.example.com/logo.png"));
-        let org = Org {
+        let mut org = Org {
             image_url: avatar_url(&self.instance_id, &id, &name[..1]),
             id,
             name,
@@ -718,11 +953,26 @@ impl Gen {
             public_metadata: json!({}),
             created_at: t,
             updated_at: t,
+            private_metadata: json!({}),
+            max_allowed_memberships: 0,
         };
+        if self.cfg.profile == Profile::Realistic {
+            let rng = &mut self.rng;
+            org.public_metadata = json!({
+                "plan": pick(rng, PLANS),
+                "seats": rng.gen_range(1..500),
+                "industry": pick(rng, INDUSTRIES),
+            });
+            org.private_metadata = json!({
+                "stripe_customer_id": format!("cus_{}", &ids::entity_id("x", t, rng)[2..16]),
+                "billing_email": format!("billing@{}.example.com", org.slug),
+            });
+            org.max_allowed_memberships = *[0u32, 5, 20, 100].choose(rng).expect("non-empty");
+        }
         let idx = self.orgs.len();
         self.orgs.push(org);
         self.live_orgs.push(idx);
-        let data = org_json(&self.orgs[idx]);
+        let data = org_json(&self.orgs[idx], self.cfg.profile);
         let id = self.orgs[idx].id.clone();
         self.emit(
             EntityKind::Organization,
@@ -749,7 +999,13 @@ impl Gen {
             4..=7 => {
                 let plan = pick(&mut self.rng, PLANS);
                 let seats = self.rng.gen_range(1..500);
-                self.orgs[idx].public_metadata = json!({"plan": plan, "seats": seats});
+                match &mut self.orgs[idx].public_metadata {
+                    Value::Object(m) if self.cfg.profile == Profile::Realistic => {
+                        m.insert("plan".into(), json!(plan));
+                        m.insert("seats".into(), json!(seats));
+                    }
+                    other => *other = json!({"plan": plan, "seats": seats}),
+                }
             }
             _ => {
                 let o = &mut self.orgs[idx];
@@ -761,7 +1017,7 @@ impl Gen {
         }
         let o = &mut self.orgs[idx];
         o.updated_at = t;
-        let data = org_json(o);
+        let data = org_json(o, self.cfg.profile);
         let id = o.id.clone();
         self.emit(
             EntityKind::Organization,
@@ -839,7 +1095,7 @@ impl Gen {
 
     fn emit_membership(&mut self, idx: usize, action: Action, t: i64) {
         let m = &self.mems[idx];
-        let data = membership_json(m, &self.orgs[m.org], &self.users[m.user]);
+        let data = membership_json(m, &self.orgs[m.org], &self.users[m.user], self.cfg.profile);
         let (id, key) = (m.id.clone(), self.orgs[m.org].id.clone());
         self.emit(EntityKind::Membership, action, &id, &key, t, data, true);
     }
@@ -901,7 +1157,7 @@ impl Gen {
     }
 }
 
-fn user_json(u: &User) -> Value {
+fn user_json(u: &User, profile: Profile) -> Value {
     let emails: Vec<Value> = u
         .emails
         .iter()
@@ -943,7 +1199,7 @@ fn user_json(u: &User) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut v = json!({
         "birthday": "",
         "created_at": u.created_at,
         "email_addresses": emails,
@@ -969,11 +1225,62 @@ fn user_json(u: &User) -> Value {
         "updated_at": u.updated_at,
         "username": u.username,
         "web3_wallets": [],
-    })
+    });
+    if profile == Profile::Realistic {
+        let accounts: Vec<Value> = u
+            .external_accounts
+            .iter()
+            .map(|a| {
+                let google = a.provider == "oauth_google";
+                json!({
+                    "approved_scopes": if google {
+                        "email https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile openid profile"
+                    } else {
+                        "read:user user:email"
+                    },
+                    "email_address": a.email_address,
+                    "family_name": u.last_name.clone().unwrap_or_default(),
+                    "given_name": u.first_name.clone().unwrap_or_default(),
+                    "id": a.id,
+                    "identification_id": a.id,
+                    "image_url": a.avatar_url,
+                    "label": null,
+                    "object": if google { "google_account" } else { "github_account" },
+                    "provider": a.provider,
+                    "provider_user_id": a.provider_user_id,
+                    "public_metadata": {},
+                    "username": null,
+                    "verification": {
+                        "attempts": null,
+                        "expire_at": u.created_at + 600_000,
+                        "status": "verified",
+                        "strategy": a.provider,
+                    },
+                })
+            })
+            .collect();
+        let m = v.as_object_mut().expect("a user is an object");
+        m.insert("external_accounts".into(), Value::Array(accounts));
+        for (k, val) in [
+            ("backup_code_enabled", json!(false)),
+            ("banned", json!(false)),
+            ("create_organization_enabled", json!(true)),
+            ("delete_self_enabled", json!(true)),
+            ("has_image", json!(!u.external_accounts.is_empty())),
+            ("last_active_at", json!(u.last_active_at)),
+            ("locked", json!(false)),
+            ("passkeys", json!([])),
+            ("saml_accounts", json!([])),
+            ("totp_enabled", json!(u.two_factor_enabled)),
+        ] {
+            m.insert(k.into(), val);
+        }
+    }
+    v
 }
 
-fn org_json(o: &Org) -> Value {
-    json!({
+fn org_json(o: &Org, profile: Profile) -> Value {
+    let mut v = json!({
         "created_at": o.created_at,
         "created_by": o.created_by,
         "id": o.id,
@@ -984,21 +1291,32 @@ fn org_json(o: &Org) -> Value {
         "public_metadata": o.public_metadata,
         "slug": o.slug,
         "updated_at": o.updated_at,
-    })
+    });
+    if profile == Profile::Realistic {
+        let m = v.as_object_mut().expect("an organization is an object");
+        m.insert("admin_delete_enabled".into(), json!(true));
+        m.insert("has_image".into(), json!(o.logo_url.is_some()));
+        m.insert(
+            "max_allowed_memberships".into(),
+            json!(o.max_allowed_memberships),
+        );
+        m.insert("private_metadata".into(), o.private_metadata.clone());
+    }
+    v
 }
 
-fn membership_json(m: &Membership, org: &Org, user: &User) -> Value {
+fn membership_json(m: &Membership, org: &Org, user: &User, profile: Profile) -> Value {
     let role = match (m.legacy_roles, m.admin) {
         (false, true) => "org:admin",
         (false, false) => "org:member",
         (true, true) => "admin",
         (true, false) => "basic_member",
     };
-    json!({
+    let mut v = json!({
         "created_at": m.created_at,
         "id": m.id,
         "object": "organization_membership",
-        "organization": org_json(org),
+        "organization": org_json(org, profile),
         "public_user_data": {
             "first_name": user.first_name,
             "identifier": user.emails[user.primary_email].address,
@@ -1009,7 +1327,33 @@ fn membership_json(m: &Membership, org: &Org, user: &User) -> Value {
         },
         "role": role,
         "updated_at": m.updated_at,
-    })
+    });
+    if profile == Profile::Realistic {
+        let permissions = if m.admin {
+            ADMIN_PERMISSIONS
+        } else {
+            MEMBER_PERMISSIONS
+        };
+        let o = v.as_object_mut().expect("a membership is an object");
+        o.insert("permissions".into(), json!(permissions));
+        o.insert("private_metadata".into(), json!({}));
+        o.insert("public_metadata".into(), json!({}));
+        o.insert(
+            "role_name".into(),
+            json!(if m.admin { "Admin" } else { "Member" }),
+        );
+        if let Some(p) = o.get_mut("public_user_data").and_then(Value::as_object_mut) {
+            p.insert(
+                "has_image".into(),
+                json!(!user.external_accounts.is_empty()),
+            );
+        }
+        // A membership shows its organization's public side only.
+        if let Some(org) = o.get_mut("organization").and_then(Value::as_object_mut) {
+            org.remove("private_metadata");
+        }
+    }
+    v
 }
 
 #[cfg(test)]
@@ -1237,5 +1581,144 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn realistic(seed: u64, events: usize) -> Vec<Event> {
+        generate(&GenConfig {
+            seed,
+            events,
+            profile: Profile::Realistic,
+            delete_share: Profile::Realistic.default_delete_share(),
+            ..GenConfig::default()
+        })
+    }
+
+    /// The realistic profile has the mix issue 21 describes (shares with some
+    /// tolerance: the stream is random).
+    #[test]
+    fn realistic_profile_has_the_production_mix() {
+        let events = realistic(17, 10_000);
+        assert_eq!(events.len(), 10_000);
+        let n = events.len() as f64;
+        let count = |ty: &str| events.iter().filter(|e| e.event_type == ty).count() as f64;
+        let users = count("user.created");
+        let memberships = count("organizationMembership.created");
+        let per_user = memberships / users;
+        assert!(
+            (1.4..=1.8).contains(&per_user),
+            "{per_user} memberships per user"
+        );
+        let user_updates = count("user.updated") / n;
+        assert!(
+            (0.35..=0.45).contains(&user_updates),
+            "user.updated share {user_updates}"
+        );
+        let deletes = events
+            .iter()
+            .filter(|e| e.action == Action::Deleted)
+            .count() as f64
+            / n;
+        assert!((0.005..=0.05).contains(&deletes), "delete share {deletes}");
+        let mean_body = events.iter().map(|e| e.body.len()).sum::<usize>() as f64 / n;
+        assert!(
+            (1200.0..=2400.0).contains(&mean_body),
+            "mean body {mean_body} bytes"
+        );
+
+        // Most user updates change only the activity fields: compare each with
+        // the user's previous full payload, ignoring those.
+        let activity = ["last_active_at", "last_sign_in_at", "updated_at"];
+        let mut last: HashMap<String, Value> = HashMap::new();
+        let (mut updates, mut activity_only) = (0, 0);
+        let (mut with_oauth, mut with_phone, mut created, mut metadata) = (0, 0, 0, 0);
+        for e in events.iter().filter(|e| e.kind == EntityKind::User) {
+            let mut data = body(e)["data"].clone();
+            if e.action == Action::Created {
+                created += 1;
+                with_oauth +=
+                    usize::from(!data["external_accounts"].as_array().unwrap().is_empty());
+                with_phone += usize::from(!data["phone_numbers"].as_array().unwrap().is_empty());
+                metadata += ["public_metadata", "private_metadata", "unsafe_metadata"]
+                    .map(|k| data[k].to_string().len())
+                    .iter()
+                    .sum::<usize>();
+                let email = &data["email_addresses"][0]["verification"];
+                assert_eq!(email["status"], "verified");
+            }
+            for k in activity {
+                data.as_object_mut().unwrap().remove(k);
+            }
+            if e.action == Action::Updated {
+                updates += 1;
+                activity_only += usize::from(last.get(&e.entity_id) == Some(&data));
+            }
+            last.insert(e.entity_id.clone(), data);
+        }
+        let share = activity_only as f64 / updates as f64;
+        assert!((0.6..=0.9).contains(&share), "activity-only share {share}");
+        let oauth = with_oauth as f64 / created as f64;
+        assert!(
+            (0.25..=0.45).contains(&oauth),
+            "external accounts on {oauth}"
+        );
+        let phone = with_phone as f64 / created as f64;
+        assert!((0.15..=0.4).contains(&phone), "phone numbers on {phone}");
+        // "A few hundred bytes" of metadata per user, on average.
+        let metadata = metadata / created;
+        assert!(
+            (150..=600).contains(&metadata),
+            "{metadata} bytes of metadata"
+        );
+    }
+
+    /// The realistic stream keeps every invariant of the classic one (the
+    /// lifecycle and reference checks above, on its events).
+    #[test]
+    fn realistic_profile_keeps_lifecycles_and_references_well_formed() {
+        let events = realistic(19, 8000);
+        let mut alive: HashSet<String> = HashSet::new();
+        let mut version: HashMap<&str, i64> = HashMap::new();
+        for e in &events {
+            let v = body(e);
+            let head = parse_head(&e.body).expect("envelope");
+            assert_eq!(head.entity_key.as_deref(), Some(e.entity_key.as_str()));
+            let ver = v["data"]["updated_at"].as_i64().unwrap_or(e.timestamp_ms);
+            if let Some(prev) = version.insert(&e.entity_id, ver) {
+                assert!(ver > prev, "{} went from {prev} to {ver}", e.entity_id);
+            }
+            match (e.kind, e.action) {
+                (EntityKind::Membership, _) => {
+                    let user = v["data"]["public_user_data"]["user_id"].as_str().unwrap();
+                    let org = v["data"]["organization"]["id"].as_str().unwrap();
+                    assert!(
+                        alive.contains(user) && alive.contains(org),
+                        "{}",
+                        e.entity_id
+                    );
+                }
+                (_, Action::Deleted) => {
+                    assert!(alive.remove(&e.entity_id), "{} deleted twice", e.entity_id);
+                }
+                (_, Action::Created) => {
+                    alive.insert(e.entity_id.clone());
+                }
+                _ => assert!(alive.contains(&e.entity_id), "update of {}", e.entity_id),
+            }
+        }
+    }
+
+    /// `--profile classic` keeps the lean payloads of the stream the generator
+    /// produced before profiles existed.
+    #[test]
+    fn classic_profile_keeps_the_lean_payloads() {
+        let classic = generate(&cfg(23, 2000));
+        let user = classic
+            .iter()
+            .find(|e| e.event_type == "user.created")
+            .unwrap();
+        let data = body(user)["data"].clone();
+        assert!(data.get("last_active_at").is_none() && data.get("banned").is_none());
+        let realistic = realistic(23, 2000);
+        assert_ne!(classic[0].body, realistic[0].body);
     }
 }

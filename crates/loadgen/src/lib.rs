@@ -39,8 +39,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "\
 Stream: --events events in all; each entity (user, organization, membership) gets a \
-*.created, 1..=--max-updates *.updated with increasing updated_at and, for a --deletes \
-share, a *.deleted. Memberships only join live users and organizations of the stream.
+*.created, *.updated events with increasing updated_at and, for a --deletes share, a \
+*.deleted. Memberships only join live users and organizations of the stream. \
+--profile realistic (default) is shaped like production Clerk traffic: full payloads \
+(~1.9 KB on average: emails with verification objects, OAuth accounts, phone numbers, \
+metadata of a few hundred bytes), ~1.6 memberships per user, ~40% user.updated, most \
+of them touching only activity fields, 3% deletes. --profile classic is the original \
+lean mix (every entity 1..=--max-updates updates, 10% deletes).
 
 Modes: closed loop by default (--connections workers, each sending its next delivery \
 when the previous one is answered); open loop with --rate (latency from the intended \
@@ -67,15 +72,22 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub seed: Option<u64>,
 
-    /// Each entity gets 1..=N `*.updated` events (uniform; 0: none).
+    /// The mix of events and payload shapes (see below).
+    #[arg(long, value_enum, default_value_t = generate::Profile::Realistic)]
+    pub profile: generate::Profile,
+
+    /// Classic: each entity gets 1..=N `*.updated` events (uniform; 0: none).
+    /// Realistic: each user and organization 0..=N, a membership 0..=2.
     #[arg(long, default_value_t = 5)]
     pub max_updates: u32,
 
-    /// Share (0..1) of entities that are eventually deleted.
-    #[arg(long, default_value_t = 0.1)]
-    pub deletes: f64,
+    /// Share (0..1) of entities that are eventually deleted [default: 0.03
+    /// realistic, 0.1 classic].
+    #[arg(long)]
+    pub deletes: Option<f64>,
 
-    /// Users per organization in the mix (memberships: 1.2x this per organization).
+    /// Users per organization in the mix (memberships: 1.6x this per organization,
+    /// 1.2x in the classic profile).
     #[arg(long, default_value_t = 10)]
     pub users_per_org: u32,
 
@@ -180,10 +192,15 @@ pub enum LoadgenError {
 const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
 
 impl LoadgenArgs {
+    fn delete_share(&self) -> f64 {
+        self.deletes
+            .unwrap_or_else(|| self.profile.default_delete_share())
+    }
+
     fn validate(&self) -> Result<(), LoadgenError> {
         let bad = |m: String| Err(LoadgenError::InvalidArgs(m));
         for (name, v) in [
-            ("--deletes", self.deletes),
+            ("--deletes", self.delete_share()),
             ("--out-of-order", self.out_of_order),
             ("--duplicates", self.duplicates),
             ("--forged", self.forged),
@@ -310,9 +327,10 @@ pub async fn execute(args: LoadgenArgs) -> Result<(String, Option<Report>), Load
         seed,
         events: args.events,
         max_updates: args.max_updates,
-        delete_share: args.deletes,
+        delete_share: args.delete_share(),
         users_per_org: args.users_per_org,
         start_ms: args.start_ms,
+        profile: args.profile,
     };
     let plan_cfg = plan::PlanConfig {
         seed,

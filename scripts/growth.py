@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Issue 21's cost-growth check: the same stream on an empty store and on a store
+that already holds many users.
+
+Run 1: a fresh clerksync (SQLite) receives the measured stream S.
+Run 2: a fresh clerksync first receives prefill streams (users joining
+organizations, no updates or deletes, --prefill-events per chunk, each chunk its
+own seed so every id is new) until it holds at least --prefill-users users, is
+drained, and then receives the same S.
+
+For S it reports, in both runs: end-to-end events/s (first send to last
+apply), the apply rate over S's inbox rows (rows / (last processed_at - first
+processed_at), which is the applier's pace while it has a backlog) and the
+server CPU per delivery; then run 2 / run 1. The goal in the issue is >= 0.8 with
+1M users; on a 2-core machine 1M users take long to load, so --prefill-users
+scales it down (the report says what ran).
+
+Usage: scripts/growth.py [--bin target/release/clerksync] [--events 60000]
+       [--prefill-users 200000] [--prefill-events 300000] [--json FILE]
+"""
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+
+import benchlib
+
+# Sign-ups that join organizations: mostly user.created, about one membership
+# each, a few organizations; no updates or deletes, so every event adds a row.
+PREFILL = ["--profile", "classic", "--max-updates", "0", "--deletes", "0",
+           "--users-per-org", "1000", "--out-of-order", "0", "--duplicates", "0"]
+# Prefill chunks are placed before S's default start time, a chunk apart.
+DEFAULT_START_MS = 1_735_689_600_000
+CHUNK_SPAN_MS = 10_000_000_000
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def count(db_path, sql, *args):
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute(sql, args).fetchone()
+    finally:
+        db.close()
+
+
+def run(a, prefill_users):
+    data = tempfile.mkdtemp(prefix="clerksync-growth-")
+    db_path = os.path.join(data, "clerksync.db")
+    env = benchlib.clerksync_env(benchlib.free_port(), a.env)
+    proc, base = benchlib.start_clerksync(a.bin, data, env, os.path.join(data, "serve.log"))
+    url = base + "/webhooks/clerk"
+    try:
+        users, chunk = 0, 0
+        while users < prefill_users:
+            chunk += 1
+            start = DEFAULT_START_MS - chunk * CHUNK_SPAN_MS
+            benchlib.loadgen(a.bin, url, ["--events", str(a.prefill_events), "--seed",
+                                          str(10_000 + chunk), "--start-ms", str(start),
+                                          *PREFILL], env)
+            benchlib.wait_drained(base)
+            users = count(db_path, "SELECT COUNT(*) FROM users")[0]
+            log(f"prefill chunk {chunk}: {users:,} users stored")
+        since_ms = int(time.time() * 1000)
+        row = benchlib.measure(proc, data, a.bin, url,
+                               ["--events", str(a.events), "--seed", str(a.seed),
+                                "--out-of-order", "0.1", "--duplicates", "0.05"],
+                               env, lambda: benchlib.wait_drained(base))
+    finally:
+        benchlib.stop(proc)
+    n, first, last = count(
+        db_path,
+        "SELECT COUNT(*), MIN(processed_at), MAX(processed_at) FROM inbox "
+        "WHERE received_at >= ? AND processed_at IS NOT NULL", since_ms)
+    row["users_before"] = users
+    row["e2e_events_per_s"] = round(row["deliveries"] / row["drain_s"])
+    row["apply_events_per_s"] = round(n * 1000 / max(last - first, 1)) if n else None
+    shutil.rmtree(data, ignore_errors=True)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=benchlib.default_bin())
+    ap.add_argument("--events", type=int, default=60_000, help="events in the measured stream S")
+    ap.add_argument("--seed", type=int, default=21)
+    ap.add_argument("--prefill-users", type=int, default=200_000)
+    ap.add_argument("--prefill-events", type=int, default=300_000, help="events per prefill chunk")
+    ap.add_argument("--env", action="append", default=[], help="clerksync setting KEY=VALUE")
+    ap.add_argument("--json", metavar="FILE")
+    a = ap.parse_args()
+
+    log("run 1: empty store")
+    empty = run(a, 0)
+    log(f"run 2: at least {a.prefill_users:,} users stored first")
+    full = run(a, a.prefill_users)
+    print(f"Stream S: loadgen --events {a.events} --seed {a.seed} (default profile), "
+          f"{empty['deliveries']:,} deliveries, closed loop, SQLite.")
+    print("| store before S | e2e events/s | apply events/s | CPU per delivery |")
+    print("|---|---|---|---|")
+    for r in (empty, full):
+        print(f"| {r['users_before']:,} users | {r['e2e_events_per_s']:,} | "
+              f"{r['apply_events_per_s']:,} | {r['cpu_us_per_delivery']} µs |")
+    ratio = full["apply_events_per_s"] / max(empty["apply_events_per_s"], 1)
+    e2e_ratio = full["e2e_events_per_s"] / max(empty["e2e_events_per_s"], 1)
+    print(f"\nfull / empty: apply {ratio:.2f}x, end to end {e2e_ratio:.2f}x (goal >= 0.8 at 1M users)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"empty": empty, "full": full, "apply_ratio": ratio,
+                       "e2e_ratio": e2e_ratio}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
