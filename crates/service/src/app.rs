@@ -293,7 +293,7 @@ fn spawn_consumers(state: &AppState, cancel: CancellationToken) -> Vec<JoinHandl
             ))
         })
         .collect();
-    // Realtime keeps its position in memory, not in a checkpoint (feed/realtime.rs).
+    // Realtime keeps its position in memory, not in a checkpoint (realtime/hub.rs).
     let realtime_lag = state
         .metrics
         .consumer_lag

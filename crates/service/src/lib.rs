@@ -1,7 +1,7 @@
 //! clerksync: keeps an application's database in step with Clerk.
 //!
 //! The library is the whole service; `main.rs` only parses the command line. An
-//! application can embed the router via [`app::App`]. See DESIGN.md for the flow:
+//! application can embed the router via [`app::App`]. See ARCHITECTURE.md for the flow:
 //! webhook -> inbox -> processor -> store -> change feed -> cache/search/realtime.
 #![forbid(unsafe_code)]
 
@@ -25,7 +25,7 @@ pub mod setting;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
-pub mod views;
+pub(crate) mod views;
 pub mod webhook;
 
 pub use app::App;

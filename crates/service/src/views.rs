@@ -7,7 +7,8 @@
 //! Must never: read the store (callers hand rows in), or filter fields for a
 //! viewer (that is [`crate::realtime::visibility`]). See ARCHITECTURE.md.
 
-use crate::clerk::model::{normalize_role, User};
+use crate::clerk::kind::View;
+use crate::clerk::model::{normalize_role, Kind, User};
 use crate::store::tx::EntityRow;
 use serde_json::{json, Map, Value};
 
@@ -16,6 +17,16 @@ pub fn data_map(row: &EntityRow) -> Map<String, Value> {
     match row.data.as_deref().map(serde_json::from_str::<Value>) {
         Some(Ok(Value::Object(m))) => m,
         _ => Map::new(),
+    }
+}
+
+/// An entity as the read API and realtime render it (declared per kind:
+/// [`Kind::spec`]'s `view`).
+pub fn entity_json(kind: Kind, row: &EntityRow) -> Value {
+    match kind.spec().view {
+        View::User => user_json(row),
+        View::Membership => membership_json(row),
+        View::Record => record_json(row),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::clerk::model::Kind;
 use crate::http_error::ApiError;
 use crate::search::{parse_query, BadQuery, SearchError};
 use crate::store::read;
-use crate::views::{record_json, user_json};
+use crate::views::entity_json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
@@ -95,10 +95,7 @@ async fn search(
             .await
             .map_err(ApiError::internal)?;
         match row {
-            Some(r) if !r.deleted => data.push(match hit.kind {
-                Kind::User => user_json(&r),
-                _ => record_json(&r),
-            }),
+            Some(r) if !r.deleted => data.push(entity_json(hit.kind, &r)),
             // Deleted or gone since it was indexed: the index catches up soon.
             _ => {}
         }

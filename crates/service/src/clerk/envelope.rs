@@ -1,10 +1,12 @@
 //! The Clerk event envelope, read just far enough to route a delivery.
 //!
 //! Owns: deciding whether a verified body is a Clerk event envelope (`type` and a
-//! `data` object) and deriving its partition key. Must never: reject a delivery for
+//! `data` object) and deriving its partition key (declared per kind in
+//! clerk/kind.rs). Must never: reject a delivery for
 //! a field it does not need (Clerk's payloads drift; everything but the ids is
 //! optional and unknown fields are kept in the stored raw body).
 
+use crate::clerk::kind::{Kind, Partition, Payload};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -249,8 +251,9 @@ pub fn parse_head(body: &[u8]) -> Result<EnvelopeHead, EnvelopeError> {
         v.as_i64()
             .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
     });
-    let entity_key = entity_key(&event_type, &data);
-    let user_id = subject_user(&event_type, &data);
+    let kind = Kind::from_family(event_type.split('.').next().unwrap_or(""));
+    let entity_key = entity_key(kind, &data);
+    let user_id = subject_user(kind, &data);
     let mut contacts = data.contacts;
     contacts.sort();
     contacts.dedup();
@@ -265,28 +268,35 @@ pub fn parse_head(body: &[u8]) -> Result<EnvelopeHead, EnvelopeError> {
 }
 
 /// The user a delivery concerns: the user itself, or the user a session,
-/// email, SMS, membership (or any object with a `user_id`) belongs to.
-fn subject_user(event_type: &str, d: &DataHead) -> Option<String> {
-    match event_type.split('.').next().unwrap_or("") {
-        "user" => d.id.clone(),
-        "organizationMembership" => d.public_user_id.clone().or_else(|| d.user_id.clone()),
-        _ => d.user_id.clone(),
+/// email, SMS, membership (or any object with a `user_id`, modelled or not)
+/// belongs to.
+fn subject_user(kind: Option<Kind>, d: &DataHead) -> Option<String> {
+    match kind.map(|k| k.spec().payload) {
+        Some(Payload::User) => d.id.clone(),
+        Some(Payload::Membership) => d.public_user_id.clone().or_else(|| d.user_id.clone()),
+        Some(Payload::Generic { .. }) | None => d.user_id.clone(),
     }
 }
 
-/// The partition an event belongs to: its user for user-scoped events, its
-/// organization for organization-scoped ones, else the object itself.
-fn entity_key(event_type: &str, d: &DataHead) -> Option<String> {
-    let family = event_type.split('.').next().unwrap_or("");
-    let key = match family {
-        "user" | "organization" | "role" | "permission" | "waitlistEntry" => d.id.clone(),
-        "session" | "email" | "sms" => d.user_id.clone().or_else(|| d.id.clone()),
-        "organizationMembership" => d.organization.clone().or_else(|| d.organization_id.clone()),
-        "organizationInvitation" | "organizationDomain" => {
-            d.organization_id.clone().or_else(|| d.organization.clone())
+/// The partition an event belongs to ([`Kind::spec`]'s `partition`): its user
+/// for user-scoped events, its organization for organization-scoped ones, else
+/// the object itself (also for a family not modelled).
+fn entity_key(kind: Option<Kind>, d: &DataHead) -> Option<String> {
+    let key = kind.and_then(|k| {
+        let spec = k.spec();
+        match spec.partition {
+            Partition::Own => d.id.clone(),
+            Partition::User => d.user_id.clone().or_else(|| d.id.clone()),
+            // Read in the order the payload names them (a membership nests its
+            // organization; invitations and domains carry `organization_id`).
+            Partition::Organization => match spec.payload {
+                Payload::Membership => d.organization.clone().or_else(|| d.organization_id.clone()),
+                Payload::User | Payload::Generic { .. } => {
+                    d.organization_id.clone().or_else(|| d.organization.clone())
+                }
+            },
         }
-        _ => None,
-    };
+    });
     key.or_else(|| d.id.clone())
 }
 

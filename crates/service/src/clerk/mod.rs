@@ -4,4 +4,5 @@
 //! unknown field or event type (Clerk's payloads drift).
 
 pub mod envelope;
+pub mod kind;
 pub mod model;

@@ -8,101 +8,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The kinds of entity the store keeps, one table each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    User,
-    Organization,
-    Membership,
-    Invitation,
-    Domain,
-    Role,
-    Permission,
-    Session,
-    Email,
-    Sms,
-    WaitlistEntry,
-}
-
-impl serde::Serialize for Kind {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl Kind {
-    pub const ALL: [Kind; 11] = [
-        Kind::User,
-        Kind::Organization,
-        Kind::Membership,
-        Kind::Invitation,
-        Kind::Domain,
-        Kind::Role,
-        Kind::Permission,
-        Kind::Session,
-        Kind::Email,
-        Kind::Sms,
-        Kind::WaitlistEntry,
-    ];
-
-    /// The event-type family (`user` in `user.created`) of this kind.
-    pub fn family(self) -> &'static str {
-        match self {
-            Kind::User => "user",
-            Kind::Organization => "organization",
-            Kind::Membership => "organizationMembership",
-            Kind::Invitation => "organizationInvitation",
-            Kind::Domain => "organizationDomain",
-            Kind::Role => "role",
-            Kind::Permission => "permission",
-            Kind::Session => "session",
-            Kind::Email => "email",
-            Kind::Sms => "sms",
-            Kind::WaitlistEntry => "waitlistEntry",
-        }
-    }
-
-    /// The kind whose events are `family.*`; None for a family not modelled.
-    pub fn from_family(family: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.family() == family)
-    }
-
-    pub fn table(self) -> &'static str {
-        match self {
-            Kind::User => "users",
-            Kind::Organization => "organizations",
-            Kind::Membership => "memberships",
-            Kind::Invitation => "invitations",
-            Kind::Domain => "domains",
-            Kind::Role => "roles",
-            Kind::Permission => "permissions",
-            Kind::Session => "sessions",
-            Kind::Email => "emails",
-            Kind::Sms => "sms_messages",
-            Kind::WaitlistEntry => "waitlist_entries",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::User => "user",
-            Kind::Organization => "organization",
-            Kind::Membership => "membership",
-            Kind::Invitation => "invitation",
-            Kind::Domain => "domain",
-            Kind::Role => "role",
-            Kind::Permission => "permission",
-            Kind::Session => "session",
-            Kind::Email => "email",
-            Kind::Sms => "sms",
-            Kind::WaitlistEntry => "waitlist_entry",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+pub use crate::clerk::kind::{Kind, Payload};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct EmailAddress {
@@ -351,13 +257,13 @@ pub fn parse_event(
     let delete =
         event_type.ends_with(".deleted") || data.get("deleted") == Some(&Value::Bool(true));
     let envelope_ts = env.get("timestamp").and_then(Value::as_i64);
-    let (updated_at, user_id, organization_id, user) = match kind {
-        Kind::User => {
+    let (updated_at, user_id, organization_id, user) = match kind.spec().payload {
+        Payload::User => {
             let u: User = typed(kind, &data)?;
             let at = u.updated_at;
             (at, None, None, if delete { None } else { Some(u) })
         }
-        Kind::Membership => {
+        Payload::Membership => {
             let m: Membership = typed(kind, &data)?;
             let org = m
                 .organization
@@ -368,14 +274,14 @@ pub fn parse_event(
             if !delete {
                 if org.is_none() {
                     return Err(PayloadError::MissingRef {
-                        kind: "membership",
+                        kind: kind.as_str(),
                         id,
                         field: "organization.id",
                     });
                 }
                 if user.is_none() {
                     return Err(PayloadError::MissingRef {
-                        kind: "membership",
+                        kind: kind.as_str(),
                         id,
                         field: "public_user_data.user_id",
                     });
@@ -383,16 +289,13 @@ pub fn parse_event(
             }
             (m.updated_at, user, org, None)
         }
-        _ => {
+        Payload::Generic {
+            user_id,
+            organization_id,
+        } => {
             let g: Generic = typed(kind, &data)?;
-            let org = match kind {
-                Kind::Invitation | Kind::Domain => g.organization_id.clone(),
-                _ => None,
-            };
-            let user = match kind {
-                Kind::Session | Kind::Email | Kind::Sms => g.user_id.clone(),
-                _ => None,
-            };
+            let org = g.organization_id.filter(|_| organization_id);
+            let user = g.user_id.filter(|_| user_id);
             (g.updated_at, user, org, None)
         }
     };

@@ -93,18 +93,9 @@ impl AuthError {
     }
 }
 
-/// Who `token` is. `now` is in seconds (the app's injectable clock).
-pub fn authenticate(
-    api_token: Option<&Token>,
-    rt: &RealtimeConfig,
-    token: Option<&str>,
-    now: i64,
-) -> Result<Principal, AuthError> {
-    authenticate_until(api_token, rt, token, now).map(|(p, _)| p)
-}
-
 /// Who `token` is, and until when (a session token's `exp`, unix seconds;
-/// None for the API token and an open server).
+/// None for the API token and an open server). `now` is in seconds (the app's
+/// injectable clock).
 pub fn authenticate_until(
     api_token: Option<&Token>,
     rt: &RealtimeConfig,
@@ -135,16 +126,6 @@ pub struct Session {
     pub sub: String,
     /// Unix seconds.
     pub exp: i64,
-}
-
-/// Verifies a Clerk session token; returns its `sub`.
-pub fn verify_session(
-    rt: &RealtimeConfig,
-    keys: &SessionKeys,
-    token: &str,
-    now: i64,
-) -> Result<String, AuthError> {
-    verify_session_claims(rt, keys, token, now).map(|s| s.sub)
 }
 
 /// Verifies a Clerk session token: signature, `exp`/`nbf` with the leeway, a
@@ -252,7 +233,7 @@ mod tests {
         let keys = SessionKeys { keys: Vec::new() };
         let rt = RealtimeConfig::default();
         assert_eq!(
-            verify_session(&rt, &keys, "abc", 0),
+            verify_session_claims(&rt, &keys, "abc", 0),
             Err(AuthError::Malformed)
         );
     }

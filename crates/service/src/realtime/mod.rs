@@ -63,16 +63,16 @@
 //! What a session may see is enforced from the synced store (memberships), and
 //! for no longer than its token (refreshed or not) is valid.
 
-pub mod auth;
-pub mod config;
-pub mod hub;
-pub mod protocol;
-pub mod render;
-pub mod resume;
-pub mod session;
-pub mod snapshot;
-pub mod visibility;
-pub mod writer;
+pub(crate) mod auth;
+pub(crate) mod config;
+pub(crate) mod hub;
+pub(crate) mod protocol;
+pub(crate) mod render;
+pub(crate) mod resume;
+pub(crate) mod session;
+pub(crate) mod snapshot;
+pub(crate) mod visibility;
+pub(crate) mod writer;
 
 pub use auth::{AuthError, Principal};
 pub use config::{RealtimeConfig, RealtimeSettings, SessionKeys};

@@ -5,6 +5,10 @@
 //! Owns: parsing what a client sends (strictly: anything else is answered with
 //! an error frame) and the frames every part of realtime agrees on. Must never:
 //! decide who may see what (visibility.rs) or touch the store. See ARCHITECTURE.md.
+//!
+//! Frames are axum's `Utf8Bytes` (the only axum type realtime uses outside the
+//! socket tasks): built once per change, shared by every subscriber's queue,
+//! and handed to the socket without a copy or a second UTF-8 check.
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;

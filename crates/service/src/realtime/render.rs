@@ -9,13 +9,14 @@
 //! version of the change: two quick updates may both carry the newer record,
 //! and a client always ends on the current state. See ARCHITECTURE.md.
 
+use crate::clerk::kind::Topics;
 use crate::clerk::model::Kind;
 use crate::feed::FeedEntry;
 use crate::realtime::protocol::Topic;
 use crate::realtime::visibility::{allow_list, public_data};
 use crate::store::db::Database;
 use crate::store::read;
-use crate::views::{membership_json, record_json, user_json};
+use crate::views::entity_json;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value};
 
@@ -32,15 +33,15 @@ impl Resolved {
     /// The topics this change is published on, `*` last.
     pub fn topics(&self) -> Vec<Topic> {
         let mut t = Vec::with_capacity(3);
-        match self.entry.kind {
-            Kind::User => t.push(Topic::User(self.entry.entity_id.clone())),
-            Kind::Organization => t.push(Topic::Org(self.entry.entity_id.clone())),
-            Kind::Membership => {
+        match self.entry.kind.spec().topics {
+            Topics::OwnUser => t.push(Topic::User(self.entry.entity_id.clone())),
+            Topics::OwnOrganization => t.push(Topic::Org(self.entry.entity_id.clone())),
+            Topics::UserAndOrganization => {
                 t.extend(self.organization_id.clone().map(Topic::Org));
                 t.extend(self.user_id.clone().map(Topic::User));
             }
             // Invitations, sessions, ... are for backends only.
-            _ => {}
+            Topics::None => {}
         }
         t.push(Topic::All);
         t
@@ -48,7 +49,8 @@ impl Resolved {
 
     /// The (user, organization) whose membership this change ended, if any.
     pub fn ended_membership(&self) -> Option<(&str, &str)> {
-        if self.entry.kind == Kind::Membership && self.entry.operation == "delete" {
+        let membership = self.entry.kind.spec().topics == Topics::UserAndOrganization;
+        if membership && self.entry.operation == "delete" {
             Some((self.user_id.as_deref()?, self.organization_id.as_deref()?))
         } else {
             None
@@ -59,14 +61,17 @@ impl Resolved {
 /// What routing needs (a membership's user and organization): on the feed
 /// row; read from the store only for a membership row that lacks both.
 pub async fn resolve(db: &Database, entry: FeedEntry) -> Result<Resolved, sqlx::Error> {
-    let (user_id, organization_id) = if entry.kind != Kind::Membership {
-        (None, None)
-    } else if entry.user_id.is_some() || entry.organization_id.is_some() {
-        (entry.user_id.clone(), entry.organization_id.clone())
-    } else {
-        match read::get(db, Kind::Membership, &entry.entity_id).await? {
-            Some(r) => (r.user_id, r.organization_id),
-            None => (None, None),
+    let (user_id, organization_id) = match entry.kind.spec().topics {
+        Topics::OwnUser | Topics::OwnOrganization | Topics::None => (None, None),
+        Topics::UserAndOrganization => {
+            if entry.user_id.is_some() || entry.organization_id.is_some() {
+                (entry.user_id.clone(), entry.organization_id.clone())
+            } else {
+                match read::get(db, entry.kind, &entry.entity_id).await? {
+                    Some(r) => (r.user_id, r.organization_id),
+                    None => (None, None),
+                }
+            }
         }
     };
     Ok(Resolved {
@@ -79,11 +84,7 @@ pub async fn resolve(db: &Database, entry: FeedEntry) -> Result<Resolved, sqlx::
 /// The entity's current record as the read API renders it; null when deleted.
 pub async fn current_data(db: &Database, kind: Kind, id: &str) -> Result<Value, sqlx::Error> {
     Ok(match read::get(db, kind, id).await? {
-        Some(r) if !r.deleted => match kind {
-            Kind::User => user_json(&r),
-            Kind::Membership => membership_json(&r),
-            _ => record_json(&r),
-        },
+        Some(r) if !r.deleted => entity_json(kind, &r),
         _ => Value::Null,
     })
 }

@@ -5,6 +5,7 @@
 //! through its index. Must never: replay what a viewer may not see, or write to
 //! the store. See ARCHITECTURE.md.
 
+use crate::clerk::kind::Topics;
 use crate::clerk::model::Kind;
 use crate::feed::{last_seq, read_after, read_filtered, FeedFilter};
 use crate::realtime::protocol::Topic;
@@ -69,7 +70,6 @@ pub async fn check_resume(
 /// One frame of a replay.
 #[derive(Debug, Clone)]
 pub struct ReplayFrame {
-    pub seq: i64,
     pub text: Utf8Bytes,
     /// Set when this change ended the viewer's own membership in this organization.
     pub ends_membership_in: Option<String>,
@@ -116,11 +116,13 @@ pub async fn replay_page(
     let mut data_cache: HashMap<(Kind, String), Value> = HashMap::new();
     let mut frames = Vec::new();
     for e in entries {
-        let maybe = match (topic, e.kind) {
-            (Topic::All, _) | (_, Kind::Membership) => true,
-            (Topic::User(u), Kind::User) => *u == e.entity_id,
-            (Topic::Org(o), Kind::Organization) => *o == e.entity_id,
-            _ => false,
+        // Cheap routing on the feed row first; a membership's topics need its refs.
+        let maybe = match (topic, e.kind.spec().topics) {
+            (Topic::All, _) | (_, Topics::UserAndOrganization) => true,
+            (Topic::User(u), Topics::OwnUser) => *u == e.entity_id,
+            (Topic::Org(o), Topics::OwnOrganization) => *o == e.entity_id,
+            (Topic::User(_), Topics::OwnOrganization | Topics::None)
+            | (Topic::Org(_), Topics::OwnUser | Topics::None) => false,
         };
         if !maybe {
             continue;
@@ -155,7 +157,6 @@ pub async fn replay_page(
             _ => None,
         };
         frames.push(ReplayFrame {
-            seq: r.entry.seq,
             text,
             ends_membership_in,
         });

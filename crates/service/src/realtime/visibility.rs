@@ -1,11 +1,11 @@
 //! What a viewer may see: session viewers get allow-listed fields only, and an
 //! `org:` topic only while they are a live member of the organization.
 //!
-//! Owns: the field allow-lists per Clerk kind (read from
-//! [`Kind::public_fields`](crate::clerk::model::Kind::public_fields)) and the
-//! membership check against the synced store. Must never: show a session viewer
-//! a field that is not allow-listed (a field Clerk adds tomorrow stays private
-//! until someone decides otherwise), or write to the store. See ARCHITECTURE.md.
+//! Owns: applying the field allow-lists declared per Clerk kind (clerk/kind.rs,
+//! `Spec::public`) and the membership check against the synced store. Must
+//! never: show a session viewer a field that is not allow-listed (a field Clerk
+//! adds tomorrow stays private until someone decides otherwise), or write to
+//! the store. See ARCHITECTURE.md.
 
 use crate::clerk::model::Kind;
 use crate::store::db::Database;
@@ -22,73 +22,6 @@ pub enum Viewer {
     User(String),
 }
 
-// Allow-lists, not deny-lists: a field Clerk adds tomorrow stays private until
-// someone decides otherwise. Modelled on what Clerk's own Frontend API shows a
-// signed-in user: never `private_metadata`; for other people only the
-// `public_user_data` Clerk itself puts on memberships.
-
-/// A user record, as its owner sees it. A session may subscribe to `user:{id}`
-/// only for its own id, so `primary_email_address` goes only to the user it
-/// belongs to; other people's email and phone lists never do.
-pub const USER_PUBLIC: &[&str] = &[
-    "id",
-    "object",
-    "first_name",
-    "last_name",
-    "username",
-    "image_url",
-    "profile_image_url",
-    "has_image",
-    "public_metadata",
-    "primary_email_address",
-    "created_at",
-    "updated_at",
-];
-
-/// An organization, as its members see it.
-pub const ORG_PUBLIC: &[&str] = &[
-    "id",
-    "object",
-    "name",
-    "slug",
-    "image_url",
-    "has_image",
-    "public_metadata",
-    "members_count",
-    "max_allowed_memberships",
-    "admin_delete_enabled",
-    "created_at",
-    "updated_at",
-];
-
-/// A membership, as the organization's members see it.
-pub const MEMBERSHIP_PUBLIC: &[&str] = &[
-    "id",
-    "object",
-    "role",
-    "role_name",
-    "permissions",
-    "public_metadata",
-    "public_user_data",
-    "organization",
-    "organization_id",
-    "user_id",
-    "created_at",
-    "updated_at",
-];
-
-/// Clerk's public user data (what other members of an organization see).
-pub const PUBLIC_USER_DATA: &[&str] = &[
-    "user_id",
-    "first_name",
-    "last_name",
-    "username",
-    "image_url",
-    "profile_image_url",
-    "has_image",
-    "identifier",
-];
-
 fn keep(map: &Map<String, Value>, allowed: &[&str]) -> Map<String, Value> {
     map.iter()
         .filter(|(k, _)| allowed.contains(&k.as_str()))
@@ -96,13 +29,10 @@ fn keep(map: &Map<String, Value>, allowed: &[&str]) -> Map<String, Value> {
         .collect()
 }
 
+/// The top-level fields a session viewer sees of `kind` (declared per kind:
+/// [`Kind::spec`]'s `public`); empty: none.
 pub(crate) fn allow_list(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::User => USER_PUBLIC,
-        Kind::Organization => ORG_PUBLIC,
-        Kind::Membership => MEMBERSHIP_PUBLIC,
-        _ => &[],
-    }
+    kind.spec().public.fields
 }
 
 /// The public view of a record (`data` of a frame for a session viewer).
@@ -110,15 +40,12 @@ pub fn public_data(kind: Kind, data: &Value) -> Value {
     let Value::Object(m) = data else {
         return Value::Null;
     };
-    let mut out = keep(m, allow_list(kind));
-    if kind == Kind::Membership {
-        if let Some(Value::Object(p)) = out.get("public_user_data") {
-            let p = keep(p, PUBLIC_USER_DATA);
-            out.insert("public_user_data".into(), Value::Object(p));
-        }
-        if let Some(Value::Object(o)) = out.get("organization") {
-            let o = keep(o, ORG_PUBLIC);
-            out.insert("organization".into(), Value::Object(o));
+    let public = kind.spec().public;
+    let mut out = keep(m, public.fields);
+    for (field, allowed) in public.nested {
+        if let Some(Value::Object(inner)) = out.get(*field) {
+            let inner = keep(inner, allowed);
+            out.insert((*field).into(), Value::Object(inner));
         }
     }
     Value::Object(out)

@@ -8,7 +8,8 @@
 //! it took the writer lock. See ARCHITECTURE.md.
 
 use super::consumer::CONSUMER;
-use super::schema::{analyzer, schema, Fields, ANALYZER};
+use super::schema::{analyzer, schema, searchable, Fields, ANALYZER};
+use crate::clerk::kind::Search;
 use crate::clerk::model::Kind;
 use crate::feed::{self, FeedEntry};
 use crate::store::db::Database;
@@ -417,7 +418,7 @@ impl SearchIndex {
         let mut seen = HashSet::new();
         let targets: Vec<(Kind, &str)> = batch
             .iter()
-            .filter(|e| matches!(e.kind, Kind::User | Kind::Organization))
+            .filter(|e| e.kind.spec().search != Search::No)
             .map(|e| (e.kind, e.entity_id.as_str()))
             .filter(|t| seen.insert(*t))
             .collect();
@@ -430,7 +431,7 @@ impl SearchIndex {
             tokio::time::sleep(wait).await;
         }
         let mut rows: HashMap<(Kind, String), EntityRow> = HashMap::with_capacity(targets.len());
-        for kind in [Kind::User, Kind::Organization] {
+        for kind in searchable() {
             let ids: Vec<&str> = targets
                 .iter()
                 .filter(|(k, _)| *k == kind)
@@ -504,8 +505,8 @@ impl SearchIndex {
             st.gen += 1;
             st.gen
         };
-        let mut counts = [0u64; 2];
-        for (i, kind) in [Kind::User, Kind::Organization].into_iter().enumerate() {
+        let (mut users, mut organizations) = (0u64, 0u64);
+        for kind in searchable() {
             let mut after: Option<String> = None;
             loop {
                 let guard = self.writer.clone().lock_owned().await;
@@ -520,8 +521,12 @@ impl SearchIndex {
                 let (guard, r) = Self::blocking(guard, move |st| Self::write(st, ops)).await?;
                 drop(guard);
                 r?;
-                counts[i] += n;
-                let done = counts[0] + counts[1];
+                match kind.spec().search {
+                    Search::User => users += n,
+                    Search::Organization => organizations += n,
+                    Search::No => {}
+                }
+                let done = users + organizations;
                 self.progress.store(done, Ordering::Relaxed);
                 on_progress(done);
                 if (n as i64) < REBUILD_PAGE {
@@ -547,8 +552,8 @@ impl SearchIndex {
         self.reader.reload()?;
         drop(guard);
         Ok(RebuildReport {
-            users: counts[0],
-            organizations: counts[1],
+            users,
+            organizations,
             seq,
             seconds: started.elapsed().as_secs_f64(),
         })

@@ -6,6 +6,7 @@
 //! callers hand rows in), or index a tombstone. See ARCHITECTURE.md.
 
 use super::index::SearchIndex;
+use crate::clerk::kind::Search;
 use crate::clerk::model::Kind;
 use crate::store::tx::EntityRow;
 use serde_json::Value;
@@ -136,8 +137,8 @@ impl SearchIndex {
         // punctuation included: their prefixes match a query that stops
         // inside a word (`kwame.h`), which the word prefixes cannot.
         let mut raw: Vec<String> = Vec::new();
-        match kind {
-            Kind::User => {
+        match kind.spec().search {
+            Search::User => {
                 name.extend(s("first_name"));
                 name.extend(s("last_name"));
                 raw.push(name.join(" "));
@@ -164,7 +165,7 @@ impl SearchIndex {
                     }
                 }
             }
-            Kind::Organization => {
+            Search::Organization => {
                 raw.extend(s("name").map(str::to_string));
                 raw.extend(s("slug").map(str::to_string));
                 if let Some(n) = s("name") {
@@ -176,7 +177,7 @@ impl SearchIndex {
                     exact(slug);
                 }
             }
-            _ => return None,
+            Search::No => return None,
         }
         let mut prefixes = HashSet::new();
         for text in name
@@ -211,6 +212,13 @@ impl SearchIndex {
         }
         Some(doc)
     }
+}
+
+/// The kinds the index holds (declared per kind: [`Kind::spec`]'s `search`).
+pub(super) fn searchable() -> impl Iterator<Item = Kind> {
+    Kind::ALL
+        .into_iter()
+        .filter(|k| k.spec().search != Search::No)
 }
 
 /// `data[list][*][field]` as strings (Clerk's email_addresses / phone_numbers).

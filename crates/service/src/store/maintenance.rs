@@ -2,6 +2,7 @@
 //! keeping PostgreSQL's planner statistics fresh while tables grow.
 
 use crate::clerk::envelope::contacts_in;
+use crate::clerk::kind::{Erasure, Kind};
 use crate::store::db::Database;
 use crate::sync::erasure::{redact_body, redact_changes};
 
@@ -135,18 +136,25 @@ macro_rules! purge_impl {
                         .await?;
                     redact_audit!(tx, "entity_id", id);
                 }
-                for t in ["sessions", "memberships"] {
-                    sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1 AND deleted = $2"))
-                        .bind(uid)
-                        .bind(true)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                for t in ["emails", "sms_messages"] {
-                    sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1"))
-                        .bind(uid)
-                        .execute(&mut *tx)
-                        .await?;
+                // What each kind keeps of the user: declared per kind (clerk/kind.rs).
+                for kind in Kind::ALL {
+                    let t = kind.table();
+                    match kind.spec().erasure {
+                        Erasure::Keep => {}
+                        Erasure::UserTombstones => {
+                            sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1 AND deleted = $2"))
+                                .bind(uid)
+                                .bind(true)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        Erasure::Messages => {
+                            sqlx::query(&format!("UPDATE {t} SET data = NULL WHERE user_id = $1"))
+                                .bind(uid)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
                 }
                 let n = sqlx::query("DELETE FROM archive WHERE user_id = $1")
                     .bind(uid)
@@ -169,12 +177,13 @@ macro_rules! purge_impl {
     }};
 }
 
-/// The table of the message an email or SMS delivery is about.
+/// The table of the message (an email or SMS: [`Erasure::Messages`]) a
+/// delivery is about.
 fn message_table(event_type: &str) -> Option<&'static str> {
-    match event_type.split('.').next() {
-        Some("email") => Some("emails"),
-        Some("sms") => Some("sms_messages"),
-        _ => None,
+    let kind = Kind::from_family(event_type.split('.').next()?)?;
+    match kind.spec().erasure {
+        Erasure::Messages => Some(kind.table()),
+        Erasure::Keep | Erasure::UserTombstones => None,
     }
 }
 

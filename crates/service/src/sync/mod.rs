@@ -1,6 +1,6 @@
 //! Event -> changes: versions, tombstones, cascades, audit and change feed.
 //!
-//! Owns the convergence rules of DESIGN.md "Semantics". Every entity is a
+//! Owns the convergence rules (ARCHITECTURE.md, "Semantics"). Every entity is a
 //! last-writer-wins register ordered by (version, svix-id); a delete is final
 //! (Clerk never reuses ids), so a delete applies whatever its version and a
 //! tombstone never comes back to life; a tombstone's version is the greatest
@@ -13,6 +13,7 @@
 
 pub mod erasure;
 
+use crate::clerk::kind::{Parent, Topics};
 use crate::clerk::model::{parse_event, Change, Kind, Parsed, PayloadError, User};
 use crate::store::tx::{AuditRow, Contacts, EntityRow, FeedRow, RefCol, StoreTx};
 use serde_json::{Map, Value};
@@ -263,12 +264,12 @@ async fn record(
     })
     .await?;
     let fields: Vec<&String> = changes.keys().collect();
-    // The realtime topics it is on (feed/realtime.rs `Resolved::topics`).
-    let (topic_user, topic_org) = match kind {
-        Kind::User => (Some(row.id.as_str()), None),
-        Kind::Organization => (None, Some(row.id.as_str())),
-        Kind::Membership => (row.user_id.as_deref(), row.organization_id.as_deref()),
-        _ => (None, None),
+    // The realtime topics it is on (realtime/render.rs `Resolved::topics`).
+    let (topic_user, topic_org) = match kind.spec().topics {
+        Topics::OwnUser => (Some(row.id.as_str()), None),
+        Topics::OwnOrganization => (None, Some(row.id.as_str())),
+        Topics::UserAndOrganization => (row.user_id.as_deref(), row.organization_id.as_deref()),
+        Topics::None => (None, None),
     };
     tx.feed(&FeedRow {
         kind,
@@ -286,28 +287,31 @@ async fn record(
     Ok(())
 }
 
-/// The parents whose deletion means this entity must not exist.
+/// The parents whose deletion means this entity must not exist (declared per
+/// kind: [`Kind::spec`]'s `parents`), with the ids the change names them by.
 fn parents(c: &Change) -> Vec<(Kind, &str)> {
-    let mut p = Vec::new();
-    match c.kind {
-        Kind::Membership => {
-            p.extend(c.user_id.as_deref().map(|u| (Kind::User, u)));
-            p.extend(
-                c.organization_id
-                    .as_deref()
-                    .map(|o| (Kind::Organization, o)),
-            );
-        }
-        Kind::Invitation | Kind::Domain => {
-            p.extend(
-                c.organization_id
-                    .as_deref()
-                    .map(|o| (Kind::Organization, o)),
-            );
-        }
-        _ => {}
+    c.kind
+        .spec()
+        .parents
+        .iter()
+        .filter_map(|p| Some((p.kind(), reference(c, *p)?)))
+        .collect()
+}
+
+/// The id of the parent `p` a change names.
+fn reference(c: &Change, p: Parent) -> Option<&str> {
+    match p {
+        Parent::User => c.user_id.as_deref(),
+        Parent::Organization => c.organization_id.as_deref(),
     }
-    p
+}
+
+/// The store column a child names its parent `p` by.
+fn ref_col(p: Parent) -> RefCol {
+    match p {
+        Parent::User => RefCol::UserId,
+        Parent::Organization => RefCol::OrganizationId,
+    }
 }
 
 async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<(), sqlx::Error> {
@@ -514,21 +518,13 @@ fn delete<'a>(
         }
         // Cascades run even for a first-seen tombstone: children may have
         // arrived before any event of their parent.
-        let children: &[(Kind, RefCol)] = match kind {
-            Kind::User => &[(Kind::Membership, RefCol::UserId)],
-            Kind::Organization => &[
-                (Kind::Membership, RefCol::OrganizationId),
-                (Kind::Invitation, RefCol::OrganizationId),
-                (Kind::Domain, RefCol::OrganizationId),
-            ],
-            _ => &[],
-        };
         if kind == Kind::User {
             tx.replace_contacts(id, &Contacts::default()).await?;
         }
-        for (child_kind, col) in children {
-            for child in tx.live_by(*child_kind, *col, id).await? {
-                delete(tx, ctx, *child_kind, &child.id, child.version, (None, None)).await?;
+        // The children: every kind that declares this one as a parent.
+        for (child_kind, parent) in kind.children() {
+            for child in tx.live_by(child_kind, ref_col(parent), id).await? {
+                delete(tx, ctx, child_kind, &child.id, child.version, (None, None)).await?;
             }
         }
         Ok(())
