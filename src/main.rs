@@ -5,6 +5,7 @@
 //! (each command's `--help` shows only what it uses; the config file still
 //! supplies any key).
 
+mod backfill_cmd;
 mod demo;
 
 use anyhow::Context;
@@ -70,6 +71,9 @@ enum Command {
     /// <data dir>/search) itself: the server must be stopped, because an index
     /// directory admits one writer (the command says so when it is in use).
     Reindex(ReindexArgs),
+    /// Import what Clerk already has (users, organizations, memberships) through
+    /// its Backend API, and delete what it no longer has (CLERKSYNC_CLERK_SECRET_KEY).
+    Backfill(backfill_cmd::BackfillArgs),
     /// Rebuild a store from the stored event log.
     Replay {
         #[command(flatten)]
@@ -112,6 +116,14 @@ struct DbArgs {
 }
 
 impl DbArgs {
+    fn settings_ref(&self) -> Settings {
+        Settings {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            ..Settings::default()
+        }
+    }
+
     fn settings(self) -> Settings {
         Settings {
             data_dir: self.data_dir,
@@ -302,6 +314,17 @@ async fn run(cli: Cli, sources: &Sources) -> anyhow::Result<()> {
             })?;
             clerksync::telemetry::init_logging(config.log_format);
             reindex(config, url).await
+        }
+        Command::Backfill(args) => {
+            let config = sources.without_secret(args.db.settings_ref())?;
+            clerksync::telemetry::init_logging(config.log_format);
+            let db = clerksync::store::Database::open(&config.database_url).await?;
+            let status = backfill_cmd::run(&db, &args).await;
+            db.close().await;
+            match status? {
+                0 => Ok(()),
+                code => std::process::exit(code),
+            }
         }
         Command::Loadgen(args) => {
             let (text, report) = clerksync_loadgen::execute(args).await?;
