@@ -162,7 +162,11 @@ impl Bar {
 
     fn show(&self, p: &Progress) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let every = if self.tty { Duration::from_millis(100) } else { Duration::from_secs(5) };
+        let every = if self.tty {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(5)
+        };
         let due = last.is_none_or(|t| t.elapsed() >= every) || p.phase != "listing";
         if !due {
             return;
@@ -176,7 +180,12 @@ impl Bar {
                 let filled = (frac * 30.0) as usize;
                 let left = (t as f64 - p.seen as f64).max(0.0) / rate.max(1.0);
                 (
-                    format!("[{}{}] {}/{t}", "#".repeat(filled), "-".repeat(30 - filled), p.seen),
+                    format!(
+                        "[{}{}] {}/{t}",
+                        "#".repeat(filled),
+                        "-".repeat(30 - filled),
+                        p.seen
+                    ),
                     format!(" ETA {:.0}s", left),
                 )
             }

@@ -52,7 +52,10 @@ async fn run(db: &Database, url: &str, opts: &Options) -> Report {
 
 async fn rows<T>(db: &Database, sql: &str) -> Vec<T>
 where
-    T: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    T: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
 {
     match db {
         Database::Sqlite(p, ..) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
@@ -67,7 +70,11 @@ async fn scalar(db: &Database, sql: &str) -> i64 {
 
 /// Live (id, version) of a table, sorted.
 async fn live(db: &Database, table: &str) -> Vec<(String, i64)> {
-    rows(db, &format!("SELECT id, version FROM {table} WHERE NOT deleted ORDER BY id")).await
+    rows(
+        db,
+        &format!("SELECT id, version FROM {table} WHERE NOT deleted ORDER BY id"),
+    )
+    .await
 }
 
 fn sorted(mut v: Vec<(String, i64)>) -> Vec<(String, i64)> {
@@ -112,17 +119,32 @@ async fn into_empty_store_then_nothing(db: &Database) {
     // Every record came in as a `create` from the backfill source.
     let created: i64 = first.resources.iter().map(|r| r.created).sum();
     assert_eq!(
-        scalar(db, "SELECT COUNT(*) FROM audit WHERE svix_id = 'backfill' AND operation = 'create'").await,
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM audit WHERE svix_id = 'backfill' AND operation = 'create'"
+        )
+        .await,
         created
     );
-    assert!(scalar(db, "SELECT COUNT(*) FROM change_feed WHERE svix_id = 'backfill'").await >= created);
+    assert!(
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM change_feed WHERE svix_id = 'backfill'"
+        )
+        .await
+            >= created
+    );
     let audit = audit_rows(db).await;
     let second = run(db, &url, &Options::default()).await;
     for r in &second.resources {
         assert_eq!((r.created, r.updated, r.deleted), (0, 0, 0), "{r:?}");
         assert_eq!(r.ending, Ending::Complete);
     }
-    assert_eq!(audit_rows(db).await, audit, "a second run writes no audit rows");
+    assert_eq!(
+        audit_rows(db).await,
+        audit,
+        "a second run writes no audit rows"
+    );
     assert_store_equals(db, &api).await;
 }
 
@@ -191,7 +213,10 @@ async fn webhooks_during_the_pass_converge_to_clerks_final_state() {
         ..Options::default()
     };
     let db = server.db.clone();
-    let pass = tokio::spawn(async move { backfill::run(&db, &client(&url), &opts, &|_: &Progress| {}).await });
+    let pass =
+        tokio::spawn(
+            async move { backfill::run(&db, &client(&url), &opts, &|_: &Progress| {}).await },
+        );
     for (i, e) in events[split..].iter().enumerate() {
         // Clerk changes, then tells us.
         let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
@@ -211,7 +236,13 @@ async fn webhooks_during_the_pass_converge_to_clerks_final_state() {
         }
     }
     let report = pass.await.unwrap().expect("the pass completes");
-    assert!(report.resources.iter().all(|r| r.ending == Ending::Complete), "{report:?}");
+    assert!(
+        report
+            .resources
+            .iter()
+            .all(|r| r.ending == Ending::Complete),
+        "{report:?}"
+    );
     server.settle().await;
     assert_store_equals(&server.db, &api).await;
     server.stop().await;
@@ -269,7 +300,10 @@ fn finish(mut cmd: Command) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!text.contains(KEY), "the secret key appears in the output:\n{text}");
+    assert!(
+        !text.contains(KEY),
+        "the secret key appears in the output:\n{text}"
+    );
     (status.code().unwrap_or(-1), text)
 }
 
@@ -285,29 +319,52 @@ async fn killed_with_sigkill_a_rerun_resumes_from_the_checkpoint() {
         page_delay: Duration::from_millis(300),
         ..Faults::default()
     });
-    let mut child = backfill_cmd(&db_url, &url, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let db = Database::open(&clerksync::config::DatabaseUrl::parse(&db_url).unwrap()).await.unwrap();
+    let mut child = backfill_cmd(&db_url, &url, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = Database::open(&clerksync::config::DatabaseUrl::parse(&db_url).unwrap())
+        .await
+        .unwrap();
     // Wait for a checkpoint past the first page, then kill it mid-pass.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let at: Vec<(i64,)> = rows(&db, "SELECT next_offset FROM backfill_checkpoints WHERE resource = 'users'").await;
+        let at: Vec<(i64,)> = rows(
+            &db,
+            "SELECT next_offset FROM backfill_checkpoints WHERE resource = 'users'",
+        )
+        .await;
         if at.first().is_some_and(|r| r.0 >= 1000) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let users_before = scalar(&db, "SELECT COUNT(*) FROM users").await;
-    assert!(users_before > 0 && (users_before as usize) < api.len("users"), "killed mid-pass ({users_before})");
+    assert!(
+        users_before > 0 && (users_before as usize) < api.len("users"),
+        "killed mid-pass ({users_before})"
+    );
     api.set_faults(Faults::default());
     let (code, text) = finish(backfill_cmd(&db_url, &url, &[]));
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("users: ") && text.contains("(resumed at offset"), "{text}");
+    assert!(
+        text.contains("users: ") && text.contains("(resumed at offset"),
+        "{text}"
+    );
     assert_store_equals(&db, &api).await;
     assert_eq!(
-        scalar(&db, "SELECT COUNT(*) - COUNT(DISTINCT entity_id) FROM audit WHERE operation = 'create'").await,
+        scalar(
+            &db,
+            "SELECT COUNT(*) - COUNT(DISTINCT entity_id) FROM audit WHERE operation = 'create'"
+        )
+        .await,
         0,
         "an entity was created twice in the audit"
     );
@@ -323,7 +380,9 @@ async fn the_guard_refuses_a_mass_delete_and_a_dry_run_changes_nothing() {
     let db_url = format!("sqlite://{}/t.db", dir.path().display());
     let (code, text) = finish(backfill_cmd(&db_url, &url, &[]));
     assert_eq!(code, 0, "{text}");
-    let db = Database::open(&clerksync::config::DatabaseUrl::parse(&db_url).unwrap()).await.unwrap();
+    let db = Database::open(&clerksync::config::DatabaseUrl::parse(&db_url).unwrap())
+        .await
+        .unwrap();
     assert_store_equals(&db, &api).await;
     let audit = audit_rows(&db).await;
 
@@ -334,7 +393,11 @@ async fn the_guard_refuses_a_mass_delete_and_a_dry_run_changes_nothing() {
     let (code, text) = finish(backfill_cmd(&db_url, &url, &["--resources", "users"]));
     assert_eq!(code, 3, "{text}");
     assert!(text.contains("REFUSED"), "{text}");
-    assert_eq!(audit_rows(&db).await, audit, "the refused pass deleted something");
+    assert_eq!(
+        audit_rows(&db).await,
+        audit,
+        "the refused pass deleted something"
+    );
     api.set_faults(Faults::default());
 
     // Drift: one user gone, one changed, one new.
@@ -349,12 +412,27 @@ async fn the_guard_refuses_a_mass_delete_and_a_dry_run_changes_nothing() {
     new["id"] = "user_2zzzzzzzzzzzzzzzzzzzzzzzzzz".into();
     new["created_at"] = (new["created_at"].as_i64().unwrap() + 10_000_000_000).into();
     api.upsert("users", new);
-    let checkpoints: Vec<(String, String)> = rows(&db, "SELECT resource, pass_id FROM backfill_checkpoints ORDER BY resource").await;
-    let (code, text) = finish(backfill_cmd(&db_url, &url, &["--dry-run", "--resources", "users"]));
+    let checkpoints: Vec<(String, String)> = rows(
+        &db,
+        "SELECT resource, pass_id FROM backfill_checkpoints ORDER BY resource",
+    )
+    .await;
+    let (code, text) = finish(backfill_cmd(
+        &db_url,
+        &url,
+        &["--dry-run", "--resources", "users"],
+    ));
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("would create 1, update 1, delete 1"), "{text}");
+    assert!(
+        text.contains("would create 1, update 1, delete 1"),
+        "{text}"
+    );
     assert_eq!(audit_rows(&db).await, audit, "the dry run wrote");
-    let after: Vec<(String, String)> = rows(&db, "SELECT resource, pass_id FROM backfill_checkpoints ORDER BY resource").await;
+    let after: Vec<(String, String)> = rows(
+        &db,
+        "SELECT resource, pass_id FROM backfill_checkpoints ORDER BY resource",
+    )
+    .await;
     assert_eq!(after, checkpoints, "the dry run moved a checkpoint");
 
     // A wrong key: one clear line, no key.
@@ -362,7 +440,10 @@ async fn the_guard_refuses_a_mass_delete_and_a_dry_run_changes_nothing() {
     cmd.env("CLERKSYNC_CLERK_SECRET_KEY", "sk_test_wrong_SECRET_0000");
     let (code, text) = finish(cmd);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("CLERKSYNC_CLERK_SECRET_KEY") && !text.contains("sk_test_wrong_SECRET_0000"), "{text}");
+    assert!(
+        text.contains("CLERKSYNC_CLERK_SECRET_KEY") && !text.contains("sk_test_wrong_SECRET_0000"),
+        "{text}"
+    );
 }
 
 /// 100k users (about 500k events): `CLERKSYNC_BACKFILL_LARGE=1 cargo test

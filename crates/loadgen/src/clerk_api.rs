@@ -108,7 +108,12 @@ fn collection_of(family: &str) -> Option<&'static str> {
 
 fn clerk_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({"errors": [{"message": message, "long_message": message, "code": code}]});
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 impl ClerkApi {
@@ -151,8 +156,14 @@ impl ClerkApi {
 
     /// Creates or replaces a record (`id` and `created_at` read from it).
     pub fn upsert(&self, collection: &'static str, record: Value) {
-        let id = record["id"].as_str().expect("a record has an id").to_string();
-        let created = record.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+        let id = record["id"]
+            .as_str()
+            .expect("a record has an id")
+            .to_string();
+        let created = record
+            .get("created_at")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         self.lock()
             .collections
             .entry(collection)
@@ -237,7 +248,10 @@ impl ClerkApi {
             .route("/v1/users/{id}", get(get_one_user))
             .route("/v1/organizations", get(list_orgs))
             .route("/v1/organizations/{id}", get(get_one_org))
-            .route("/v1/organizations/{id}/memberships", get(list_org_memberships))
+            .route(
+                "/v1/organizations/{id}/memberships",
+                get(list_org_memberships),
+            )
             .route("/v1/organization_memberships", get(list_memberships))
             .route("/v1/organization_roles", get(list_roles))
             .route("/v1/organization_roles/{id}", get(get_one_role))
@@ -253,7 +267,8 @@ impl ClerkApi {
     /// Serves on `127.0.0.1:port` (0: any) until the task is aborted; returns
     /// the base URL to give `CLERKSYNC_CLERK_API_URL`.
     pub async fn spawn(&self, port: u16) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let listener =
+            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
         let addr = listener.local_addr()?;
         let app = self.router();
         let handle = tokio::spawn(async move {
@@ -277,13 +292,22 @@ impl ClerkApi {
         let f = &mut inner.faults;
         if f.throttle_next > 0 {
             f.throttle_next -= 1;
-            let mut r = clerk_error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "Too many requests");
-            r.headers_mut().insert("retry-after", HeaderValue::from(f.retry_after_secs));
+            let mut r = clerk_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "Too many requests",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from(f.retry_after_secs));
             return Err(r);
         }
         if f.fail_next > 0 {
             f.fail_next -= 1;
-            return Err(clerk_error(StatusCode::INTERNAL_SERVER_ERROR, "internal_clerk_error", "Oops, something went wrong"));
+            return Err(clerk_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_clerk_error",
+                "Oops, something went wrong",
+            ));
         }
         Ok(f.page_delay)
     }
@@ -309,7 +333,13 @@ struct ListQuery {
 /// `limit` 1..=500 (default 10), `offset` >= 0, `order_by` `[+|-]created_at`
 /// (default descending, as Clerk's).
 fn paging(q: &ListQuery) -> Result<(usize, usize, bool), Response> {
-    let bad = |m: &str| clerk_error(StatusCode::UNPROCESSABLE_ENTITY, "form_param_value_invalid", m);
+    let bad = |m: &str| {
+        clerk_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "form_param_value_invalid",
+            m,
+        )
+    };
     let limit = match q.limit.as_deref() {
         None => 10,
         Some(s) => match s.parse::<i64>() {
@@ -358,7 +388,12 @@ fn page(
     };
     let matching: Vec<&Arc<str>> = all.filter(|r| keep(r)).collect();
     let total = matching.len();
-    let records = matching.into_iter().skip(offset).take(limit).cloned().collect();
+    let records = matching
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .cloned()
+        .collect();
     Ok((records, total))
 }
 
@@ -375,7 +410,13 @@ fn join(records: &[Arc<str>]) -> String {
     s
 }
 
-async fn list_paginated(api: ClerkApi, headers: HeaderMap, collection: &str, q: ListQuery, keep: impl Fn(&str) -> bool) -> Response {
+async fn list_paginated(
+    api: ClerkApi,
+    headers: HeaderMap,
+    collection: &str,
+    q: ListQuery,
+    keep: impl Fn(&str) -> bool,
+) -> Response {
     let delay = match api.gate(&headers) {
         Ok(d) => d,
         Err(r) => return r,
@@ -384,12 +425,19 @@ async fn list_paginated(api: ClerkApi, headers: HeaderMap, collection: &str, q: 
         tokio::time::sleep(delay).await;
     }
     match page(&api, collection, &q, keep) {
-        Ok((records, total)) => json_response(format!(r#"{{"data":{},"total_count":{total}}}"#, join(&records))),
+        Ok((records, total)) => json_response(format!(
+            r#"{{"data":{},"total_count":{total}}}"#,
+            join(&records)
+        )),
         Err(r) => r,
     }
 }
 
-async fn list_users(State(api): State<ClerkApi>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+async fn list_users(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let delay = match api.gate(&headers) {
         Ok(d) => d,
         Err(r) => return r,
@@ -407,7 +455,11 @@ async fn count_users(State(api): State<ClerkApi>, headers: HeaderMap) -> Respons
     if let Err(r) = api.gate(&headers) {
         return r;
     }
-    let n = if api.lock().faults.list_nothing { 0 } else { api.len("users") };
+    let n = if api.lock().faults.list_nothing {
+        0
+    } else {
+        api.len("users")
+    };
     json_response(json!({"object": "total_count", "total_count": n}).to_string())
 }
 
@@ -418,31 +470,59 @@ async fn get_one(api: ClerkApi, headers: HeaderMap, collection: &str, id: &str) 
     let inner = api.lock();
     match inner.collections.get(collection).and_then(|c| c.get(id)) {
         Some(r) => json_response(r.to_string()),
-        None => clerk_error(StatusCode::NOT_FOUND, "resource_not_found", "Resource not found"),
+        None => clerk_error(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "Resource not found",
+        ),
     }
 }
 
-async fn get_one_user(State(api): State<ClerkApi>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_one_user(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     get_one(api, headers, "users", &id).await
 }
 
-async fn get_one_org(State(api): State<ClerkApi>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_one_org(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     get_one(api, headers, "organizations", &id).await
 }
 
-async fn get_one_role(State(api): State<ClerkApi>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_one_role(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     get_one(api, headers, "organization_roles", &id).await
 }
 
-async fn get_one_permission(State(api): State<ClerkApi>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_one_permission(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     get_one(api, headers, "organization_permissions", &id).await
 }
 
-async fn list_orgs(State(api): State<ClerkApi>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+async fn list_orgs(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
     list_paginated(api, headers, "organizations", q, |_| true).await
 }
 
-async fn list_memberships(State(api): State<ClerkApi>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+async fn list_memberships(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
     list_paginated(api, headers, "organization_memberships", q, |_| true).await
 }
 
@@ -456,23 +536,40 @@ async fn list_org_memberships(
         if let Err(r) = api.gate(&headers) {
             return r;
         }
-        return clerk_error(StatusCode::NOT_FOUND, "resource_not_found", "Resource not found");
+        return clerk_error(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "Resource not found",
+        );
     }
     let user = q.user_id.clone();
     list_paginated(api, headers, "organization_memberships", q, move |r| {
-        membership_refs(r).is_some_and(|(u, o)| o == org && user.as_ref().is_none_or(|want| *want == u))
+        membership_refs(r)
+            .is_some_and(|(u, o)| o == org && user.as_ref().is_none_or(|want| *want == u))
     })
     .await
 }
 
-async fn list_roles(State(api): State<ClerkApi>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+async fn list_roles(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
     list_paginated(api, headers, "organization_roles", q, |_| true).await
 }
 
-async fn list_permissions(State(api): State<ClerkApi>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+async fn list_permissions(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
     list_paginated(api, headers, "organization_permissions", q, |_| true).await
 }
 
-async fn list_waitlist(State(api): State<ClerkApi>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+async fn list_waitlist(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
     list_paginated(api, headers, "waitlist_entries", q, |_| true).await
 }

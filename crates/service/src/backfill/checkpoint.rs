@@ -68,7 +68,9 @@ pub async fn load(db: &Database, resource: &str) -> Result<Option<Checkpoint>, s
 
 pub async fn load_all(db: &Database) -> Result<Vec<Checkpoint>, sqlx::Error> {
     let q = format!("SELECT {COLS} FROM backfill_checkpoints ORDER BY resource");
-    on_pool!(db, |p| sqlx::query_as::<_, Checkpoint>(&q).fetch_all(p).await)
+    on_pool!(db, |p| sqlx::query_as::<_, Checkpoint>(&q)
+        .fetch_all(p)
+        .await)
 }
 
 /// Starts a new pass: forgets what earlier passes listed.
@@ -115,14 +117,17 @@ pub async fn advance(db: &Database, cp: &Checkpoint, ids: &[String]) -> Result<(
         let mut tx = p.begin().await?;
         // 300 rows (900 parameters) per statement: well under both backends' limits.
         for chunk in ids.chunks(300) {
-            let mut sql = String::from("INSERT INTO backfill_seen (resource, entity_id, pass_id) VALUES ");
+            let mut sql =
+                String::from("INSERT INTO backfill_seen (resource, entity_id, pass_id) VALUES ");
             for i in 0..chunk.len() {
                 if i > 0 {
                     sql.push(',');
                 }
                 sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
             }
-            sql.push_str(" ON CONFLICT (resource, entity_id) DO UPDATE SET pass_id = excluded.pass_id");
+            sql.push_str(
+                " ON CONFLICT (resource, entity_id) DO UPDATE SET pass_id = excluded.pass_id",
+            );
             let mut q = sqlx::query(&sql);
             for id in chunk {
                 q = q.bind(&cp.resource).bind(id).bind(&cp.pass_id);

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 // tokio's clock: the bucket's tests run on paused time.
-use tokio::time::Instant;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 /// Clerk's default API base; the client appends `/v1/...`.
 pub const DEFAULT_API_URL: &str = "https://api.clerk.com";
@@ -94,7 +94,9 @@ impl Rate {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("CLERKSYNC_CLERK_SECRET_KEY is empty or malformed (expected sk_live_... or sk_test_...)")]
+    #[error(
+        "CLERKSYNC_CLERK_SECRET_KEY is empty or malformed (expected sk_live_... or sk_test_...)"
+    )]
     BadKey,
     #[error("the rate {0:?} is not N/<seconds>s (e.g. 1000/10s) or off")]
     BadRate(String),
@@ -332,11 +334,17 @@ impl ClerkClient {
                             self.stats.throttled.fetch_add(1, Ordering::Relaxed);
                             attempts -= 1;
                             let wait = retry_after.unwrap_or(1.0).clamp(0.0, 600.0);
-                            tracing::info!(path, retry_after_s = wait, "Clerk rate limit hit; waiting");
+                            tracing::info!(
+                                path,
+                                retry_after_s = wait,
+                                "Clerk rate limit hit; waiting"
+                            );
                             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
                             continue;
                         }
-                        (s @ (401 | 403), _) => return Err(ClientError::Unauthorized { status: s }),
+                        (s @ (401 | 403), _) => {
+                            return Err(ClientError::Unauthorized { status: s })
+                        }
                         (404, body) => {
                             let (code, _) = error_of(&body.unwrap_or_default());
                             return Err(ClientError::NotFound {
@@ -456,7 +464,13 @@ mod tests {
         assert_eq!(live.default_rate(), Rate::per_10s(1000));
         let test = SecretKey::parse("sk_test_abc").unwrap();
         assert_eq!(test.default_rate(), Rate::per_10s(100));
-        assert_eq!(Rate::parse("50/1s").unwrap(), Some(Rate { requests: 50, per: Duration::from_secs(1) }));
+        assert_eq!(
+            Rate::parse("50/1s").unwrap(),
+            Some(Rate {
+                requests: 50,
+                per: Duration::from_secs(1)
+            })
+        );
         assert_eq!(Rate::parse("off").unwrap(), None);
         assert!(Rate::parse("0/10s").is_err());
         assert!(Rate::parse("10").is_err());

@@ -233,7 +233,13 @@ pub struct ResourceReport {
 impl ResourceReport {
     /// Anything to create, update or delete.
     pub fn drift(&self) -> i64 {
-        self.created + self.updated + self.deleted.max(if self.ending == Ending::DryRun { self.missing } else { 0 })
+        self.created
+            + self.updated
+            + self.deleted.max(if self.ending == Ending::DryRun {
+                self.missing
+            } else {
+                0
+            })
     }
 }
 
@@ -413,7 +419,12 @@ impl<'a> Pass<'a> {
         self.progress(observer, "reconciling");
         let (missing, ending) = self.reconcile().await?;
         if !self.opts.dry_run {
-            self.cp.status = if ending == Ending::Refused { "refused" } else { "complete" }.into();
+            self.cp.status = if ending == Ending::Refused {
+                "refused"
+            } else {
+                "complete"
+            }
+            .into();
             self.cp.finished_at = Some(now_ms());
             checkpoint::save(self.db, &self.cp).await?;
         }
@@ -472,7 +483,10 @@ impl<'a> Pass<'a> {
         for raw in &records {
             // The body a webhook carrying this record would have: the same
             // parser reads it, so a listed record is the same change.
-            let body = format!(r#"{{"type":"{event_type}","object":"event","data":{}}}"#, raw.get());
+            let body = format!(
+                r#"{{"type":"{event_type}","object":"event","data":{}}}"#,
+                raw.get()
+            );
             match parse_event(&event_type, &body, now / 1000) {
                 Ok(Parsed::Change(c)) => changes.push(*c),
                 Ok(Parsed::Unknown) => {}
@@ -535,18 +549,29 @@ impl<'a> Pass<'a> {
         let missing = checkpoint::count_missing(self.db, kind, &self.cp).await?;
         if self.opts.no_delete || self.invalid > 0 {
             if self.invalid > 0 {
-                self.cp.note = Some(format!("{} records could not apply: deletions skipped", self.invalid));
+                self.cp.note = Some(format!(
+                    "{} records could not apply: deletions skipped",
+                    self.invalid
+                ));
             }
             return Ok((missing, Ending::NoReconcile));
         }
         let live = checkpoint::count_live(self.db, kind).await?;
-        if missing > 0 && missing as f64 > self.opts.max_delete_share * live as f64 && !self.opts.force {
+        if missing > 0
+            && missing as f64 > self.opts.max_delete_share * live as f64
+            && !self.opts.force
+        {
             self.cp.note = Some(format!(
                 "refused: would delete {missing} of {live} {} (more than {}); rerun with --force if Clerk really lost them",
                 self.resource.name(),
                 self.opts.max_delete_share
             ));
-            tracing::warn!(resource = self.resource.name(), missing, live, "reconciliation refused by the delete guard");
+            tracing::warn!(
+                resource = self.resource.name(),
+                missing,
+                live,
+                "reconciliation refused by the delete guard"
+            );
             return Ok((missing, Ending::Refused));
         }
         let mut after = String::new();
@@ -596,7 +621,10 @@ impl<'a> Pass<'a> {
     }
 
     /// The record Clerk has for a deletion candidate, or None when it has none.
-    async fn lookup(&self, m: &checkpoint::Missing) -> Result<Option<Box<RawValue>>, BackfillError> {
+    async fn lookup(
+        &self,
+        m: &checkpoint::Missing,
+    ) -> Result<Option<Box<RawValue>>, BackfillError> {
         let (id, user_id, org_id) = m;
         let path = match self.resource {
             Resource::Users => format!("/users/{id}"),
@@ -606,7 +634,11 @@ impl<'a> Pass<'a> {
                     return Ok(None);
                 };
                 let q = [("user_id", user.clone()), ("limit", "100".to_string())];
-                let text = match self.client.get(&format!("/organizations/{org}/memberships"), &q).await {
+                let text = match self
+                    .client
+                    .get(&format!("/organizations/{org}/memberships"), &q)
+                    .await
+                {
                     Ok(t) => t,
                     Err(e) if e.is_not_found() => return Ok(None),
                     Err(e) => return Err(e.into()),
@@ -628,9 +660,11 @@ impl<'a> Pass<'a> {
             Resource::WaitlistEntries => return Ok(None),
         };
         match self.client.get(&path, &[]).await {
-            Ok(text) => Ok(Some(RawValue::from_string(text).map_err(|e| ClientError::Shape {
-                path,
-                message: e.to_string(),
+            Ok(text) => Ok(Some(RawValue::from_string(text).map_err(|e| {
+                ClientError::Shape {
+                    path,
+                    message: e.to_string(),
+                }
             })?)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
@@ -689,4 +723,3 @@ pub async fn apply_changes(
     }
     Ok(())
 }
-
