@@ -49,6 +49,9 @@ pub struct BackfillArgs {
     /// Requests allowed, e.g. 1000/10s, or off [default: by key, sk_live_ 1000/10s, sk_test_ 100/10s].
     #[arg(long, env = "CLERKSYNC_CLERK_RATE")]
     pub clerk_rate: Option<String>,
+    /// Records per request (Clerk allows 1 to 500).
+    #[arg(long, default_value_t = 500, hide = true)]
+    pub page_size: u32,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -69,6 +72,7 @@ pub fn options(a: &BackfillArgs) -> anyhow::Result<Options> {
         max_delete_share: a.max_delete_share,
         force: a.force,
         restart: a.restart,
+        page_size: a.page_size.clamp(1, 500),
         ..Options::default()
     };
     o.validate()?;
