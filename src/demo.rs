@@ -7,13 +7,19 @@
 //! gentle live stream until Ctrl-C, so every dashboard panel keeps moving), and
 //! printing where to look.
 //!
+//! It opens with an import: a built-in stand-in for Clerk's Backend API
+//! (`clerksync_loadgen::clerk_api`) holds an "existing" instance, and the
+//! demo backfills from it through the same path `clerksync backfill` takes,
+//! so the users a new adopter already has appear first, then live webhooks.
+//!
 //! Must never: install a signal handler (the caller passes the shutdown future,
 //! as for `serve`); delete anything but the files it writes itself ([`OWN_FILES`])
 //! in a directory it made itself with `create_dir` (marked by [`MARKER`]), nor
 //! write its marker into a directory that already existed; hold more than one
 //! small batch of the live stream in memory (it runs for hours); or reach the
 //! server other than over HTTP like Svix would (the feed signs its deliveries;
-//! nothing is written into the database directly).
+//! nothing is written into the database directly, but for the opening
+//! import, which is a backfill: the apply path `clerksync backfill` takes).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
@@ -54,6 +60,10 @@ pub struct DemoArgs {
     /// Ctrl-C (0: none).
     #[arg(long, default_value_t = 10.0)]
     pub live_rate: f64,
+    /// Events that made the "existing" instance imported at the start (about
+    /// a fifth as many users); also a way to time a large backfill.
+    #[arg(long, default_value_t = 3_000)]
+    pub existing: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +169,7 @@ pub async fn run(
     })?;
     let app = App::build(config, listener).await?;
     let base = format!("http://{}", reachable(app.local_addr()));
+    let db = app.state().db.clone();
 
     // Polled once before the banner: a shutdown future that installs signal
     // handlers when first polled (main's does) then has them in place, so a
@@ -174,9 +185,13 @@ pub async fn run(
     let feeder = tokio::spawn({
         let stop = stop.clone();
         let (events, rate, live_rate) = (args.events, args.rate, args.live_rate);
+        let existing = args.existing;
         async move {
             tokio::select! {
-                _ = feed(base, secret, whsec, events, rate, live_rate) => {}
+                _ = async {
+                    import_existing(&db, existing).await;
+                    feed(base, secret, whsec, events, rate, live_rate).await
+                } => {}
                 _ = stop.cancelled() => {}
             }
         }
@@ -362,6 +377,53 @@ Ctrl-C stops it.
         rate = args.rate,
         exe = self_command(),
     ));
+}
+
+/// Imports the stand-in instance's existing users, organizations and
+/// memberships through the backfill, as `clerksync backfill` would from Clerk.
+/// `events`: the generated stream (fixed seed) whose final state the
+/// instance holds.
+async fn import_existing(db: &clerksync::store::Database, events: usize) {
+    use clerksync::backfill::client::{ClerkClient, ClientConfig, SecretKey};
+    let key = format!("sk_test_demo{}", B64URL.encode(rand::random::<[u8; 12]>()));
+    let api = clerksync_loadgen::clerk_api::ClerkApi::new(&key);
+    api.apply_events(&generate::generate(&GenConfig {
+        seed: 4242,
+        events,
+        max_updates: 1,
+        ..GenConfig::default()
+    }));
+    let result = async {
+        let (url, task) = api.spawn(0).await.map_err(|e| e.to_string())?;
+        let mut c = ClientConfig::new(&url, SecretKey::parse(&key).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        c.rate = None;
+        let client = ClerkClient::new(c).map_err(|e| e.to_string())?;
+        let opts = clerksync::backfill::Options::default();
+        let r =
+            clerksync::backfill::run(db, &client, &opts, &|_: &clerksync::backfill::Progress| {})
+                .await
+                .map_err(|e| e.to_string());
+        task.abort();
+        r
+    }
+    .await;
+    match result {
+        Ok(r) => {
+            let n = |i: usize| r.resources.get(i).map_or(0, |x| x.created);
+            clerksync::output::line(format!(
+                "demo import done: {} users, {} organizations and {} memberships the instance already had, \
+                 backfilled from a stand-in for Clerk's Backend API in {:.1} s ({:.0} records/s; clerksync \
+                 backfill does this against api.clerk.com); live webhooks follow",
+                n(0),
+                n(1),
+                n(2),
+                r.elapsed_ms as f64 / 1000.0,
+                r.per_second()
+            ))
+        }
+        Err(e) => eprintln!("demo: the opening import failed: {e}; webhooks follow"),
+    }
 }
 
 /// The background stream: an opening loadgen burst at a watchable rate with the

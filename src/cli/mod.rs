@@ -1,13 +1,14 @@
 //! The `clerksync` command line: the commands, where each setting came from,
 //! and how an error is shown. One file per command group: `db.rs` (where the
 //! database is, `migrate`), `serve.rs`, `events.rs`, `replay.rs`,
-//! `reindex.rs`; `demo`, `loadgen` and `wsbench` call into their own modules.
+//! `reindex.rs`, `backfill.rs`; `demo`, `loadgen` and `wsbench` call into their own modules.
 //!
 //! Must never: print with `println!` (it panics on a closed pipe, `| head`):
 //! use [`out`]; give an operator command the server's settings as flags (each
 //! command's `--help` shows only what it uses; the config file still supplies
 //! any key); or show an error on more than one line.
 
+mod backfill;
 mod db;
 mod events;
 mod reindex;
@@ -74,6 +75,9 @@ enum Command {
     /// <data dir>/search) itself: the server must be stopped, because an index
     /// directory admits one writer (the command says so when it is in use).
     Reindex(reindex::ReindexArgs),
+    /// Import what Clerk already has (users, organizations, memberships) through
+    /// its Backend API, and delete what it no longer has (CLERKSYNC_CLERK_SECRET_KEY).
+    Backfill(backfill::BackfillArgs),
     /// Rebuild a store from the stored event log.
     Replay(replay::ReplayArgs),
 }
@@ -121,6 +125,17 @@ async fn run(command: Command, sources: &Sources) -> anyhow::Result<()> {
             let config = sources.config(args.settings(), Secret::Unused)?;
             clerksync::telemetry::init_logging(config.log_format);
             reindex::run(config, args.url).await
+        }
+        Command::Backfill(args) => {
+            let config = sources.config(args.db.settings(), Secret::Unused)?;
+            clerksync::telemetry::init_logging(config.log_format);
+            let db = clerksync::store::Database::open(&config.database_url).await?;
+            let status = backfill::run(&db, &args).await;
+            db.close().await;
+            match status? {
+                0 => Ok(()),
+                code => std::process::exit(code),
+            }
         }
         Command::Loadgen(args) => {
             let (text, report) = clerksync_loadgen::execute(args).await?;

@@ -8,6 +8,7 @@ mod admin;
 mod alerts;
 mod apply;
 mod backends;
+mod backfill;
 mod bad_input;
 mod browser;
 mod cache;

@@ -14,6 +14,7 @@
 //! `--dry-run` with the same flags writes exactly the files a real run writes.
 
 pub mod check;
+pub mod clerk_api;
 pub mod expect;
 pub mod generate;
 pub mod ids;

@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod backfill;
 pub mod clerk;
 pub mod clock;
 pub mod config;

@@ -11,6 +11,7 @@
 //! which backend it is talking to (the processor asks [`Database::strategy`]).
 //! Adding a backend: `docs/architecture-store.md`.
 
+pub mod backfill;
 pub mod db;
 pub mod error;
 pub mod events;
@@ -151,6 +152,34 @@ pub(crate) trait MaintenanceStore {
     /// Connections open, and how many of them are idle.
     fn pool_stats(&self) -> (u32, usize);
     async fn close(&self);
+}
+
+/// The backfill's checkpoints and seen sets, and reconciliation's questions
+/// (see [`backfill`]).
+#[async_trait]
+pub(crate) trait BackfillStore {
+    async fn load_checkpoint(&self, resource: &str) -> Result<Option<backfill::Checkpoint>>;
+    async fn load_checkpoints(&self) -> Result<Vec<backfill::Checkpoint>>;
+    /// Replaces the resource's checkpoint and forgets its seen set, in one transaction.
+    async fn start_pass(&self, cp: &backfill::Checkpoint) -> Result<()>;
+    /// Adds `ids` to the pass's seen set and saves `cp`, in one transaction.
+    async fn advance_pass(&self, cp: &backfill::Checkpoint, ids: &[String]) -> Result<()>;
+    async fn save_checkpoint_row(&self, cp: &backfill::Checkpoint) -> Result<()>;
+    async fn local_versions(
+        &self,
+        kind: Kind,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, (i64, bool)>>;
+    async fn count_live(&self, kind: Kind) -> Result<i64>;
+    async fn count_missing(&self, kind: Kind, cp: &backfill::Checkpoint) -> Result<i64>;
+    async fn missing_after(
+        &self,
+        kind: Kind,
+        cp: &backfill::Checkpoint,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<backfill::Missing>>;
+    async fn live_after(&self, kind: Kind, after: &str, limit: i64) -> Result<Vec<String>>;
 }
 
 /// Inbox rows by status.

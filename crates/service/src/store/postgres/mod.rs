@@ -7,6 +7,7 @@
 //! writer (another node may hold any row), or hand out a `sqlx` type outside
 //! the store.
 
+mod backfill;
 mod purge;
 mod tx;
 

@@ -10,6 +10,7 @@
 //! connection, write without the gate, or acknowledge an append before its
 //! fsync.
 
+mod backfill;
 mod conn;
 mod gate;
 mod migrate;
