@@ -447,28 +447,55 @@ impl<'a> Pass<'a> {
     /// Lists from the checkpoint to the end, applying page by page. Pages are
     /// requested `pages_ahead` at a time (Clerk's latency, not its limit, is
     /// what bounds a single stream) and applied in order.
+    ///
+    /// Offset paging skips a row when rows before the offset are deleted
+    /// between two requests (everything after shifts down). A skipped row that
+    /// the store does not have yet would never be imported, so consecutive
+    /// pages overlap by [`overlap`] rows: a page must start with a row the
+    /// previous one ended with. When it does not, more rows than the overlap
+    /// shifted, and listing backs up one page and continues from there
+    /// (repeats are harmless: a record applies once under the version rules).
     async fn list(&mut self, observer: &dyn Observer) -> Result<(), BackfillError> {
         let limit = self.opts.page_size.clamp(1, 500);
+        let ov = overlap(limit);
+        let step = (limit - ov) as u64;
         let client = self.client;
         let (path, bare) = (self.resource.path(), self.resource.bare_array());
-        let first = self.cp.next_offset.max(0) as u64;
-        let pages = futures::stream::iter((0u64..).map(move |i| first + i * limit as u64))
-            .map(|offset| async move { client.list(path, bare, offset, limit).await })
-            .buffered(self.opts.pages_ahead.max(1));
-        futures::pin_mut!(pages);
-        while let Some(page) = pages.next().await {
-            let page = page?;
-            if self.total.is_none() {
-                self.total = page.total;
+        // The ids the previous page ended with (what the next one must start with).
+        let mut tail: Vec<String> = Vec::new();
+        let mut first = (self.cp.next_offset - ov as i64).max(0) as u64;
+        'stream: loop {
+            let pages = futures::stream::iter((0u64..).map(move |i| first + i * step))
+                .map(|offset| async move { (offset, client.list(path, bare, offset, limit).await) })
+                .buffered(self.opts.pages_ahead.max(1));
+            futures::pin_mut!(pages);
+            while let Some((offset, page)) = pages.next().await {
+                let page = page?;
+                if self.total.is_none() {
+                    self.total = page.total;
+                }
+                let n = page.records.len();
+                let ids: Vec<String> = page.records.iter().map(|r| record_id(r)).collect();
+                if offset > 0 && !tail.is_empty() && n > 0 && !tail.contains(&ids[0]) {
+                    // Rows before this page went away mid-pass: back up.
+                    tracing::debug!(
+                        resource = self.resource.name(),
+                        offset,
+                        "the listing shifted; backing up a page"
+                    );
+                    first = offset.saturating_sub(limit as u64);
+                    tail.clear();
+                    continue 'stream;
+                }
+                tail = ids[n.saturating_sub(ov as usize)..].to_vec();
+                self.cp.next_offset = (offset + n as u64) as i64;
+                self.apply_page(page.records).await?;
+                self.progress(observer, "listing");
+                if n < limit as usize {
+                    break 'stream;
+                }
             }
-            let n = page.records.len();
-            // Offsets count every listed row, applied or not.
-            self.cp.next_offset += n as i64;
-            self.apply_page(page.records).await?;
-            self.progress(observer, "listing");
-            if n < limit as usize {
-                break;
-            }
+            break;
         }
         Ok(())
     }
@@ -669,6 +696,28 @@ impl<'a> Pass<'a> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Rows each page repeats of the one before: enough to notice a shift and to
+/// absorb a few deletions without backing up.
+fn overlap(limit: u32) -> u32 {
+    if limit <= 1 {
+        0
+    } else {
+        (limit / 10).clamp(1, 20)
+    }
+}
+
+/// A listed record's id ("" when it has none: such a record cannot apply anyway).
+fn record_id(raw: &RawValue) -> String {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_str::<Id>(raw.get())
+        .ok()
+        .and_then(|r| r.id)
+        .unwrap_or_default()
 }
 
 /// Applies changes in one store transaction through `sync`, like the
