@@ -487,9 +487,17 @@ impl<'a> Pass<'a> {
                     tail.clear();
                     continue 'stream;
                 }
+                // The overlap was applied with the page before: not again.
+                let fresh: Vec<Box<RawValue>> = page
+                    .records
+                    .into_iter()
+                    .zip(&ids)
+                    .filter(|(_, id)| !tail.contains(id))
+                    .map(|(r, _)| r)
+                    .collect();
                 tail = ids[n.saturating_sub(ov as usize)..].to_vec();
                 self.cp.next_offset = (offset + n as u64) as i64;
-                self.apply_page(page.records).await?;
+                self.apply_page(fresh).await?;
                 self.progress(observer, "listing");
                 if n < limit as usize {
                     break 'stream;
