@@ -322,13 +322,14 @@ async fn killed_with_sigkill_a_rerun_resumes_from_the_checkpoint() {
         page_delay: Duration::from_millis(300),
         ..Faults::default()
     });
+    // Migrated here first: two processes migrating one new file at once race.
+    let db = Database::open(&clerksync::config::DatabaseUrl::parse(&db_url).unwrap())
+        .await
+        .unwrap();
     let mut child = backfill_cmd(&db_url, &url, &["--page-size", "100"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    let db = Database::open(&clerksync::config::DatabaseUrl::parse(&db_url).unwrap())
-        .await
         .unwrap();
     // Wait for a checkpoint past the first page, then kill it mid-pass.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

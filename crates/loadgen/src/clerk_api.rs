@@ -249,19 +249,13 @@ impl ClerkApi {
         Router::new()
             .route("/v1/users", get(list_users))
             .route("/v1/users/count", get(count_users))
-            .route("/v1/users/{id}", get(get_one_user))
-            .route("/v1/organizations", get(list_orgs))
-            .route("/v1/organizations/{id}", get(get_one_org))
             .route(
                 "/v1/organizations/{id}/memberships",
                 get(list_org_memberships),
             )
-            .route("/v1/organization_memberships", get(list_memberships))
-            .route("/v1/organization_roles", get(list_roles))
-            .route("/v1/organization_roles/{id}", get(get_one_role))
-            .route("/v1/organization_permissions", get(list_permissions))
-            .route("/v1/organization_permissions/{id}", get(get_one_permission))
-            .route("/v1/waitlist_entries", get(list_waitlist))
+            // Every other collection: `{data, total_count}` lists and single objects.
+            .route("/v1/{collection}", get(list_collection))
+            .route("/v1/{collection}/{id}", get(get_one))
             .fallback(|| async {
                 clerk_error(StatusCode::NOT_FOUND, "resource_not_found", "not found")
             })
@@ -467,12 +461,24 @@ async fn count_users(State(api): State<ClerkApi>, headers: HeaderMap) -> Respons
     json_response(json!({"object": "total_count", "total_count": n}).to_string())
 }
 
-async fn get_one(api: ClerkApi, headers: HeaderMap, collection: &str, id: &str) -> Response {
+/// The stand-in's name of a collection in a request path, if it has it.
+fn known(collection: &str) -> Option<&'static str> {
+    COLLECTIONS.into_iter().find(|c| *c == collection)
+}
+
+async fn get_one(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Path((collection, id)): Path<(String, String)>,
+) -> Response {
     if let Err(r) = api.gate(&headers) {
         return r;
     }
     let inner = api.lock();
-    match inner.collections.get(collection).and_then(|c| c.get(id)) {
+    let found = known(&collection)
+        .and_then(|c| inner.collections.get(c))
+        .and_then(|c| c.get(&id));
+    match found {
         Some(r) => json_response(r.to_string()),
         None => clerk_error(
             StatusCode::NOT_FOUND,
@@ -482,52 +488,20 @@ async fn get_one(api: ClerkApi, headers: HeaderMap, collection: &str, id: &str) 
     }
 }
 
-async fn get_one_user(
+async fn list_collection(
     State(api): State<ClerkApi>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    get_one(api, headers, "users", &id).await
-}
-
-async fn get_one_org(
-    State(api): State<ClerkApi>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    get_one(api, headers, "organizations", &id).await
-}
-
-async fn get_one_role(
-    State(api): State<ClerkApi>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    get_one(api, headers, "organization_roles", &id).await
-}
-
-async fn get_one_permission(
-    State(api): State<ClerkApi>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    get_one(api, headers, "organization_permissions", &id).await
-}
-
-async fn list_orgs(
-    State(api): State<ClerkApi>,
-    headers: HeaderMap,
+    Path(collection): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    list_paginated(api, headers, "organizations", q, |_| true).await
-}
-
-async fn list_memberships(
-    State(api): State<ClerkApi>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    list_paginated(api, headers, "organization_memberships", q, |_| true).await
+    match known(&collection) {
+        Some(c) => list_paginated(api, headers, c, q, |_| true).await,
+        None => clerk_error(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "Resource not found",
+        ),
+    }
 }
 
 async fn list_org_memberships(
@@ -552,28 +526,4 @@ async fn list_org_memberships(
             .is_some_and(|(u, o)| o == org && user.as_ref().is_none_or(|want| *want == u))
     })
     .await
-}
-
-async fn list_roles(
-    State(api): State<ClerkApi>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    list_paginated(api, headers, "organization_roles", q, |_| true).await
-}
-
-async fn list_permissions(
-    State(api): State<ClerkApi>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    list_paginated(api, headers, "organization_permissions", q, |_| true).await
-}
-
-async fn list_waitlist(
-    State(api): State<ClerkApi>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    list_paginated(api, headers, "waitlist_entries", q, |_| true).await
 }
