@@ -40,9 +40,9 @@ impl ReplayArgs {
 }
 
 pub async fn run(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
-    use clerksync::processor::{replay, ProcessorConfig};
+    use clerksync::processor::replay;
     let source = clerksync::store::Database::open_existing(&config.database_url).await?;
-    let mut pc = ProcessorConfig::from_config(&config);
+    let mut pc = config.processor();
     let clock = clerksync::clock::system();
     let (n, report) = match (args.into, args.since) {
         (Some(into), None) => {

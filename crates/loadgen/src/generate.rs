@@ -2,7 +2,7 @@
 //!
 //! Owns: simulating a Clerk instance (who is created, updated and deleted, and
 //! when) and rendering each event as the exact JSON body Clerk would send, in the
-//! shapes of `../shared/fixtures/clerk/` (`{data, event_attributes, instance_id,
+//! shapes of `tests/fixtures/clerk/` (`{data, event_attributes, instance_id,
 //! object: "event", timestamp, type}`).
 //!
 //! Must never: depend on anything but [`GenConfig`] (the stream is a pure function

@@ -9,7 +9,7 @@ use crate::api;
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::feed::cache::{CacheConsumer, EntityCache};
-use crate::processor::{Processor, ProcessorConfig};
+use crate::processor::Processor;
 use crate::queue::GroupCommitter;
 use crate::realtime::RealtimeHub;
 use crate::search::{IndexOptions, SearchError, SearchIndex};
@@ -136,7 +136,7 @@ impl App {
             db: db.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
-            config: ProcessorConfig::from_config(&config),
+            config: config.processor(),
             wake: inbox_committed.clone(),
             applied: applied_tx,
             observer,

@@ -584,6 +584,24 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The processor's part of the configuration.
+    pub fn processor(&self) -> crate::processor::ProcessorConfig {
+        use crate::processor::ProcessorConfig as P;
+        P {
+            max_concurrent: self.max_concurrent,
+            max_attempts: self.max_attempts,
+            lease: self.lease,
+            batch_max: self.batch_max,
+            retry_base: P::RETRY_BASE,
+            retry_max: P::RETRY_MAX,
+            archive_retention: self.archive_retention,
+            feed_retention: self.feed_retention,
+            purge_interval: P::PURGE_INTERVAL,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,8 +93,8 @@ pub fn cursor(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = crate::api::cursor::decode_id(Some(text));
-    let _ = crate::api::cursor::decode_seq(Some(text));
+    let _ = crate::cursor::decode_id(Some(text));
+    let _ = crate::cursor::decode_seq(Some(text));
 }
 
 /// A `q` of `GET /v1/search`.

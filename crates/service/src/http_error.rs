@@ -85,3 +85,9 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// `{"error": "..."}`: every error answer but 410.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}

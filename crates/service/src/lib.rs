@@ -12,6 +12,7 @@ pub mod backfill;
 pub mod clerk;
 pub mod clock;
 pub mod config;
+pub mod cursor;
 pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;

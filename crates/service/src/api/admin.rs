@@ -4,11 +4,11 @@
 //! it as a bearer token. Must never: return a secret, or change an event that
 //! is already applied.
 
-use crate::api::cursor;
 use crate::api::extract::{Path, Query};
 use crate::api::openapi::{EventDetail, EventPage};
 use crate::api::read::bearer;
 use crate::app::AppState;
+use crate::cursor;
 use crate::http_error::ApiError;
 use crate::store::events::{self, EventFilter, Transition, STATUSES};
 use axum::extract::{Request, State};

@@ -4,7 +4,6 @@
 //! (only ingress and the processor change data).
 
 pub mod admin;
-pub mod cursor;
 pub mod dashboard;
 pub mod extract;
 pub mod health;

@@ -16,11 +16,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-/// `{"error": "..."}`: every error answer but 410.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-}
+pub use crate::http_error::ErrorBody;
 
 /// 410: the entity was deleted.
 #[derive(Serialize, ToSchema)]
@@ -170,12 +166,7 @@ pub struct Health {
     pub error: Option<String>,
 }
 
-/// A webhook delivery's answer.
-#[derive(Serialize, ToSchema)]
-pub struct WebhookAck {
-    /// `accepted` (durable now) or `duplicate` (this svix-id was stored before).
-    pub status: String,
-}
+pub use crate::webhook::handler::WebhookAck;
 
 /// One stored event with its delivered body.
 #[derive(Serialize, ToSchema)]

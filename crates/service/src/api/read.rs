@@ -4,11 +4,11 @@
 //! `wait_ms` holds a request until the entity is synced, woken by the apply
 //! commits that change that id (feed/waiters.rs).
 
-use crate::api::cursor;
 use crate::api::extract::{Path, Query};
 use crate::api::openapi::{AuditEntry, AuditPage};
 use crate::app::AppState;
 use crate::clerk::model::Kind;
+use crate::cursor;
 use crate::feed::cache::{entity_key, org_members_key, Cached, Invalidation, Lookup};
 use crate::http_error::ApiError;
 use crate::store::read;

@@ -48,19 +48,11 @@ pub struct ProcessorConfig {
 }
 
 impl ProcessorConfig {
-    pub fn from_config(c: &crate::config::Config) -> Self {
-        Self {
-            max_concurrent: c.max_concurrent,
-            max_attempts: c.max_attempts,
-            lease: c.lease,
-            batch_max: c.batch_max,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(300),
-            archive_retention: c.archive_retention,
-            feed_retention: c.feed_retention,
-            purge_interval: Duration::from_secs(60),
-        }
-    }
+    /// The retry schedule and job interval are fixed; the rest comes from the
+    /// settings (`Config::processor` fills them).
+    pub const RETRY_BASE: Duration = Duration::from_secs(1);
+    pub const RETRY_MAX: Duration = Duration::from_secs(300);
+    pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 }
 
 /// Hooks for what happens to events (logging, metrics, alerting).

@@ -9,7 +9,7 @@
 //! PostgreSQL's locks). Must never: decide what an event means (that is
 //! `sync`), hold a transaction across a network call, or let a caller see
 //! which backend it is talking to (the processor asks [`Database::strategy`]).
-//! Adding a backend: `docs/architecture-store.md`.
+//! Adding a backend: ARCHITECTURE.md, "The store and its backends".
 
 pub mod backfill;
 pub mod db;

@@ -1,6 +1,6 @@
 //! Event -> changes: versions, tombstones, cascades, audit and change feed.
 //!
-//! Owns the convergence rules (ARCHITECTURE.md, "Semantics"). Every entity is a
+//! Owns the convergence rules (ARCHITECTURE.md, "The rules every part keeps"). Every entity is a
 //! last-writer-wins register ordered by (version, svix-id); a delete is final
 //! (Clerk never reuses ids), so a delete applies whatever its version and a
 //! tombstone never comes back to life; a tombstone's version is the greatest

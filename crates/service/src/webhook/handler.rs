@@ -152,12 +152,12 @@ pub const MAX_ID_LEN: usize = 256;
     tag = "webhooks", request_body(content = Object, content_type = "application/json", description = "A Clerk event envelope, as Svix delivers it"),
     params(("svix-id" = String, Header, description = "The delivery id (or webhook-id)"), ("svix-timestamp" = String, Header, description = "Unix seconds (or webhook-timestamp)"), ("svix-signature" = String, Header, description = "v1,<base64 HMAC-SHA256> entries (or webhook-signature)")),
     responses(
-        (status = 200, description = "Durable (accepted) or already stored (duplicate)", body = crate::api::openapi::WebhookAck),
-        (status = 400, description = "Missing or malformed headers, or not a Clerk event envelope", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No matching signature, or a timestamp more than 5 minutes off", body = crate::api::openapi::ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is over the limit", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "Shutting down, storage unavailable or the body budget spent (Svix retries)", body = crate::api::openapi::ErrorBody)
+        (status = 200, description = "Durable (accepted) or already stored (duplicate)", body = WebhookAck),
+        (status = 400, description = "Missing or malformed headers, or not a Clerk event envelope", body = crate::http_error::ErrorBody),
+        (status = 401, description = "No matching signature, or a timestamp more than 5 minutes off", body = crate::http_error::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = crate::http_error::ErrorBody),
+        (status = 413, description = "The body is over the limit", body = crate::http_error::ErrorBody),
+        (status = 503, description = "Shutting down, storage unavailable or the body budget spent (Svix retries)", body = crate::http_error::ErrorBody)
     )
 )]
 pub async fn receive(
@@ -288,4 +288,11 @@ async fn receive_inner(
         CommitError::Closed => ApiError::Unavailable("shutting down; retry later".into()),
         CommitError::Storage(_) => ApiError::Unavailable("storage unavailable; retry later".into()),
     })
+}
+
+/// A webhook delivery's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookAck {
+    /// `accepted` (durable now) or `duplicate` (this svix-id was stored before).
+    pub status: String,
 }
