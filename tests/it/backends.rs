@@ -96,6 +96,8 @@ pub struct Server {
     pub client: reqwest::Client,
     /// The same database the app uses, for looking underneath the API.
     pub db: Database,
+    /// The app's realtime hub: `settle` waits for it to reach the feed head.
+    realtime: std::sync::Arc<clerksync::realtime::RealtimeHub>,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _keep: Box<dyn std::any::Any + Send + Sync>,
@@ -112,6 +114,7 @@ pub async fn start(
     let app = App::build(config, listener).await.expect("app builds");
     let addr = app.local_addr();
     let db = app.state().db.clone();
+    let realtime = app.state().realtime.clone();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let handle = tokio::spawn(app.run(async move { token.cancelled().await }));
@@ -122,6 +125,7 @@ pub async fn start(
             .build()
             .unwrap(),
         db,
+        realtime,
         shutdown,
         handle: Some(handle),
         _keep: keep,
@@ -227,6 +231,19 @@ impl Server {
             0,
         )
         .await;
+        // And the realtime hub has fanned out every committed change: a
+        // subscription made after `settle` starts after all of them.
+        let head = self
+            .scalar("SELECT COALESCE(MAX(seq), 0) FROM change_feed")
+            .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.realtime.position() < head {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for the realtime hub to reach seq {head}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn stop(mut self) {

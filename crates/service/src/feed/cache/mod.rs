@@ -403,7 +403,15 @@ impl EntityCache {
                     );
                 }
                 Kind::User => keys.push(user_orgs_key(id)),
-                _ => {}
+                // In no cached list (a new kind must decide: clerk/kind.rs).
+                Kind::Invitation
+                | Kind::Domain
+                | Kind::Role
+                | Kind::Permission
+                | Kind::Session
+                | Kind::Email
+                | Kind::Sms
+                | Kind::WaitlistEntry => {}
             }
         }
         keys
