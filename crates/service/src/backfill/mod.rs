@@ -528,10 +528,7 @@ impl<'a> Pass<'a> {
                     // The record is skipped, and the pass cannot reconcile:
                     // it did not see everything there is.
                     self.invalid += 1;
-                    let id = serde_json::from_str::<serde_json::Value>(raw.get())
-                        .ok()
-                        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
-                        .unwrap_or_default();
+                    let id = record_id(raw);
                     tracing::warn!(resource = self.resource.name(), entity_id = %id, error = %e, "a listed record cannot apply; skipped");
                 }
             }

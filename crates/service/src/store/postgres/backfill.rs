@@ -83,28 +83,18 @@ impl BackfillStore for Postgres<'_> {
             .bind(&cp.resource)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM backfill_checkpoints WHERE resource = $1")
-            .bind(&cp.resource)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!(
-            "INSERT INTO backfill_checkpoints ({CHECKPOINT_COLS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
+        sqlx::query(
+            "INSERT INTO backfill_checkpoints (resource, pass_id, started_at, next_offset, status) \
+             VALUES ($1, $2, $3, 0, '') ON CONFLICT (resource) DO UPDATE SET \
+             pass_id = excluded.pass_id, started_at = excluded.started_at",
+        )
         .bind(&cp.resource)
         .bind(&cp.pass_id)
         .bind(cp.started_at)
-        .bind(cp.next_offset)
-        .bind(&cp.status)
-        .bind(cp.seen)
-        .bind(cp.created)
-        .bind(cp.updated)
-        .bind(cp.unchanged)
-        .bind(cp.deleted)
-        .bind(cp.finished_at)
-        .bind(&cp.note)
         .execute(&mut *tx)
         .await?;
+        // Position, status and counters: the one statement `save` uses.
+        save_in(&mut tx, cp).await?;
         tx.commit().await?;
         Ok(())
     }

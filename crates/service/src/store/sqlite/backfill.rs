@@ -71,30 +71,18 @@ impl BackfillStore for Sqlite<'_> {
     }
 
     async fn start_pass(&self, cp: &Checkpoint) -> Result<()> {
-        let insert = format!(
-            "INSERT INTO backfill_checkpoints ({CHECKPOINT_COLS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-        );
         self.write(|c| {
             let tx = c.transaction()?;
             tx.prepare_cached("DELETE FROM backfill_seen WHERE resource = ?1")?
                 .execute([&cp.resource])?;
-            tx.prepare_cached("DELETE FROM backfill_checkpoints WHERE resource = ?1")?
-                .execute([&cp.resource])?;
-            tx.prepare_cached(&insert)?.execute(params![
-                cp.resource,
-                cp.pass_id,
-                cp.started_at,
-                cp.next_offset,
-                cp.status,
-                cp.seen,
-                cp.created,
-                cp.updated,
-                cp.unchanged,
-                cp.deleted,
-                cp.finished_at,
-                cp.note
-            ])?;
+            tx.prepare_cached(
+                "INSERT INTO backfill_checkpoints (resource, pass_id, started_at, next_offset, status) \
+                 VALUES (?1, ?2, ?3, 0, '') ON CONFLICT (resource) DO UPDATE SET \
+                 pass_id = excluded.pass_id, started_at = excluded.started_at",
+            )?
+            .execute(params![cp.resource, cp.pass_id, cp.started_at])?;
+            // Position, status and counters: the one statement `save` uses.
+            save_in(&tx, cp)?;
             tx.commit()
         })
         .await
