@@ -16,6 +16,7 @@ mod cli;
 mod convergence;
 mod dashboard;
 mod erasure;
+mod events;
 mod exposure;
 mod fuzz_seeds;
 mod health;

@@ -6,6 +6,7 @@
 //! a field it does not need (Clerk's payloads drift; everything but the ids is
 //! optional and unknown fields are kept in the stored raw body).
 
+use crate::clerk::events::resolve;
 use crate::clerk::kind::{Kind, Partition, Payload};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -159,6 +160,9 @@ struct DataHead {
     organization: Option<String>,
     /// `public_user_data.user_id` (memberships).
     public_user_id: Option<String>,
+    /// `payer.user_id` and `payer.organization_id` (Billing objects).
+    payer_user_id: Option<String>,
+    payer_organization_id: Option<String>,
     contacts: Vec<String>,
 }
 
@@ -177,6 +181,8 @@ impl<'de> Deserialize<'de> for DataHead {
                     organization_id: None,
                     organization: None,
                     public_user_id: None,
+                    payer_user_id: None,
+                    payer_organization_id: None,
                     contacts: Vec::new(),
                 };
                 while let Some(k) = a.next_key::<Cow<'de, str>>()? {
@@ -194,6 +200,16 @@ impl<'de> Deserialize<'de> for DataHead {
                             let mut wrapped = serde_json::Map::new();
                             wrapped.insert(k.to_owned(), v);
                             contacts_in(&serde_json::Value::Object(wrapped), &mut h.contacts);
+                        }
+                        "payer" => {
+                            // A Billing payer: its user or organization, and
+                            // its email (the payer's contact).
+                            let v = a.next_value::<serde_json::Value>()?;
+                            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+                            h.payer_user_id = s("user_id");
+                            h.payer_organization_id = s("organization_id");
+                            h.contacts
+                                .extend(s("email").as_deref().and_then(normalize_contact));
                         }
                         "id" => h.id = a.next_value::<LenientId>()?.0,
                         "user_id" => h.user_id = a.next_value::<LenientId>()?.0,
@@ -251,7 +267,7 @@ pub fn parse_head(body: &[u8]) -> Result<EnvelopeHead, EnvelopeError> {
         v.as_i64()
             .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
     });
-    let kind = Kind::from_family(event_type.split('.').next().unwrap_or(""));
+    let kind = resolve(&event_type).map(|(k, _)| k);
     let entity_key = entity_key(kind, &data);
     let user_id = subject_user(kind, &data);
     let mut contacts = data.contacts;
@@ -274,6 +290,7 @@ fn subject_user(kind: Option<Kind>, d: &DataHead) -> Option<String> {
     match kind.map(|k| k.spec().payload) {
         Some(Payload::User) => d.id.clone(),
         Some(Payload::Membership) => d.public_user_id.clone().or_else(|| d.user_id.clone()),
+        Some(Payload::Billing) => d.payer_user_id.clone(),
         Some(Payload::Generic { .. }) | None => d.user_id.clone(),
     }
 }
@@ -291,6 +308,7 @@ fn entity_key(kind: Option<Kind>, d: &DataHead) -> Option<String> {
             // organization; invitations and domains carry `organization_id`).
             Partition::Organization => match spec.payload {
                 Payload::Membership => d.organization.clone().or_else(|| d.organization_id.clone()),
+                Payload::Billing => d.payer_organization_id.clone(),
                 Payload::User | Payload::Generic { .. } => {
                     d.organization_id.clone().or_else(|| d.organization.clone())
                 }

@@ -43,6 +43,12 @@ kinds! {
     Email,
     Sms,
     WaitlistEntry,
+    /// A Clerk Billing subscription (`commerce_subscription`).
+    Subscription,
+    /// One plan of a Billing subscription (`commerce_subscription_item`).
+    SubscriptionItem,
+    /// A Billing payment attempt (`commerce_payment_attempt`).
+    PaymentAttempt,
 }
 
 /// How a kind's payload is read, and where its references are.
@@ -61,6 +67,10 @@ pub enum Payload {
         user_id: bool,
         organization_id: bool,
     },
+    /// A Billing object, kept whole ([`crate::clerk::model::Billing`]): its
+    /// references are its payer's, `payer.user_id` or `payer.organization_id`
+    /// (Clerk bills either a user or an organization).
+    Billing,
 }
 
 /// Which key a kind's events are partitioned by: events with the same key are
@@ -303,6 +313,23 @@ const fn of_user(
     }
 }
 
+/// A Clerk Billing object: private (no session sees it, no topic, not
+/// searched), belonging to its payer. The payer is a user or an organization,
+/// so both are declared parents and the change names whichever it has: a
+/// deleted payer takes its billing rows, and erasure empties a deleted user's.
+/// Partitioned by its own id: the payer is optional on some payloads
+/// (`subscriptionItem.*`), and a key that changes between events of one
+/// entity would let them apply side by side.
+const fn billing(family: &'static str, name: &'static str, table: &'static str) -> Spec {
+    Spec {
+        payload: Payload::Billing,
+        partition: Partition::Own,
+        parents: &[Parent::User, Parent::Organization],
+        erasure: Erasure::UserTombstones,
+        ..standalone(family, name, table)
+    }
+}
+
 impl Kind {
     /// The one declaration of this kind.
     pub const fn spec(self) -> Spec {
@@ -373,6 +400,17 @@ impl Kind {
             Kind::WaitlistEntry => {
                 standalone("waitlistEntry", "waitlist_entry", "waitlist_entries")
             }
+            Kind::Subscription => billing("subscription", "subscription", "billing_subscriptions"),
+            Kind::SubscriptionItem => billing(
+                "subscriptionItem",
+                "subscription_item",
+                "billing_subscription_items",
+            ),
+            Kind::PaymentAttempt => billing(
+                "paymentAttempt",
+                "payment_attempt",
+                "billing_payment_attempts",
+            ),
         }
     }
 
@@ -436,13 +474,24 @@ mod tests {
     #[test]
     fn cascades_follow_the_declared_parents() {
         let of = |k: Kind| k.children().collect::<Vec<_>>();
-        assert_eq!(of(Kind::User), [(Kind::Membership, Parent::User)]);
+        assert_eq!(
+            of(Kind::User),
+            [
+                (Kind::Membership, Parent::User),
+                (Kind::Subscription, Parent::User),
+                (Kind::SubscriptionItem, Parent::User),
+                (Kind::PaymentAttempt, Parent::User),
+            ]
+        );
         assert_eq!(
             of(Kind::Organization),
             [
                 (Kind::Membership, Parent::Organization),
                 (Kind::Invitation, Parent::Organization),
                 (Kind::Domain, Parent::Organization),
+                (Kind::Subscription, Parent::Organization),
+                (Kind::SubscriptionItem, Parent::Organization),
+                (Kind::PaymentAttempt, Parent::Organization),
             ]
         );
         assert!(of(Kind::Session).is_empty());

@@ -4,5 +4,6 @@
 //! unknown field or event type (Clerk's payloads drift).
 
 pub mod envelope;
+pub mod events;
 pub mod kind;
 pub mod model;

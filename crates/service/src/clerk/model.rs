@@ -8,6 +8,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::clerk::events::{resolve, Action};
 pub use crate::clerk::kind::{Kind, Payload};
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -131,6 +132,22 @@ pub struct Generic {
     pub updated_at: Option<i64>,
 }
 
+/// A Billing payer: a user or an organization.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Payer {
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
+}
+
+/// Billing objects (subscriptions, subscription items, payment attempts), kept
+/// whole; read for their payer and times.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Billing {
+    pub id: String,
+    pub payer: Option<Payer>,
+    pub updated_at: Option<i64>,
+}
+
 /// Legacy role keys (`admin`, `basic_member`) as today's (`org:admin`, `org:member`).
 pub fn normalize_role(role: &str) -> String {
     match role {
@@ -237,8 +254,7 @@ pub fn parse_event(
     body: &str,
     svix_timestamp: i64,
 ) -> Result<Parsed, PayloadError> {
-    let family = event_type.split('.').next().unwrap_or("");
-    let Some(kind) = Kind::from_family(family) else {
+    let Some((kind, action)) = resolve(event_type) else {
         return Ok(Parsed::Unknown);
     };
     let mut env: Map<String, Value> = match serde_json::from_str::<Value>(body) {
@@ -254,8 +270,7 @@ pub fn parse_event(
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err(PayloadError::MissingId),
     };
-    let delete =
-        event_type.ends_with(".deleted") || data.get("deleted") == Some(&Value::Bool(true));
+    let delete = action == Action::Delete || data.get("deleted") == Some(&Value::Bool(true));
     let envelope_ts = env.get("timestamp").and_then(Value::as_i64);
     let (updated_at, user_id, organization_id, user) = match kind.spec().payload {
         Payload::User => {
@@ -297,6 +312,11 @@ pub fn parse_event(
             let org = g.organization_id.filter(|_| organization_id);
             let user = g.user_id.filter(|_| user_id);
             (g.updated_at, user, org, None)
+        }
+        Payload::Billing => {
+            let b: Billing = typed(kind, &data)?;
+            let payer = b.payer.unwrap_or_default();
+            (b.updated_at, payer.user_id, payer.organization_id, None)
         }
     };
     let version = updated_at

@@ -13,7 +13,7 @@
 
 pub mod erasure;
 
-use crate::clerk::kind::{Parent, Topics};
+use crate::clerk::kind::{Parent, Payload, Topics};
 use crate::clerk::model::{parse_event, Change, Kind, Parsed, PayloadError, User};
 use crate::store::tx::{AuditRow, Contacts, EntityRow, FeedRow, RefCol, StoreTx};
 use crate::store::StoreError;
@@ -327,7 +327,13 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
                 let refs = (c.user_id.clone(), c.organization_id.clone());
                 return delete(tx, ctx, c.kind, &c.id, c.version, refs).await;
             }
-            if pk == Kind::User {
+            // Only a membership holds a copy of its user's public data
+            // (billing rows name their payer but copy nothing).
+            let copies_user = match c.kind.spec().payload {
+                Payload::Membership => true,
+                Payload::User | Payload::Generic { .. } | Payload::Billing => false,
+            };
+            if pk == Kind::User && copies_user {
                 parent_user = Some(parent);
             }
         }

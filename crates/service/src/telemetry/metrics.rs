@@ -100,17 +100,12 @@ pub fn git_commit() -> &'static str {
     }
 }
 
-/// Event types are not a bounded set (Clerk adds new ones); unknown ones share a label.
+/// Event types are not a bounded set (Clerk adds new ones): the known ones
+/// (clerk/events.rs) are labelled by name, every other shares `other`.
 pub fn event_type_label(t: &str) -> String {
-    let family = t.split('.').next().unwrap_or("");
-    if crate::clerk::model::Kind::from_family(family).is_some()
-        && t.len() <= 48
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
-    {
-        t.to_string()
-    } else {
-        "other".to_string()
+    match crate::clerk::events::known(t) {
+        Some(e) => e.name.to_string(),
+        None => "other".to_string(),
     }
 }
 

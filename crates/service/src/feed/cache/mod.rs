@@ -411,7 +411,10 @@ impl EntityCache {
                 | Kind::Session
                 | Kind::Email
                 | Kind::Sms
-                | Kind::WaitlistEntry => {}
+                | Kind::WaitlistEntry
+                | Kind::Subscription
+                | Kind::SubscriptionItem
+                | Kind::PaymentAttempt => {}
             }
         }
         keys
