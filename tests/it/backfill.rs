@@ -470,3 +470,164 @@ async fn large_instance_100k_users() {
     );
     assert_store_equals(&db, &api).await;
 }
+
+/// An organization's invitation as Clerk lists it (`OrganizationInvitationJSON`
+/// with its `public_organization_data`, as the instance-wide list answers).
+fn invitation(id: &str, org: &str, n: i64, status: &str, updated_at: i64) -> serde_json::Value {
+    serde_json::json!({
+        "object": "organization_invitation", "id": id,
+        "email_address": format!("invitee{n}@example.org"),
+        "role": "org:member", "role_name": "Member", "organization_id": org,
+        "public_organization_data": {"id": org, "name": "Acme", "slug": format!("acme-{org}"), "has_image": false},
+        "status": status, "public_metadata": {}, "private_metadata": {}, "url": null,
+        "created_at": 1_752_000_000_000 + n, "updated_at": updated_at,
+        "expires_at": 1_752_000_000_000 + n + 30 * 86_400_000_i64,
+    })
+}
+
+/// An organization's domain as Clerk lists it (`OrganizationDomainJSON`).
+fn domain(id: &str, org: &str, n: i64, updated_at: i64) -> serde_json::Value {
+    serde_json::json!({
+        "object": "organization_domain", "id": id, "name": format!("d{n}.example.org"),
+        "organization_id": org, "enrollment_mode": "automatic_invitation",
+        "verification": {"status": "verified", "strategy": "email_code", "attempts": 1, "expires_at": 1_752_100_000_000_i64},
+        "affiliation_email_address": format!("admin@d{n}.example.org"),
+        "created_at": 1_752_000_000_000 + n, "updated_at": updated_at,
+        "total_pending_invitations": 0, "total_pending_suggestions": 0,
+    })
+}
+
+/// Organization invitations (Clerk's instance-wide list) and domains (listed
+/// organization by organization, paged): imported, then Clerk's changes
+/// (an invitation revoked, one deleted, a domain deleted, an organization
+/// deleted with its invitations and domains) reconciled.
+async fn invitations_and_domains(db: &Database) {
+    let events = stream(3_000, 21);
+    let (api, url) = stand_in(&events).await;
+    let orgs: Vec<String> = api
+        .versions("organizations")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(orgs.len() > 20, "{} organizations", orgs.len());
+    let mut n = 0;
+    for (i, org) in orgs.iter().enumerate() {
+        // Some organizations have none; the first has more than a page.
+        let domains = if i == 0 { 25 } else { i % 3 };
+        for _ in 0..domains {
+            n += 1;
+            api.upsert("organization_domains", domain(&format!("orgdmn_{n}"), org, n, 10 + n));
+        }
+        for _ in 0..(i % 4) {
+            n += 1;
+            let inv = invitation(&format!("orginv_{n}"), org, n, "pending", 10 + n);
+            api.upsert("organization_invitations", inv);
+        }
+    }
+    let opts = Options {
+        resources: vec![
+            backfill::Resource::Organizations,
+            backfill::Resource::Invitations,
+            backfill::Resource::Domains,
+        ],
+        // Pages of 10: the first organization's domains take three.
+        page_size: 10,
+        ..Options::default()
+    };
+    let first = run(db, &url, &opts).await;
+    assert!(
+        first.resources.iter().all(|r| r.ending == Ending::Complete),
+        "{first:?}"
+    );
+    for (table, coll) in [
+        ("invitations", "organization_invitations"),
+        ("domains", "organization_domains"),
+    ] {
+        let want = sorted(api.versions(coll));
+        assert!(!want.is_empty());
+        assert_eq!(live(db, table).await, want, "{table}");
+    }
+    // The references the cascades and the read side use.
+    assert_eq!(
+        scalar(
+            db,
+            &format!(
+                "SELECT COUNT(*) FROM domains WHERE organization_id = '{}' AND NOT deleted",
+                orgs[0]
+            )
+        )
+        .await,
+        25
+    );
+
+    // Clerk changes while nobody listens.
+    let invs = api.versions("organization_invitations");
+    let (revoked, dropped) = (&invs[0].0, &invs[1].0);
+    let mut r = api.get("organization_invitations", revoked).unwrap();
+    r["status"] = "revoked".into();
+    r["updated_at"] = serde_json::Value::from(1_800_000_000_000_i64);
+    api.upsert("organization_invitations", r);
+    api.delete("organization_invitations", dropped);
+    api.delete("organization_domains", "orgdmn_3");
+    // An organization with invitations and domains (index 7: one domain,
+    // three invitations).
+    let gone_org = &orgs[7];
+    assert!(api.delete("organizations", gone_org));
+    let second_opts = Options {
+        max_delete_share: 0.5,
+        ..opts
+    };
+    let second = run(db, &url, &second_opts).await;
+    assert!(
+        second.resources.iter().all(|r| r.ending == Ending::Complete),
+        "{second:?}"
+    );
+    for (table, coll) in [
+        ("invitations", "organization_invitations"),
+        ("domains", "organization_domains"),
+    ] {
+        assert_eq!(live(db, table).await, sorted(api.versions(coll)), "{table}");
+    }
+    let status: Vec<(String,)> = rows(
+        db,
+        &format!("SELECT data FROM invitations WHERE id = '{revoked}'"),
+    )
+    .await;
+    let data: serde_json::Value = serde_json::from_str(&status[0].0).unwrap();
+    assert_eq!(data["status"], "revoked");
+    for (table, id) in [("invitations", dropped.as_str()), ("domains", "orgdmn_3")] {
+        assert_eq!(
+            scalar(
+                db,
+                &format!("SELECT COUNT(*) FROM {table} WHERE id = '{id}' AND deleted")
+            )
+            .await,
+            1,
+            "{table} {id} is a tombstone"
+        );
+    }
+    assert_eq!(
+        scalar(
+            db,
+            &format!(
+                "SELECT COUNT(*) FROM invitations WHERE organization_id = '{gone_org}' AND NOT deleted"
+            )
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_and_domains_are_backfilled_and_reconciled_sqlite() {
+    let (db, _dir) = sqlite_db().await;
+    invitations_and_domains(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_and_domains_are_backfilled_and_reconciled_postgres() {
+    let Some((db, _schema)) = postgres_db().await else {
+        return;
+    };
+    invitations_and_domains(&db).await;
+}

@@ -2,8 +2,9 @@
 //! tests and for `clerksync demo`.
 //!
 //! Owns: an instance's users, organizations and memberships (and, empty unless
-//! filled, roles, permissions and waitlist entries) served in Clerk's exact
-//! shapes — `GET /v1/users` a bare array with `GET /v1/users/count`
+//! filled, organization invitations and domains, roles, permissions and
+//! waitlist entries) served in Clerk's exact shapes — `GET /v1/users` a bare
+//! array with `GET /v1/users/count`
 //! `{"object":"total_count","total_count":N}`, every other list
 //! `{"data":[...],"total_count":N}`, `limit` 1..=500 (else 422), offset
 //! paging ordered by `[+|-]created_at`, errors `{"errors":[{message,
@@ -14,7 +15,8 @@
 //!
 //! Must never: keep anything on disk, or answer with a shape Clerk does not.
 //! It is a tool, not a model of Clerk's rules: deleting a user or an
-//! organization removes its memberships (as Clerk does); nothing else cascades.
+//! organization removes its memberships, and an organization its invitations
+//! and domains (as Clerk does); nothing else cascades.
 
 // Handlers' helpers return the error answer itself (a Response): it is sent
 // as it is, once per request, so boxing it would buy nothing.
@@ -33,10 +35,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The collections the stand-in holds, by Clerk's list name.
-pub const COLLECTIONS: [&str; 6] = [
+pub const COLLECTIONS: [&str; 8] = [
     "users",
     "organizations",
     "organization_memberships",
+    // Clerk lists invitations instance-wide (`GET /v1/organization_invitations`)
+    // and per organization; domains only per organization
+    // (`GET /v1/organizations/{id}/domains`): the stand-in serves both
+    // collections under their organization, and invitations instance-wide too.
+    "organization_invitations",
+    "organization_domains",
     "organization_roles",
     "organization_permissions",
     "waitlist_entries",
@@ -103,6 +111,8 @@ fn collection_of(family: &str) -> Option<&'static str> {
         "user" => "users",
         "organization" => "organizations",
         "organizationMembership" => "organization_memberships",
+        "organizationInvitation" => "organization_invitations",
+        "organizationDomain" => "organization_domains",
         "role" => "organization_roles",
         "permission" => "organization_permissions",
         "waitlistEntry" => "waitlist_entries",
@@ -182,6 +192,21 @@ impl ClerkApi {
             return false;
         };
         let removed = c.remove(id);
+        if collection == "organizations" {
+            for child in ["organization_invitations", "organization_domains"] {
+                if let Some(c) = inner.collections.get_mut(child) {
+                    let gone: Vec<String> = c
+                        .by_order
+                        .iter()
+                        .filter(|(_, r)| organization_of(r).as_deref() == Some(id))
+                        .map(|((_, cid), _)| cid.clone())
+                        .collect();
+                    for cid in gone {
+                        c.remove(&cid);
+                    }
+                }
+            }
+        }
         if matches!(collection, "users" | "organizations") {
             if let Some(m) = inner.collections.get_mut("organization_memberships") {
                 let gone: Vec<String> = m
@@ -253,6 +278,15 @@ impl ClerkApi {
                 "/v1/organizations/{id}/memberships",
                 get(list_org_memberships),
             )
+            .route(
+                "/v1/organizations/{id}/invitations",
+                get(list_org_invitations),
+            )
+            .route(
+                "/v1/organizations/{id}/invitations/{invitation_id}",
+                get(get_org_invitation),
+            )
+            .route("/v1/organizations/{id}/domains", get(list_org_domains))
             // Every other collection: `{data, total_count}` lists and single objects.
             .route("/v1/{collection}", get(list_collection))
             .route("/v1/{collection}/{id}", get(get_one))
@@ -318,6 +352,12 @@ fn membership_refs(r: &str) -> Option<(String, String)> {
         v["public_user_data"]["user_id"].as_str()?.to_string(),
         v["organization"]["id"].as_str()?.to_string(),
     ))
+}
+
+/// `organization_id` of a stored invitation or domain.
+fn organization_of(r: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(r).ok()?;
+    Some(v["organization_id"].as_str()?.to_string())
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -524,6 +564,82 @@ async fn list_org_memberships(
     list_paginated(api, headers, "organization_memberships", q, move |r| {
         membership_refs(r)
             .is_some_and(|(u, o)| o == org && user.as_ref().is_none_or(|want| *want == u))
+    })
+    .await
+}
+
+/// A 404 for an organization the stand-in does not have (after the gate, so
+/// it counts as a request and a wrong key is still a 401).
+fn no_organization(api: &ClerkApi, headers: &HeaderMap, org: &str) -> Option<Response> {
+    if api.get("organizations", org).is_some() {
+        return None;
+    }
+    Some(match api.gate(headers) {
+        Err(r) => r,
+        Ok(_) => clerk_error(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "Resource not found",
+        ),
+    })
+}
+
+/// `GET /v1/organizations/{id}/invitations`: the organization's invitations,
+/// `{data, total_count}`.
+async fn list_org_invitations(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Some(r) = no_organization(&api, &headers, &org) {
+        return r;
+    }
+    list_paginated(api, headers, "organization_invitations", q, move |r| {
+        organization_of(r).as_deref() == Some(org.as_str())
+    })
+    .await
+}
+
+/// `GET /v1/organizations/{id}/invitations/{invitation_id}`: one invitation
+/// of that organization.
+async fn get_org_invitation(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = no_organization(&api, &headers, &org) {
+        return r;
+    }
+    if let Err(r) = api.gate(&headers) {
+        return r;
+    }
+    match api.get("organization_invitations", &id) {
+        Some(v) if v["organization_id"].as_str() == Some(org.as_str()) => {
+            json_response(v.to_string())
+        }
+        _ => clerk_error(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "Resource not found",
+        ),
+    }
+}
+
+/// `GET /v1/organizations/{id}/domains`: the organization's domains,
+/// `{data, total_count}` (Clerk documents no `order_by` for it; the client
+/// sends none).
+async fn list_org_domains(
+    State(api): State<ClerkApi>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Some(r) = no_organization(&api, &headers, &org) {
+        return r;
+    }
+    list_paginated(api, headers, "organization_domains", q, move |r| {
+        organization_of(r).as_deref() == Some(org.as_str())
     })
     .await
 }

@@ -46,16 +46,20 @@ pub enum Resource {
     Users,
     Organizations,
     Memberships,
+    Invitations,
+    Domains,
     Roles,
     Permissions,
     WaitlistEntries,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 6] = [
+    pub const ALL: [Resource; 8] = [
         Resource::Users,
         Resource::Organizations,
         Resource::Memberships,
+        Resource::Invitations,
+        Resource::Domains,
         Resource::Roles,
         Resource::Permissions,
         Resource::WaitlistEntries,
@@ -73,6 +77,8 @@ impl Resource {
             Resource::Users => "users",
             Resource::Organizations => "organizations",
             Resource::Memberships => "memberships",
+            Resource::Invitations => "invitations",
+            Resource::Domains => "domains",
             Resource::Roles => "roles",
             Resource::Permissions => "permissions",
             Resource::WaitlistEntries => "waitlist_entries",
@@ -84,19 +90,28 @@ impl Resource {
             Resource::Users => Kind::User,
             Resource::Organizations => Kind::Organization,
             Resource::Memberships => Kind::Membership,
+            Resource::Invitations => Kind::Invitation,
+            Resource::Domains => Kind::Domain,
             Resource::Roles => Kind::Role,
             Resource::Permissions => Kind::Permission,
             Resource::WaitlistEntries => Kind::WaitlistEntry,
         }
     }
 
-    /// The list endpoint, after `/v1`.
+    /// The list endpoint, after `/v1`; for a resource Clerk lists only per
+    /// organization, the list under `/organizations/{id}`.
     pub fn path(self) -> &'static str {
         match self {
             Resource::Users => "/users",
             Resource::Organizations => "/organizations",
             // Instance-wide since 2025; before, only per organization.
             Resource::Memberships => "/organization_memberships",
+            // Instance-wide (`ListInstanceOrganizationInvitations`), every
+            // status unless filtered; ordered by `order_by` like the others.
+            Resource::Invitations => "/organization_invitations",
+            // Only `/organizations/{id}/domains` (no instance-wide list, no
+            // `order_by`).
+            Resource::Domains => "/domains",
             Resource::Roles => "/organization_roles",
             Resource::Permissions => "/organization_permissions",
             Resource::WaitlistEntries => "/waitlist_entries",
@@ -106,6 +121,20 @@ impl Resource {
     /// `/users` alone answers a bare array; every other list `{data, total_count}`.
     fn bare_array(self) -> bool {
         self == Resource::Users
+    }
+
+    /// Whether Clerk lists this resource only organization by organization.
+    fn per_organization(self) -> bool {
+        match self {
+            Resource::Domains => true,
+            Resource::Users
+            | Resource::Organizations
+            | Resource::Memberships
+            | Resource::Invitations
+            | Resource::Roles
+            | Resource::Permissions
+            | Resource::WaitlistEntries => false,
+        }
     }
 
     /// `users,organizations,...` (or `all`).
@@ -409,7 +438,11 @@ impl<'a> Pass<'a> {
                 _ => None,
             };
             self.progress(observer, "listing");
-            self.list(observer).await?;
+            if self.resource.per_organization() {
+                self.list_per_organization(observer).await?;
+            } else {
+                self.list(observer).await?;
+            }
             if !self.opts.dry_run {
                 self.cp.status = "listed".into();
                 checkpoint::save(self.db, &self.cp).await?;
@@ -504,6 +537,58 @@ impl<'a> Pass<'a> {
                 }
             }
             break;
+        }
+        Ok(())
+    }
+
+    /// Lists a resource Clerk lists only under each organization (domains):
+    /// every page of `/organizations/{id}{path}` for each live organization
+    /// of the store, by id (so the organizations pass, which runs first,
+    /// decides which organizations there are). Organizations are requested
+    /// `pages_ahead` at a time and applied in order.
+    ///
+    /// The checkpoint's offset counts the organizations done. A resumed pass
+    /// starts [`ORGS_BACK`] organizations before it: organizations created or
+    /// deleted meanwhile shift the count, and a repeat is harmless; one still
+    /// skipped is looked up by reconciliation before anything is deleted.
+    async fn list_per_organization(&mut self, observer: &dyn Observer) -> Result<(), BackfillError> {
+        let limit = self.opts.page_size.clamp(1, 500);
+        let client = self.client;
+        let path = self.resource.path();
+        let skip = (self.cp.next_offset - ORGS_BACK).max(0);
+        let mut index = 0i64;
+        let mut after = String::new();
+        loop {
+            let orgs = checkpoint::live_after(self.db, Kind::Organization, &after, 500).await?;
+            let Some(last) = orgs.last() else { break };
+            after = last.clone();
+            // The organizations before the resume point count as done.
+            let mut todo = Vec::with_capacity(orgs.len());
+            for org in orgs {
+                if index < skip {
+                    index += 1;
+                } else {
+                    todo.push(org);
+                }
+            }
+            let lists = futures::stream::iter(todo)
+                .map(|org| async move { list_under(client, &org, path, limit).await })
+                .buffered(self.opts.pages_ahead.max(1));
+            futures::pin_mut!(lists);
+            while let Some(records) = lists.next().await {
+                let records = records?;
+                if !records.is_empty() {
+                    // Saved with the organizations before this one done.
+                    self.cp.next_offset = index;
+                    self.apply_page(records).await?;
+                }
+                index += 1;
+                self.cp.next_offset = index;
+                if index % 100 == 0 && !self.opts.dry_run {
+                    checkpoint::save(self.db, &self.cp).await?;
+                }
+                self.progress(observer, "listing");
+            }
         }
         Ok(())
     }
@@ -685,6 +770,17 @@ impl<'a> Pass<'a> {
                 let needle = format!("\"{id}\"");
                 return Ok(list.data.into_iter().find(|r| r.get().contains(&needle)));
             }
+            Resource::Invitations => {
+                let Some(org) = org_id else { return Ok(None) };
+                format!("/organizations/{org}/invitations/{id}")
+            }
+            Resource::Domains => {
+                // No single-domain read: the organization's list.
+                let Some(org) = org_id else { return Ok(None) };
+                let needle = format!("\"{id}\"");
+                let list = list_under(self.client, org, self.resource.path(), 500).await?;
+                return Ok(list.into_iter().find(|r| r.get().contains(&needle)));
+            }
             Resource::Roles => format!("/organization_roles/{id}"),
             Resource::Permissions => format!("/organization_permissions/{id}"),
             // No single-entry endpoint: the listing is all we know.
@@ -699,6 +795,47 @@ impl<'a> Pass<'a> {
             })?)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Organizations a resumed per-organization pass lists again (see
+/// `list_per_organization`).
+const ORGS_BACK: i64 = 20;
+
+/// Every record of `/organizations/{org}{path}` (`{data, total_count}`
+/// pages, no `order_by`: the per-organization lists have none). An
+/// organization deleted meanwhile (404) has none.
+async fn list_under(
+    client: &ClerkClient,
+    org: &str,
+    path: &str,
+    limit: u32,
+) -> Result<Vec<Box<RawValue>>, BackfillError> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        data: Vec<Box<RawValue>>,
+    }
+    let url = format!("/organizations/{org}{path}");
+    let mut out = Vec::new();
+    loop {
+        let q = [
+            ("limit", limit.to_string()),
+            ("offset", out.len().to_string()),
+        ];
+        let text = match client.get(&url, &q).await {
+            Ok(t) => t,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let page: List = serde_json::from_str(&text).map_err(|e| ClientError::Shape {
+            path: format!("/organizations/{{id}}{path}"),
+            message: e.to_string(),
+        })?;
+        let n = page.data.len();
+        out.extend(page.data);
+        if n < limit as usize {
+            return Ok(out);
         }
     }
 }
