@@ -24,8 +24,9 @@ resource (then it refuses and says how many; --force to go ahead). Exit status: 
 pub struct BackfillArgs {
     #[command(flatten)]
     pub db: super::db::DbArgs,
-    /// Comma-separated: users, organizations, memberships, roles, permissions,
-    /// waitlist_entries, or all [default: users,organizations,memberships].
+    /// Comma-separated: users, organizations, memberships, invitations, domains,
+    /// roles, permissions, waitlist_entries, or all [default:
+    /// users,organizations,memberships].
     #[arg(long)]
     pub resources: Option<String>,
     /// Compare and print the drift (would create / update / delete); change nothing.

@@ -516,7 +516,10 @@ async fn invitations_and_domains(db: &Database) {
         let domains = if i == 0 { 25 } else { i % 3 };
         for _ in 0..domains {
             n += 1;
-            api.upsert("organization_domains", domain(&format!("orgdmn_{n}"), org, n, 10 + n));
+            api.upsert(
+                "organization_domains",
+                domain(&format!("orgdmn_{n}"), org, n, 10 + n),
+            );
         }
         for _ in 0..(i % 4) {
             n += 1;
@@ -579,7 +582,10 @@ async fn invitations_and_domains(db: &Database) {
     };
     let second = run(db, &url, &second_opts).await;
     assert!(
-        second.resources.iter().all(|r| r.ending == Ending::Complete),
+        second
+            .resources
+            .iter()
+            .all(|r| r.ending == Ending::Complete),
         "{second:?}"
     );
     for (table, coll) in [

@@ -122,7 +122,11 @@ async fn every_known_event_type_applies(s: &Server) {
         let body = fixture(name);
         assert_eq!(body["type"], *name, "the fixture's type");
         let e = KNOWN.iter().find(|e| e.name == *name).unwrap();
-        assert_eq!(s.post(&format!("msg_ev_{i:03}"), &body).await, 200, "{name}");
+        assert_eq!(
+            s.post(&format!("msg_ev_{i:03}"), &body).await,
+            200,
+            "{name}"
+        );
         s.settle().await;
         let id = body["data"]["id"].as_str().unwrap();
         let table = e.kind.table();
@@ -152,9 +156,13 @@ async fn every_known_event_type_applies(s: &Server) {
 
     // Billing rows reference their payer: a user, or an organization.
     let sub = fixture("subscription.created");
-    let (_, _, user, org) = row(s, "billing_subscriptions", sub["data"]["id"].as_str().unwrap())
-        .await
-        .unwrap();
+    let (_, _, user, org) = row(
+        s,
+        "billing_subscriptions",
+        sub["data"]["id"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (user.as_deref(), org),
         (Some("user_29w83sxmDNGwOuEthce5gg56FcC"), None)
@@ -179,7 +187,13 @@ async fn every_known_event_type_applies(s: &Server) {
     assert!(gone("memberships", "organizationMembership.created").await);
     assert!(gone("invitations", "organizationInvitation.revoked").await);
     assert!(gone("billing_payment_attempts", "paymentAttempt.updated").await);
-    assert!(gone("billing_subscription_items", "subscriptionItem.freeTrialEnding").await);
+    assert!(
+        gone(
+            "billing_subscription_items",
+            "subscriptionItem.freeTrialEnding"
+        )
+        .await
+    );
     assert!(!gone("billing_subscriptions", "subscription.pastDue").await);
     // The subscription item with no payer named belongs to nobody: kept.
     assert!(!gone("billing_subscription_items", "subscriptionItem.abandoned").await);

@@ -551,7 +551,10 @@ impl<'a> Pass<'a> {
     /// starts [`ORGS_BACK`] organizations before it: organizations created or
     /// deleted meanwhile shift the count, and a repeat is harmless; one still
     /// skipped is looked up by reconciliation before anything is deleted.
-    async fn list_per_organization(&mut self, observer: &dyn Observer) -> Result<(), BackfillError> {
+    async fn list_per_organization(
+        &mut self,
+        observer: &dyn Observer,
+    ) -> Result<(), BackfillError> {
         let limit = self.opts.page_size.clamp(1, 500);
         let client = self.client;
         let path = self.resource.path();

@@ -142,7 +142,11 @@ mod tests {
                 "{}: only .deleted deletes",
                 e.name
             );
-            assert!(KNOWN[i + 1..].iter().all(|o| o.name != e.name), "{}", e.name);
+            assert!(
+                KNOWN[i + 1..].iter().all(|o| o.name != e.name),
+                "{}",
+                e.name
+            );
         }
     }
 
