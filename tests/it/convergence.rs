@@ -35,6 +35,19 @@ pub enum Ev {
         v: i64,
         delete: bool,
     },
+    /// A Billing subscription item: a child of its payer (a user or an
+    /// organization, fixed per item), never deleted by an event of its own.
+    Billing { s: usize, status: u8, v: i64 },
+}
+
+/// The payer of billing item `s`: even items are paid by a user, odd ones by
+/// an organization.
+fn payer(s: usize) -> Value {
+    if s % 2 == 0 {
+        json!({"object": "commerce_payer", "id": format!("cpayer_u{s}"), "user_id": uid(s / 2)})
+    } else {
+        json!({"object": "commerce_payer", "id": format!("cpayer_o{s}"), "organization_id": oid(s / 2)})
+    }
 }
 
 fn uid(u: usize) -> String {
@@ -100,6 +113,19 @@ fn body(ev: &Ev) -> (String, Value) {
                 }),
             )
         }
+        Ev::Billing { s, status, .. } => {
+            let statuses = ["active", "past_due", "canceled", "ended"];
+            // Subscription items carry no updated_at: the version is the
+            // envelope timestamp.
+            (
+                "subscriptionItem.updated".into(),
+                json!({
+                    "id": format!("csubi_{s}"), "object": "commerce_subscription_item",
+                    "status": statuses[*status as usize % 4], "plan_period": "month",
+                    "payer": payer(*s),
+                }),
+            )
+        }
     }
 }
 
@@ -107,7 +133,7 @@ fn delivery(i: usize, ev: &Ev) -> NewDelivery {
     let (ty, data) = body(ev);
     // Deletes carry no updated_at: their version is the envelope timestamp.
     let v = match ev {
-        Ev::User { v, .. } | Ev::Org { v, .. } | Ev::Member { v, .. } => *v,
+        Ev::User { v, .. } | Ev::Org { v, .. } | Ev::Member { v, .. } | Ev::Billing { v, .. } => *v,
     };
     let b = json!({"type": ty, "object": "event", "timestamp": v, "data": data});
     NewDelivery {
@@ -143,7 +169,7 @@ fn ev_strategy() -> impl Strategy<Value = Ev> {
             v,
             delete
         }),
-        (0usize..3, 0usize..2, any::<u8>(), v, del).prop_map(|(u, o, role, v, delete)| {
+        (0usize..3, 0usize..2, any::<u8>(), v.clone(), del).prop_map(|(u, o, role, v, delete)| {
             Ev::Member {
                 u,
                 o,
@@ -151,6 +177,11 @@ fn ev_strategy() -> impl Strategy<Value = Ev> {
                 v,
                 delete,
             }
+        }),
+        (0usize..4, any::<u8>(), v).prop_map(|(s, status, v)| Ev::Billing {
+            s,
+            status: status % 4,
+            v
         }),
     ]
 }
@@ -167,6 +198,9 @@ const TABLES: &[&str] = &[
     "emails",
     "sms_messages",
     "waitlist_entries",
+    "billing_subscriptions",
+    "billing_subscription_items",
+    "billing_payment_attempts",
     "user_emails",
     "user_phones",
     "user_external_accounts",
@@ -202,6 +236,7 @@ pub async fn dump(db: &Database) -> Vec<String> {
         "roles",
         "permissions",
         "sessions",
+        "billing_subscription_items",
     ] {
         let sql = format!(
             "SELECT id, version, version_key, deleted, user_id, organization_id, data FROM {t} ORDER BY id"
