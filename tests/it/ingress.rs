@@ -9,11 +9,12 @@ use std::sync::Arc;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clerk");
 
 const ORG: &str = "org_29w9IfBrPmcpi0IeBVaKtA7R94W";
+const USER: &str = "user_29w83sxmDNGwOuEthce5gg56FcC";
 
 /// Every fixture with the event type and the entity key (partition) it must be
 /// stored under: the user for user-scoped events, the organization for
-/// organization-scoped ones (memberships and invitations included), else the
-/// object itself.
+/// organization-scoped ones (memberships, invitations and domains included),
+/// else the object itself (Billing objects too: clerk/kind.rs `billing`).
 const EXPECTED: &[(&str, &str, &str)] = &[
     ("organization.created.json", "organization.created", ORG),
     ("organization.deleted.json", "organization.deleted", ORG),
@@ -112,6 +113,114 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "user.updated.json",
         "user.updated",
         "user_29w83sxmDNGwOuEthce5gg56FcC",
+    ),
+    (
+        "organizationDomain.created.json",
+        "organizationDomain.created",
+        ORG,
+    ),
+    (
+        "organizationDomain.updated.json",
+        "organizationDomain.updated",
+        ORG,
+    ),
+    // A deleted object names no organization: its own id.
+    (
+        "organizationDomain.deleted.json",
+        "organizationDomain.deleted",
+        "orgdmn_2xJ4kVf7nQeP0sLbW3cYzRtUaHm",
+    ),
+    ("email.created.json", "email.created", USER),
+    ("sms.created.json", "sms.created", USER),
+    (
+        "waitlistEntry.created.json",
+        "waitlistEntry.created",
+        "wle_2xJ6aB4cD5eF6gH7iJ8kL9mN0pQ",
+    ),
+    (
+        "waitlistEntry.updated.json",
+        "waitlistEntry.updated",
+        "wle_2xJ6aB4cD5eF6gH7iJ8kL9mN0pQ",
+    ),
+    (
+        "subscription.active.json",
+        "subscription.active",
+        "csub_2xJ9aSuBsCrIpTiOnAaBbCcDdEe",
+    ),
+    (
+        "subscription.created.json",
+        "subscription.created",
+        "csub_2xJ9aSuBsCrIpTiOnAaBbCcDdEe",
+    ),
+    (
+        "subscription.pastDue.json",
+        "subscription.pastDue",
+        "csub_2xJ9aSuBsCrIpTiOnAaBbCcDdEe",
+    ),
+    (
+        "subscription.updated.json",
+        "subscription.updated",
+        "csub_2xJ9aSuBsCrIpTiOnAaBbCcDdEe",
+    ),
+    (
+        "subscriptionItem.abandoned.json",
+        "subscriptionItem.abandoned",
+        "csubi_2xJ8cItEmCCcDdEeFfGgHhIiJj",
+    ),
+    (
+        "subscriptionItem.active.json",
+        "subscriptionItem.active",
+        "csubi_2xJ8bItEmBBbCcDdEeFfGgHhIi",
+    ),
+    (
+        "subscriptionItem.canceled.json",
+        "subscriptionItem.canceled",
+        "csubi_2xJ8aItEmAAaBbCcDdEeFfGgHh",
+    ),
+    (
+        "subscriptionItem.created.json",
+        "subscriptionItem.created",
+        "csubi_2xJ8aItEmAAaBbCcDdEeFfGgHh",
+    ),
+    (
+        "subscriptionItem.ended.json",
+        "subscriptionItem.ended",
+        "csubi_2xJ8aItEmAAaBbCcDdEeFfGgHh",
+    ),
+    (
+        "subscriptionItem.freeTrialEnding.json",
+        "subscriptionItem.freeTrialEnding",
+        "csubi_2xJ8eItEmEEeFfGgHhIiJjKkLl",
+    ),
+    (
+        "subscriptionItem.incomplete.json",
+        "subscriptionItem.incomplete",
+        "csubi_2xJ8dItEmDDdEeFfGgHhIiJjKk",
+    ),
+    (
+        "subscriptionItem.pastDue.json",
+        "subscriptionItem.pastDue",
+        "csubi_2xJ8bItEmBBbCcDdEeFfGgHhIi",
+    ),
+    (
+        "subscriptionItem.upcoming.json",
+        "subscriptionItem.upcoming",
+        "csubi_2xJ8cItEmCCcDdEeFfGgHhIiJj",
+    ),
+    (
+        "subscriptionItem.updated.json",
+        "subscriptionItem.updated",
+        "csubi_2xJ8aItEmAAaBbCcDdEeFfGgHh",
+    ),
+    (
+        "paymentAttempt.created.json",
+        "paymentAttempt.created",
+        "cpayatt_2xJ9dAtTeMpTaAbBcCdDeEfF",
+    ),
+    (
+        "paymentAttempt.updated.json",
+        "paymentAttempt.updated",
+        "cpayatt_2xJ9dAtTeMpTaAbBcCdDeEfF",
     ),
     (
         "variants/user.created.clerk-docs-2024-04.json",
