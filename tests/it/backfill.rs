@@ -497,13 +497,10 @@ fn domain(id: &str, org: &str, n: i64, updated_at: i64) -> serde_json::Value {
     })
 }
 
-/// Organization invitations (Clerk's instance-wide list) and domains (listed
-/// organization by organization, paged): imported, then Clerk's changes
-/// (an invitation revoked, one deleted, a domain deleted, an organization
-/// deleted with its invitations and domains) reconciled.
-async fn invitations_and_domains(db: &Database) {
-    let events = stream(3_000, 21);
-    let (api, url) = stand_in(&events).await;
+/// Gives the stand-in's organizations invitations and domains: some have
+/// none, the first has 25 domains (more than a page of 10). Returns the
+/// organizations' ids in creation order.
+fn fill_invitations_and_domains(api: &ClerkApi) -> Vec<String> {
     let orgs: Vec<String> = api
         .versions("organizations")
         .into_iter()
@@ -527,6 +524,17 @@ async fn invitations_and_domains(db: &Database) {
             api.upsert("organization_invitations", inv);
         }
     }
+    orgs
+}
+
+/// Organization invitations (Clerk's instance-wide list) and domains (listed
+/// organization by organization, paged): imported, then Clerk's changes
+/// (an invitation revoked, one deleted, a domain deleted, an organization
+/// deleted with its invitations and domains) reconciled.
+async fn invitations_and_domains(db: &Database) {
+    let events = stream(3_000, 21);
+    let (api, url) = stand_in(&events).await;
+    let orgs = fill_invitations_and_domains(&api);
     let opts = Options {
         resources: vec![
             backfill::Resource::Organizations,
@@ -636,4 +644,64 @@ async fn invitations_and_domains_are_backfilled_and_reconciled_postgres() {
         return;
     };
     invitations_and_domains(&db).await;
+}
+
+/// A per-organization listing (domains) that fails halfway resumes from the
+/// organizations it had done, and ends in Clerk's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_domain_listing_resumes_from_the_organizations_done() {
+    let events = stream(6_000, 23);
+    let (api, url) = stand_in(&events).await;
+    let orgs = fill_invitations_and_domains(&api);
+    let (db, _dir) = sqlite_db().await;
+    let opts = Options {
+        resources: vec![backfill::Resource::Organizations],
+        ..Options::default()
+    };
+    run(&db, &url, &opts).await;
+    let opts = Options {
+        resources: vec![backfill::Resource::Domains],
+        page_size: 10,
+        pages_ahead: 1,
+        ..Options::default()
+    };
+    // Clerk starts failing for good once the pass is well under way.
+    let before = api.requests();
+    let half = before + orgs.len() as u64 / 2;
+    let watcher = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            while api.requests() < half {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            api.set_faults(Faults {
+                fail_next: u32::MAX,
+                ..Faults::default()
+            });
+        })
+    };
+    api.set_faults(Faults {
+        page_delay: Duration::from_millis(2),
+        ..Faults::default()
+    });
+    let failed = backfill::run(&db, &client(&url), &opts, &|_: &Progress| {}).await;
+    assert!(failed.is_err(), "the pass fails while Clerk does");
+    watcher.await.unwrap();
+    api.set_faults(Faults::default());
+    let at_rerun = api.requests();
+    let report = run(&db, &url, &opts).await;
+    let domains = &report.resources[0];
+    assert!(domains.resumed_at > 0, "{domains:?}");
+    assert_eq!(domains.ending, Ending::Complete, "{domains:?}");
+    // Only the organizations not done (and a few before them) were listed again.
+    let requests = api.requests() - at_rerun;
+    assert!(
+        requests < orgs.len() as u64 * 3 / 4,
+        "{requests} requests for {} organizations",
+        orgs.len()
+    );
+    assert_eq!(
+        live(&db, "domains").await,
+        sorted(api.versions("organization_domains"))
+    );
 }

@@ -212,6 +212,12 @@ async fn every_known_event_type_applies(s: &Server) {
             .await
             > 0
     );
+    // Known types are counted under their own name.
+    let text = s.metrics_text().await;
+    assert!(
+        text.contains(r#"event_type="subscriptionItem.freeTrialEnding""#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -247,6 +253,16 @@ async fn unknown_types_stay_accepted(s: &Server) {
     let (deleted, data, _, _) = row(s, "billing_subscription_items", id).await.unwrap();
     assert!(!deleted);
     assert_eq!(data.unwrap()["status"], "trialing");
+    // Both count under the shared label (known types are labelled by name).
+    let text = s.metrics_text().await;
+    let counted = |status: &str| {
+        crate::helpers::metric_value(
+            &text,
+            &format!(r#"clerksync_events_processed_total{{event_type="other",status="{status}"}}"#),
+        )
+    };
+    assert_eq!(counted("applied"), Some(1.0));
+    assert_eq!(counted("ignored"), Some(1.0));
 }
 
 #[tokio::test]

@@ -110,7 +110,8 @@ pub fn known(name: &str) -> Option<&'static EventType> {
 /// entry; else, for a modelled family, the family's kind with the action its
 /// name suggests (`.deleted` deletes); None for a family clerksync does not
 /// model. `deleted: true` in the data deletes whatever this says
-/// (clerk/model.rs).
+/// (clerk/model.rs). The backfill's `<family>.updated` bodies go this way
+/// for families Clerk sends no `updated` for (`organizationInvitation`).
 pub fn resolve(name: &str) -> Option<(Kind, Action)> {
     if let Some(e) = known(name) {
         return Some((e.kind, e.action));
