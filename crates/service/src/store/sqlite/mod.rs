@@ -11,6 +11,7 @@
 //! fsync.
 
 mod backfill;
+mod lease;
 mod conn;
 mod gate;
 mod migrate;
