@@ -258,7 +258,7 @@ pub struct Running {
     pub resources: Vec<ResourceProgress>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResourceProgress {
     pub resource: String,
     pub phase: String,
