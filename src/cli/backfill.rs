@@ -230,6 +230,18 @@ pub async fn remote(a: &BackfillArgs, base: &str) -> anyhow::Result<i32> {
             _ => anyhow::bail!("the pass ended on the server, but its result was replaced before it was read (GET /admin/reconcile)"),
         }
     };
+    // The last poll may have come before the end: each resource's final counts.
+    for x in &result.resources {
+        bar.show(&Shown {
+            resource: &x.resource,
+            phase: "done",
+            seen: x.seen,
+            total: None,
+            created: x.created,
+            updated: x.updated,
+            deleted: x.deleted,
+        });
+    }
     bar.finish();
     if a.json {
         super::out(serde_json::to_string(&result)?);
@@ -378,8 +390,15 @@ impl Bar {
         let rate = p.seen as f64 / secs;
         let of = match p.total {
             Some(t) if t > 0 => {
-                let left = (t as f64 - p.seen as f64).max(0.0) / rate.max(1.0);
-                format!("{}/{t} ({:.0}%), ETA {left:.0}s", p.seen, (p.seen as f64 * 100.0 / t as f64).min(100.0))
+                let pct = (p.seen as f64 * 100.0 / t as f64).min(100.0);
+                // No rate yet, no estimate.
+                let eta = if p.seen > 0 {
+                    let left = (t as f64 - p.seen as f64).max(0.0) / rate;
+                    format!(", ETA {left:.0}s")
+                } else {
+                    String::new()
+                };
+                format!("{}/{t} ({pct:.0}%){eta}", p.seen)
             }
             _ => format!("{} listed", p.seen),
         };
