@@ -111,9 +111,10 @@ pub async fn run(db: &clerksync::store::Database, a: &BackfillArgs) -> anyhow::R
     let opts = options(a)?;
     let client = client(a)?;
     let bar = Bar::new(std::io::stderr().is_terminal());
-    let report =
-        clerksync::backfill::run(db, &client, &opts, &|p: &Progress| bar.show(&Shown::from(p)))
-            .await;
+    let report = clerksync::backfill::run(db, &client, &opts, &|p: &Progress| {
+        bar.show(&Shown::from(p))
+    })
+    .await;
     bar.finish();
     let report = report?;
     if a.json {
@@ -164,7 +165,6 @@ fn print_report(r: &Report, dry: bool) {
     ));
 }
 
-
 /// `--url`: asks the server at that address to run a pass and follows it
 /// until it ends; returns the exit status.
 pub async fn remote(a: &BackfillArgs, base: &str) -> anyhow::Result<i32> {
@@ -177,7 +177,9 @@ pub async fn remote(a: &BackfillArgs, base: &str) -> anyhow::Result<i32> {
         .admin_token
         .as_deref()
         .filter(|t| !t.trim().is_empty())
-        .context("backfill --url needs the server's admin token: set CLERKSYNC_ADMIN_TOKEN or --admin-token")?;
+        .context(
+        "backfill --url needs the server's admin token: set CLERKSYNC_ADMIN_TOKEN or --admin-token",
+    )?;
     let url = format!("{}/admin/reconcile", base.trim_end_matches('/'));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -199,7 +201,9 @@ pub async fn remote(a: &BackfillArgs, base: &str) -> anyhow::Result<i32> {
     let why = answer["error"].as_str().unwrap_or("").to_string();
     let started_at = match status {
         202 => answer["started_at"].as_i64().unwrap_or(0),
-        404 => anyhow::bail!("the server has no admin API (set CLERKSYNC_ADMIN_TOKEN on the server)"),
+        404 => {
+            anyhow::bail!("the server has no admin API (set CLERKSYNC_ADMIN_TOKEN on the server)")
+        }
         401 => anyhow::bail!("the server refused the admin token (check CLERKSYNC_ADMIN_TOKEN)"),
         409 => anyhow::bail!("refused: {why}"),
         _ => anyhow::bail!("the server answered {status}: {why}"),

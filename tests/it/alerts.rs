@@ -348,14 +348,14 @@ async fn a_reconciliation_pass_with_drift_over_the_threshold_raises_an_alert() {
     let s = alerting_server(&rx.url, |c| {
         c.alerts.reconcile_drift = 5;
         // Scheduled, so the first pass runs at start-up with no command.
-        c.reconcile =
-            crate::reconcile::reconcile_config(&api_url, Some(Duration::from_secs(3600)));
+        c.reconcile = crate::reconcile::reconcile_config(&api_url, Some(Duration::from_secs(3600)));
     })
     .await;
     let texts = rx.wait_for(1).await;
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert!(
-        texts[0].contains("reconciliation pass found") && texts[0].contains("webhooks are being lost"),
+        texts[0].contains("reconciliation pass found")
+            && texts[0].contains("webhooks are being lost"),
         "{}",
         texts[0]
     );

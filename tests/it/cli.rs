@@ -236,7 +236,8 @@ fn a_reconcile_schedule_without_a_clerk_key_is_refused_at_start() {
     assert!(!r.status.success());
     assert_eq!(r.stderr_lines().len(), 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("CLERKSYNC_RECONCILE_EVERY") && r.stderr.contains("CLERKSYNC_CLERK_SECRET_KEY"),
+        r.stderr.contains("CLERKSYNC_RECONCILE_EVERY")
+            && r.stderr.contains("CLERKSYNC_CLERK_SECRET_KEY"),
         "{}",
         r.stderr
     );
@@ -250,7 +251,11 @@ fn a_reconcile_schedule_without_a_clerk_key_is_refused_at_start() {
         None,
     );
     assert!(!r.status.success());
-    assert!(r.stderr.contains("CLERKSYNC_RECONCILE_EVERY is invalid"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("CLERKSYNC_RECONCILE_EVERY is invalid"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

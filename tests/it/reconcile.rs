@@ -70,7 +70,10 @@ async fn wait_status(s: &Server, what: &str, done: impl Fn(&Value) -> bool) -> V
         if done(&v) {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -107,10 +110,17 @@ async fn a_scheduled_pass_repairs_missed_webhooks_including_deletions() {
     server.settle().await;
     let delivered = now_ms();
     assert!(
-        events[half..].iter().any(|e| e.event_type == "user.deleted"),
+        events[half..]
+            .iter()
+            .any(|e| e.event_type == "user.deleted"),
         "the lost half deletes users"
     );
-    let v = wait_status(&server, "a scheduled pass after the webhooks", finished_since(delivered)).await;
+    let v = wait_status(
+        &server,
+        "a scheduled pass after the webhooks",
+        finished_since(delivered),
+    )
+    .await;
     assert_eq!(v["last"]["trigger"], "schedule", "{v}");
     assert_eq!(v["last"]["ok"], true, "{v}");
     assert_eq!(v["every_secs"], 2);
@@ -149,7 +159,10 @@ async fn admin_reconcile_needs_the_token_and_answers_409_while_a_pass_runs() {
     let server = sqlite_server(|c| with_reconcile(c, &url, None)).await;
     // Auth like every /admin route.
     assert_eq!(server.get_json("/admin/reconcile", None).await.0, 401);
-    assert_eq!(server.get_json("/admin/reconcile", Some("wrong")).await.0, 401);
+    assert_eq!(
+        server.get_json("/admin/reconcile", Some("wrong")).await.0,
+        401
+    );
     assert_eq!(post(&server, None, None).await.0, 401);
     let v = status(&server).await;
     assert_eq!(v["status"], "idle");
@@ -182,7 +195,15 @@ async fn admin_reconcile_needs_the_token_and_answers_409_while_a_pass_runs() {
     assert_eq!(users["seen"], api.len("users") as i64, "{v}");
     assert_eq!(users["created"], users["seen"]);
     assert_eq!(users["ending"], "complete");
-    assert_eq!(v["last"]["drift"].as_i64().unwrap(), v["last"]["resources"].as_array().unwrap().iter().map(|r| r["drift"].as_i64().unwrap()).sum::<i64>());
+    assert_eq!(
+        v["last"]["drift"].as_i64().unwrap(),
+        v["last"]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["drift"].as_i64().unwrap())
+            .sum::<i64>()
+    );
     server.settle().await;
     assert_store_equals(&server.db, &api).await;
     // A dry run chosen in the body changes nothing and finds nothing now.
@@ -194,7 +215,12 @@ async fn admin_reconcile_needs_the_token_and_answers_409_while_a_pass_runs() {
     )
     .await;
     assert_eq!(code, 202, "{started}");
-    let v = wait_status(&server, "the dry run", finished_since(started["started_at"].as_i64().unwrap())).await;
+    let v = wait_status(
+        &server,
+        "the dry run",
+        finished_since(started["started_at"].as_i64().unwrap()),
+    )
+    .await;
     assert_eq!(v["last"]["dry_run"], true);
     assert_eq!(v["last"]["resources"].as_array().unwrap().len(), 1);
     assert_eq!(v["last"]["drift"], 0, "{v}");
@@ -204,7 +230,10 @@ async fn admin_reconcile_needs_the_token_and_answers_409_while_a_pass_runs() {
     let keyless = sqlite_server(|c| c.admin_token = Some(Token::new(ADMIN))).await;
     let (code, body) = post(&keyless, None, Some(ADMIN)).await;
     assert_eq!(code, 503, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("CLERKSYNC_CLERK_SECRET_KEY"));
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("CLERKSYNC_CLERK_SECRET_KEY"));
     assert_eq!(status(&keyless).await["key_configured"], false);
     keyless.stop().await;
 }
@@ -221,7 +250,10 @@ async fn two_servers_on_one_postgres_database_run_one_pass_at_a_time() {
     let events = stream(3_000, 35);
     let (api, url) = stand_in(&events).await;
     let hour = Some(Duration::from_secs(3600));
-    let a = start(&db_url, Box::new(SchemaGuard(schema)), |c| with_reconcile(c, &url, hour)).await;
+    let a = start(&db_url, Box::new(SchemaGuard(schema)), |c| {
+        with_reconcile(c, &url, hour)
+    })
+    .await;
     let b = start(&db_url, Box::new(()), |c| with_reconcile(c, &url, hour)).await;
     // The schedule's first pass: one of the two runs it, the other sees it done.
     wait_status(&a, "the first scheduled pass", finished_since(0)).await;
@@ -229,8 +261,11 @@ async fn two_servers_on_one_postgres_database_run_one_pass_at_a_time() {
     // few rounds to start a second pass, which they must not.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let passes = |text: String| {
-        crate::helpers::metric_value(&text, "clerksync_reconcile_passes_total{result=\"complete\"}")
-            .unwrap_or(0.0)
+        crate::helpers::metric_value(
+            &text,
+            "clerksync_reconcile_passes_total{result=\"complete\"}",
+        )
+        .unwrap_or(0.0)
     };
     let total = passes(a.metrics_text().await) + passes(b.metrics_text().await);
     assert_eq!(total, 1.0, "one scheduled pass for two nodes");
@@ -241,10 +276,22 @@ async fn two_servers_on_one_postgres_database_run_one_pass_at_a_time() {
         ..Faults::default()
     });
     let (code, started) = post(&a, None, Some(ADMIN)).await;
-    assert_eq!(code, 202, "{started}: a {} b {}", status(&a).await, status(&b).await);
+    assert_eq!(
+        code,
+        202,
+        "{started}: a {} b {}",
+        status(&a).await,
+        status(&b).await
+    );
     let (code, busy) = post(&b, None, Some(ADMIN)).await;
     assert_eq!(code, 409, "{busy}");
-    assert!(busy["error"].as_str().unwrap().contains("on a node sharing this database"), "{busy}");
+    assert!(
+        busy["error"]
+            .as_str()
+            .unwrap()
+            .contains("on a node sharing this database"),
+        "{busy}"
+    );
     let elsewhere = status(&b).await;
     assert_eq!(elsewhere["status"], "running");
     assert_eq!(elsewhere["running"]["node"], "other", "{elsewhere}");
@@ -271,10 +318,18 @@ async fn two_servers_on_one_postgres_database_run_one_pass_at_a_time() {
             break body;
         }
         assert_eq!(code, 409, "{body}");
-        assert!(Instant::now() < deadline, "the lapsed lease was never taken over");
+        assert!(
+            Instant::now() < deadline,
+            "the lapsed lease was never taken over"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let v = wait_status(&b, "b's pass", finished_since(started["started_at"].as_i64().unwrap())).await;
+    let v = wait_status(
+        &b,
+        "b's pass",
+        finished_since(started["started_at"].as_i64().unwrap()),
+    )
+    .await;
     assert_eq!(v["last"]["ok"], true, "{v}");
     b.stop().await;
     a.stop().await;
@@ -324,7 +379,10 @@ async fn backfill_url_has_the_running_server_run_the_pass() {
         .lines()
         .find(|l| l.starts_with("users done:"))
         .unwrap_or_else(|| panic!("a plain progress line: {text}"));
-    assert!(!done.contains('\u{1b}'), "escape codes in a log line: {done}");
+    assert!(
+        !done.contains('\u{1b}'),
+        "escape codes in a log line: {done}"
+    );
     server.settle().await;
     assert_store_equals(&server.db, &api).await;
     // A second pass through the binary finds nothing to do.
@@ -332,7 +390,10 @@ async fn backfill_url_has_the_running_server_run_the_pass() {
         backfill_url(&server, ADMIN, &["--resources", "users", "--json"])
     });
     assert_eq!(code, 0, "{text}");
-    let line = text.lines().find(|l| l.starts_with('{')).expect("a JSON line");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
     let report: Value = serde_json::from_str(line).unwrap();
     assert_eq!(report["drift"], 0, "{report}");
     assert_eq!(report["resources"][0]["unchanged"], users as i64);
@@ -352,7 +413,12 @@ async fn backfill_url_has_the_running_server_run_the_pass() {
     assert_ne!(code, 0);
     assert!(text.contains("already running"), "{text}");
     api.set_faults(Faults::default());
-    wait_status(&server, "the pass", finished_since(started["started_at"].as_i64().unwrap())).await;
+    wait_status(
+        &server,
+        "the pass",
+        finished_since(started["started_at"].as_i64().unwrap()),
+    )
+    .await;
     // Local-only flags are refused with --url.
     let (code, text) = tokio::task::block_in_place(|| backfill_url(&server, ADMIN, &["--restart"]));
     assert_ne!(code, 0);

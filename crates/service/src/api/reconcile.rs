@@ -48,7 +48,9 @@ impl From<StartError> for ApiError {
     )
 )]
 pub(crate) async fn status(State(s): State<AppState>) -> Result<Json<ReconcileStatus>, ApiError> {
-    Ok(Json(s.reconcile.status().await.map_err(ApiError::internal)?))
+    Ok(Json(
+        s.reconcile.status().await.map_err(ApiError::internal)?,
+    ))
 }
 
 /// Starts a pass now (202); its progress and result at `GET /admin/reconcile`.

@@ -95,7 +95,9 @@ impl ReconcileSettings {
     pub fn build(&self) -> Result<ReconcileConfig, Invalid> {
         let every = match self.reconcile_every.as_deref().map(str::trim) {
             None | Some("") | Some("off") => None,
-            Some(s) => Some(parse_every(s).map_err(|m| Invalid::new("CLERKSYNC_RECONCILE_EVERY", m))?),
+            Some(s) => {
+                Some(parse_every(s).map_err(|m| Invalid::new("CLERKSYNC_RECONCILE_EVERY", m))?)
+            }
         };
         let share = self
             .reconcile_max_delete_share
@@ -430,8 +432,14 @@ impl Reconciler {
                 .map_err(|e| StartError::BadRequest(e.to_string()))?,
             _ => self.config.resources.clone(),
         };
-        self.start(Trigger::Request, resources, req.dry_run, req.force, i64::MAX)
-            .await
+        self.start(
+            Trigger::Request,
+            resources,
+            req.dry_run,
+            req.force,
+            i64::MAX,
+        )
+        .await
     }
 
     async fn start(
@@ -727,7 +735,9 @@ impl Reconciler {
                     .await
                 {
                     Ok(_) | Err(StartError::Busy(_)) => {}
-                    Err(e) => tracing::warn!(error = %e, "reconciliation schedule: a pass did not start"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconciliation schedule: a pass did not start")
+                    }
                 }
             }
             tokio::select! {

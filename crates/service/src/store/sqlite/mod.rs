@@ -11,9 +11,9 @@
 //! fsync.
 
 mod backfill;
-mod lease;
 mod conn;
 mod gate;
+mod lease;
 mod migrate;
 mod purge;
 mod tx;
