@@ -247,7 +247,12 @@ async fn steps(s: &Server, c: &Client, clerk_users: usize) {
         Value::Null,
     )
     .await;
-    c.find(Locator::Id("rc-run")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("rc-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let drift = until(
         c,
         "the pass's drift for users",

@@ -75,8 +75,7 @@ async fn a_full_run_logs_json_with_spans_and_no_secrets() {
 
     // A stand-in Clerk API for the scheduled reconciliation pass (its key must
     // never show either).
-    let (_clerk, clerk_url) =
-        crate::backfill::stand_in(&crate::backfill::stream(300, 43)).await;
+    let (_clerk, clerk_url) = crate::backfill::stand_in(&crate::backfill::stream(300, 43)).await;
 
     let dir = tempfile::tempdir().unwrap();
     let secret = whsec(TEST_KEY);
@@ -213,7 +212,10 @@ async fn a_full_run_logs_json_with_spans_and_no_secrets() {
         if v["status"] == "idle" && v["last"]["ok"] == true {
             break;
         }
-        assert!(Instant::now() < pass_deadline, "no reconciliation pass: {v}");
+        assert!(
+            Instant::now() < pass_deadline,
+            "no reconciliation pass: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
