@@ -129,9 +129,16 @@ async fn run(command: Command, sources: &Sources) -> anyhow::Result<()> {
         Command::Backfill(args) => {
             let config = sources.config(args.db.settings(), Secret::Unused)?;
             clerksync::telemetry::init_logging(config.log_format);
-            let db = clerksync::store::Database::open(&config.database_url).await?;
-            let status = backfill::run(&db, &args).await;
-            db.close().await;
+            let status = match &args.url {
+                // The server runs the pass: no database or Clerk key here.
+                Some(url) => backfill::remote(&args, url).await,
+                None => {
+                    let db = clerksync::store::Database::open(&config.database_url).await?;
+                    let status = backfill::run(&db, &args).await;
+                    db.close().await;
+                    status
+                }
+            };
             match status? {
                 0 => Ok(()),
                 code => std::process::exit(code),

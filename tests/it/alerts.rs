@@ -334,3 +334,34 @@ async fn sync_lag_over_the_threshold_raises_an_alert() {
     stop.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// A reconciliation pass that finds more records out of step than the
+/// threshold raises one alert (webhooks are being lost); the drift shows in
+/// `/metrics` too. The stand-in holds users the store never heard of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciliation_pass_with_drift_over_the_threshold_raises_an_alert() {
+    let rx = Receiver::start(0).await;
+    let events = crate::backfill::stream(1_000, 41);
+    let (api, api_url) = crate::backfill::stand_in(&events).await;
+    let users = api.len("users");
+    assert!(users > 5, "the stand-in holds users");
+    let s = alerting_server(&rx.url, |c| {
+        c.alerts.reconcile_drift = 5;
+        // Scheduled, so the first pass runs at start-up with no command.
+        c.reconcile = crate::reconcile::reconcile_config(&api_url, Some(Duration::from_secs(3600)));
+    })
+    .await;
+    let texts = rx.wait_for(1).await;
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].contains("reconciliation pass found")
+            && texts[0].contains("webhooks are being lost"),
+        "{}",
+        texts[0]
+    );
+    assert!(texts[0].contains(&format!("users {users}")), "{}", texts[0]);
+    assert!(!texts[0].contains(crate::backfill::KEY));
+    let drift = metric(&s, "clerksync_reconcile_last_drift{resource=\"users\"}").await;
+    assert_eq!(drift, users as f64);
+    s.stop().await;
+}

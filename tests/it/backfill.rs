@@ -16,10 +16,10 @@ use clerksync_loadgen::generate::{generate, Event, GenConfig};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const KEY: &str = "sk_test_backfill_TOPSECRET_4242";
+pub(crate) const KEY: &str = "sk_test_backfill_TOPSECRET_4242";
 
 /// A generated stream of `events` (about a fifth as many users).
-fn stream(events: usize, seed: u64) -> Vec<Event> {
+pub(crate) fn stream(events: usize, seed: u64) -> Vec<Event> {
     generate(&GenConfig {
         seed,
         events,
@@ -30,7 +30,7 @@ fn stream(events: usize, seed: u64) -> Vec<Event> {
     })
 }
 
-async fn stand_in(events: &[Event]) -> (ClerkApi, String) {
+pub(crate) async fn stand_in(events: &[Event]) -> (ClerkApi, String) {
     let api = ClerkApi::new(KEY);
     api.apply_events(events);
     let (url, _task) = api.spawn(0).await.expect("stand-in binds");
@@ -87,7 +87,7 @@ fn sorted(mut v: Vec<(String, i64)>) -> Vec<(String, i64)> {
     v
 }
 
-async fn assert_store_equals(db: &Database, api: &ClerkApi) {
+pub(crate) async fn assert_store_equals(db: &Database, api: &ClerkApi) {
     for (table, coll) in [
         ("users", "users"),
         ("organizations", "organizations"),

@@ -167,15 +167,20 @@ async fn dashboard_in_a_headless_browser() {
     if !tools_present() {
         return;
     }
+    // A stand-in Clerk instance for the reconciliation panel's pass.
+    let (clerk, clerk_url) = crate::backfill::stand_in(&crate::backfill::stream(300, 45)).await;
     let s = sqlite_server(|c| {
         c.admin_token = Some(Token::new(TOKEN));
         c.max_attempts = 1;
+        c.reconcile = crate::reconcile::reconcile_config(&clerk_url, None);
     })
     .await;
     let driver = start_driver().await;
     let c = open_browser(&driver).await;
+    let users = clerk.len("users");
     // Close the session (and its chromium) whatever the steps do, then report.
-    let steps = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(steps(&s, &c))).await;
+    let steps =
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(steps(&s, &c, users))).await;
     let _ = c.clone().close().await;
     drop(driver);
     if let Err(panic) = steps {
@@ -183,7 +188,7 @@ async fn dashboard_in_a_headless_browser() {
     }
 }
 
-async fn steps(s: &Server, c: &Client) {
+async fn steps(s: &Server, c: &Client, clerk_users: usize) {
     // The HTTP side refuses: no token, a wrong token.
     assert_eq!(s.get_json("/admin/stats", None).await.0, 401);
     assert_eq!(s.get_json("/admin/stats", Some("wrong")).await.0, 401);
@@ -232,6 +237,32 @@ async fn steps(s: &Server, c: &Client) {
         !url.as_str().contains(TOKEN),
         "the token stays in the address bar: {url}"
     );
+
+    // Reconciliation: no pass yet; the button runs one, and the panel shows
+    // its result with the drift per resource (every user was missing here).
+    until(
+        c,
+        "the reconciliation panel",
+        "return document.getElementById('rc-summary').textContent.includes('no pass yet');",
+        Value::Null,
+    )
+    .await;
+    c.find(Locator::Id("rc-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let drift = until(
+        c,
+        "the pass's drift for users",
+        "const r = document.querySelector('#rc-rows tr[data-resource=\"users\"] td[data-drift]'); \
+         return r && r.dataset.drift !== '' && document.getElementById('rc-summary').textContent.includes('last pass') \
+           ? r.dataset.drift : null;",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(drift, json!(clerk_users.to_string()));
 
     // A webhook posted now appears in the live stream, processed.
     let ev = |id: &str, v: i64| {

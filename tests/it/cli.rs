@@ -218,6 +218,46 @@ fn a_malformed_secret_is_named_where_it_came_from() {
     );
 }
 
+/// A reconciliation schedule needs the Clerk key: serve refuses to start
+/// without it, in one line naming both settings.
+#[test]
+fn a_reconcile_schedule_without_a_clerk_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = whsec(TEST_KEY);
+    let r = clerksync_with(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", "d"],
+        &[
+            ("CLERKSYNC_WEBHOOK_SECRET", secret.as_str()),
+            ("CLERKSYNC_RECONCILE_EVERY", "24h"),
+        ],
+        None,
+    );
+    assert!(!r.status.success());
+    assert_eq!(r.stderr_lines().len(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("CLERKSYNC_RECONCILE_EVERY")
+            && r.stderr.contains("CLERKSYNC_CLERK_SECRET_KEY"),
+        "{}",
+        r.stderr
+    );
+    let r = clerksync_with(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", "d"],
+        &[
+            ("CLERKSYNC_WEBHOOK_SECRET", secret.as_str()),
+            ("CLERKSYNC_RECONCILE_EVERY", "often"),
+        ],
+        None,
+    );
+    assert!(!r.status.success());
+    assert!(
+        r.stderr.contains("CLERKSYNC_RECONCILE_EVERY is invalid"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn each_command_help_shows_only_its_own_options() {
     let dir = tempfile::tempdir().unwrap();

@@ -73,6 +73,10 @@ async fn a_full_run_logs_json_with_spans_and_no_secrets() {
     );
     tokio::spawn(async move { axum::serve(rx, hook).await });
 
+    // A stand-in Clerk API for the scheduled reconciliation pass (its key must
+    // never show either).
+    let (_clerk, clerk_url) = crate::backfill::stand_in(&crate::backfill::stream(300, 43)).await;
+
     let dir = tempfile::tempdir().unwrap();
     let secret = whsec(TEST_KEY);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerksync"));
@@ -89,6 +93,10 @@ async fn a_full_run_logs_json_with_spans_and_no_secrets() {
         .env("CLERKSYNC_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("CLERKSYNC_API_TOKEN", API_TOKEN)
         .env("CLERKSYNC_ALERT_WEBHOOK_URL", &alert_url)
+        .env("CLERKSYNC_RECONCILE_EVERY", "24h")
+        .env("CLERKSYNC_CLERK_SECRET_KEY", crate::backfill::KEY)
+        .env("CLERKSYNC_CLERK_API_URL", &clerk_url)
+        .env("CLERKSYNC_CLERK_RATE", "off")
         .stdin(Stdio::null())
         .stdout(File::create(dir.path().join("stdout.log")).unwrap())
         .stderr(File::create(dir.path().join("stderr.log")).unwrap());
@@ -189,6 +197,28 @@ async fn a_full_run_logs_json_with_spans_and_no_secrets() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // The scheduled reconciliation pass that ran at start-up has ended.
+    let pass_deadline = Instant::now() + GUARD;
+    loop {
+        let v: Value = client
+            .get(format!("{base}/admin/reconcile"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "idle" && v["last"]["ok"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < pass_deadline,
+            "no reconciliation pass: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Stop it (SIGTERM) so every line is written.
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
@@ -217,6 +247,7 @@ async fn a_full_run_logs_json_with_spans_and_no_secrets() {
         ADMIN_TOKEN.to_string(),
         API_TOKEN.to_string(),
         ALERT_TOKEN.to_string(),
+        crate::backfill::KEY.to_string(),
     ];
     forbidden.extend(signatures);
     for f in &forbidden {

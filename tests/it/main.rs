@@ -28,6 +28,7 @@ mod metrics;
 mod process;
 mod processor;
 mod realtime;
+mod reconcile;
 mod search;
 mod skip;
 mod slowloris;

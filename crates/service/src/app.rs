@@ -56,6 +56,8 @@ pub struct AppState {
     pub realtime: Arc<RealtimeHub>,
     /// Operator alerts (a no-op without an alert URL).
     pub alerts: Arc<Alerter>,
+    /// Reconciliation passes: scheduled, or asked for by `POST /admin/reconcile`.
+    pub reconcile: Arc<crate::backfill::schedule::Reconciler>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,15 @@ impl App {
         // The alerter hears of dead letters (and applied lag) as the processor's observer.
         let observer: Option<Arc<dyn crate::processor::EventObserver>> =
             alerts.enabled().then(|| alerts.clone() as _);
+        let cancel = CancellationToken::new();
+        let reconcile = crate::backfill::schedule::Reconciler::new(
+            db.clone(),
+            config.reconcile.clone(),
+            metrics.clone(),
+            alerts.clone(),
+            clock.clone(),
+            cancel.child_token(),
+        );
         let processor = Processor {
             db: db.clone(),
             clock: clock.clone(),
@@ -163,6 +174,7 @@ impl App {
             search,
             realtime,
             alerts,
+            reconcile,
         };
         let router = router(state.clone());
         Ok(App {
@@ -173,7 +185,7 @@ impl App {
             writer,
             processor,
             alert_sender,
-            cancel: CancellationToken::new(),
+            cancel,
         })
     }
 
@@ -214,6 +226,9 @@ impl App {
             alerting.push(tokio::spawn(sender.run(cancel.child_token())));
         }
         let consumers = spawn_consumers(&state, cancel.child_token());
+        // Stops with the app (the Reconciler holds a child of `cancel`).
+        let reconcile = state.reconcile.clone();
+        let schedule = tokio::spawn(reconcile.clone().run_schedule());
         let signal = cancel.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -250,6 +265,14 @@ impl App {
         for c in consumers.into_iter().chain(alerting) {
             let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
         }
+        // A pass in progress stops and gives its lease back (its checkpoints
+        // let the next pass, on any node, resume it).
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let _ = schedule.await;
+            reconcile.stopped().await;
+        })
+        .await;
+        drop(reconcile);
         db.close().await;
         result
     }
@@ -327,6 +350,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::search::routes(state.clone()))
         .merge(api::realtime::routes())
         .merge(api::admin::routes(state.clone()))
+        .merge(api::reconcile::routes(state.clone()))
         .merge(api::dashboard::routes(state.clone()))
         .with_state(state)
 }

@@ -6,13 +6,15 @@
 //! subsystem declares its settings once (flag, `CLERKSYNC_*` variable and file
 //! key in one field of a `clap::Args` + serde struct), next to their defaults
 //! and checks: `serve::HttpSettings`, `feed::cache::settings::CacheSettings`,
-//! `alerts::AlertSettings`, `realtime::RealtimeSettings`. [`Settings`]
+//! `alerts::AlertSettings`, `realtime::RealtimeSettings`,
+//! `backfill::schedule::ReconcileSettings`. [`Settings`]
 //! flattens those groups with the core settings (addresses, database, tokens,
 //! the processor's), and a new group takes one line in [`Layers::settings`].
 //! Must never: be re-read after start-up, hold a default or limit of a group,
 //! or print a secret (the `Debug` of secrets and tokens is redacted).
 
 use crate::alerts::AlertSettings;
+use crate::backfill::schedule::ReconcileSettings;
 use crate::feed::cache::settings::CacheSettings;
 use crate::realtime::RealtimeSettings;
 use crate::serve::HttpSettings;
@@ -230,6 +232,9 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub realtime: RealtimeSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub reconcile: ReconcileSettings,
 }
 
 /// The sources of settings, layered: what clap parsed (flags over
@@ -292,6 +297,7 @@ impl Layers {
         self.extract::<CacheSettings>()?;
         self.extract::<AlertSettings>()?;
         self.extract::<RealtimeSettings>()?;
+        self.extract::<ReconcileSettings>()?;
         self.extract()
     }
 
@@ -396,6 +402,8 @@ pub struct Config {
     pub realtime: crate::realtime::RealtimeConfig,
     /// The alert webhook and its thresholds (alerts/mod.rs).
     pub alerts: crate::alerts::AlertConfig,
+    /// Scheduled reconciliation and the Clerk key (backfill/schedule.rs).
+    pub reconcile: crate::backfill::schedule::ReconcileConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -469,6 +477,7 @@ impl Config {
         let realtime = s.realtime.build()?;
         let cache = s.cache.build()?;
         let alerts = s.alerts.build()?;
+        let reconcile = s.reconcile.build()?;
         let listen_s = s.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_s
             .trim()
@@ -556,6 +565,7 @@ impl Config {
             search_dir: Some(search_dir),
             realtime,
             alerts,
+            reconcile,
         })
     }
 

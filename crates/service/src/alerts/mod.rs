@@ -1,7 +1,8 @@
 //! Operator alerts: a Slack-compatible webhook (`POST {"text": "..."}`).
 //!
 //! Owns: deciding when to alert (an event dead-letters, webhook signature
-//! failures above a rate, sync lag above a threshold), deduplicating and
+//! failures above a rate, sync lag above a threshold, a reconciliation pass
+//! that found more drift than a threshold: webhooks are being lost), deduplicating and
 //! rate-limiting per kind of alert, and delivering them from a background task
 //! with retries. Must never: block or slow the caller (ingress, processor: alerts
 //! are queued with `try_send` and dropped, counted, when the queue is full), put
@@ -24,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_SIGNATURE_FAILURES_PER_MINUTE: u32 = 20;
 pub const DEFAULT_LAG_SECS: u64 = 60;
 pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 300;
+/// Records a reconciliation pass may find out of step before it alerts: a
+/// few are webhooks still in flight while the pass listed; more are lost.
+pub const DEFAULT_RECONCILE_DRIFT: u64 = 10;
 
 /// Alerts waiting for the sender; more are dropped (and counted as failed).
 const QUEUE: usize = 64;
@@ -104,6 +108,10 @@ pub struct AlertSettings {
     /// At most one alert of each kind per this many seconds.
     #[arg(long, global = true, env = "CLERKSYNC_ALERT_MIN_INTERVAL_SECS")]
     pub alert_min_interval_secs: Option<u64>,
+    /// Records a reconciliation pass finds to create, update or delete (all
+    /// resources) above which an alert is sent: webhooks are being lost.
+    #[arg(long, global = true, env = "CLERKSYNC_ALERT_RECONCILE_DRIFT")]
+    pub alert_reconcile_drift: Option<u64>,
 }
 
 impl AlertSettings {
@@ -140,6 +148,9 @@ impl AlertSettings {
             signature_failures_per_minute: per_minute,
             lag: Duration::from_secs(lag),
             min_interval: Duration::from_secs(interval),
+            reconcile_drift: self
+                .alert_reconcile_drift
+                .unwrap_or(DEFAULT_RECONCILE_DRIFT),
         })
     }
 }
@@ -156,6 +167,8 @@ pub struct AlertConfig {
     pub lag: Duration,
     /// At most one alert of each kind per this window; the rest are counted.
     pub min_interval: Duration,
+    /// A reconciliation pass that finds more drift than this raises an alert.
+    pub reconcile_drift: u64,
 }
 
 impl Default for AlertConfig {
@@ -165,6 +178,7 @@ impl Default for AlertConfig {
             signature_failures_per_minute: DEFAULT_SIGNATURE_FAILURES_PER_MINUTE,
             lag: Duration::from_secs(DEFAULT_LAG_SECS),
             min_interval: Duration::from_secs(DEFAULT_MIN_INTERVAL_SECS),
+            reconcile_drift: DEFAULT_RECONCILE_DRIFT,
         }
     }
 }
@@ -175,6 +189,7 @@ pub enum AlertKind {
     DeadLetter = 0,
     SignatureFailures = 1,
     Lag = 2,
+    ReconcileDrift = 3,
 }
 
 #[derive(Default)]
@@ -196,7 +211,7 @@ struct SignatureWindow {
 pub struct Alerter {
     config: AlertConfig,
     tx: Option<mpsc::Sender<String>>,
-    kinds: Mutex<[KindState; 3]>,
+    kinds: Mutex<[KindState; 4]>,
     signatures: Mutex<SignatureWindow>,
     /// Largest received -> applied lag seen since the last lag check (ms).
     max_sync_lag_ms: AtomicI64,
@@ -309,6 +324,30 @@ impl Alerter {
                 )
             });
         }
+    }
+
+    /// Called when a reconciliation pass ends with what it found out of step:
+    /// (resource, records to create + update + delete).
+    pub fn reconcile_drift(&self, per_resource: &[(&str, i64)], dry_run: bool) {
+        let total: i64 = per_resource.iter().map(|(_, n)| n).sum();
+        if total <= self.config.reconcile_drift as i64 {
+            return;
+        }
+        let threshold = self.config.reconcile_drift;
+        self.raise(AlertKind::ReconcileDrift, || {
+            let parts: Vec<String> = per_resource
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            format!(
+                "clerksync: a reconciliation pass{} found {total} records out of step with Clerk \
+                 (more than {threshold}: {}); webhooks are being lost: check the endpoint in \
+                 Clerk's dashboard (disabled? failing deliveries?)",
+                if dry_run { " (dry run)" } else { "" },
+                parts.join(", ")
+            )
+        });
     }
 
     /// Looks at the lag every few seconds until `cancel`.

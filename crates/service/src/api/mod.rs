@@ -10,4 +10,5 @@ pub mod health;
 pub mod openapi;
 pub mod read;
 pub mod realtime;
+pub mod reconcile;
 pub mod search;

@@ -296,6 +296,8 @@ impl Modify for Security {
         crate::api::admin::entity,
         crate::api::search::reindex_status,
         crate::api::search::start_reindex,
+        crate::api::reconcile::status,
+        crate::api::reconcile::start,
     ),
     modifiers(&Security),
     tags(
@@ -368,6 +370,7 @@ mod tests {
             "/admin/events/{svix_id}/retry",
             "/admin/entities/{id}",
             "/admin/reindex",
+            "/admin/reconcile",
         ] {
             assert!(paths.contains_key(p), "{p} is not in the document");
         }

@@ -21,6 +21,7 @@
 //! arriving both ways is written once.
 
 pub mod client;
+pub mod schedule;
 
 use crate::clerk::model::{parse_event, Change, Kind, Parsed, PayloadError};
 use crate::store::backfill::{self as checkpoint, Checkpoint};

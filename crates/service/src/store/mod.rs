@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod feed;
 pub mod inbox;
+pub mod lease;
 pub mod maintenance;
 pub mod migrations;
 mod postgres;
@@ -180,6 +181,28 @@ pub(crate) trait BackfillStore {
         limit: i64,
     ) -> Result<Vec<backfill::Missing>>;
     async fn live_after(&self, kind: Kind, after: &str, limit: i64) -> Result<Vec<String>>;
+}
+
+/// Named leases: one holder across nodes, expiring (store/lease.rs).
+#[async_trait]
+pub(crate) trait LeaseStore {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        ttl_ms: i64,
+        finished_before: i64,
+    ) -> Result<bool>;
+    async fn renew_lease(&self, name: &str, holder: &str, now: i64, ttl_ms: i64) -> Result<bool>;
+    async fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        finished_at: Option<i64>,
+        result: &str,
+    ) -> Result<bool>;
+    async fn load_lease(&self, name: &str) -> Result<Option<lease::Lease>>;
 }
 
 /// Inbox rows by status.

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub realtime: RealtimeMetrics,
     /// The HTTP server's connection limits and the webhook body budget (serve.rs).
     pub http: HttpMetrics,
+    /// Reconciliation passes run by the server (`clerksync_reconcile_*`).
+    pub reconcile: ReconcileMetrics,
     pub deliveries: Family<OutcomeLabels, Counter>,
     pub ack_seconds: Histogram,
     pub events_processed: Family<EventLabels, Counter>,
@@ -242,7 +244,9 @@ impl Metrics {
         );
         let realtime = RealtimeMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry);
+        let reconcile = ReconcileMetrics::register(&mut registry);
         Self {
+            reconcile,
             throughput: super::history::Throughput::new(),
             realtime,
             http,
@@ -390,6 +394,101 @@ impl HttpMetrics {
             "webhook_body_budget_exhausted",
             "Webhook deliveries answered 503 because the buffered-body budget was spent",
             m.body_budget_exhausted.clone(),
+        );
+        m
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileRecordLabels {
+    /// The resource (`users`, `organizations`, ...): a bounded set.
+    pub resource: String,
+    /// `seen`, `created`, `updated`, `deleted`, `unchanged`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileResourceLabels {
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcilePassLabels {
+    /// `complete`, `refused`, `dry_run`, `failed`.
+    pub result: String,
+}
+
+/// Reconciliation passes the server runs (`clerksync_reconcile_*`,
+/// backfill/schedule.rs): counted once per pass when it ends.
+#[derive(Clone, Debug)]
+pub struct ReconcileMetrics {
+    pub records: Family<ReconcileRecordLabels, Counter>,
+    /// Requests to Clerk's Backend API, and those answered 429.
+    pub requests: Counter,
+    pub throttled: Counter,
+    pub passes: Family<ReconcilePassLabels, Counter>,
+    pub duration_seconds: Histogram,
+    /// What the last pass found to create, update or delete, per resource:
+    /// above zero, webhooks were lost (or arrived during the pass).
+    pub last_drift: Family<ReconcileResourceLabels, Gauge>,
+    /// 1 while this node runs a pass.
+    pub running: Gauge,
+    /// Unix seconds of this node's last pass that completed.
+    pub last_success_timestamp: Gauge,
+}
+
+impl ReconcileMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        // 1 s .. ~9 h: a pass lists the whole instance under Clerk's rate limit.
+        let m = ReconcileMetrics {
+            records: Family::default(),
+            requests: Counter::default(),
+            throttled: Counter::default(),
+            passes: Family::default(),
+            duration_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            last_drift: Family::default(),
+            running: Gauge::default(),
+            last_success_timestamp: Gauge::default(),
+        };
+        registry.register(
+            "reconcile_records",
+            "Records of reconciliation passes, by resource and outcome (seen, created, updated, deleted, unchanged)",
+            m.records.clone(),
+        );
+        registry.register(
+            "reconcile_requests",
+            "Requests reconciliation passes made to Clerk's Backend API",
+            m.requests.clone(),
+        );
+        registry.register(
+            "reconcile_throttled",
+            "Requests of reconciliation passes Clerk answered 429 (retried after Retry-After)",
+            m.throttled.clone(),
+        );
+        registry.register(
+            "reconcile_passes",
+            "Reconciliation passes ended, by result (complete, refused, dry_run, failed)",
+            m.passes.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Wall time of a reconciliation pass",
+            m.duration_seconds.clone(),
+        );
+        registry.register(
+            "reconcile_last_drift",
+            "Records the last pass found to create, update or delete, by resource (lost webhooks)",
+            m.last_drift.clone(),
+        );
+        registry.register(
+            "reconcile_running",
+            "1 while this node runs a reconciliation pass",
+            m.running.clone(),
+        );
+        registry.register(
+            "reconcile_last_success_timestamp_seconds",
+            "Unix time of the last reconciliation pass this node completed",
+            m.last_success_timestamp.clone(),
         );
         m
     }

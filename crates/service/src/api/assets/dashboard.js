@@ -220,7 +220,7 @@
   async function tick(gen) {
     if (!running || gen !== generation) return;
     try {
-      const jobs = [refreshStats(), refreshThroughput(), refreshDead()];
+      const jobs = [refreshStats(), refreshThroughput(), refreshDead(), refreshReconcile()];
       if (!paused) jobs.push(refreshEvents());
       if (openEntityId) jobs.push(refreshEntity(openEntityId, false));
       await Promise.all(jobs);
@@ -376,6 +376,60 @@
       return tr;
     }));
     for (const r of rows) if (newestSeq === null || r.seq > newestSeq) newestSeq = r.seq;
+  }
+
+  // --- reconciliation ------------------------------------------------------
+
+  // The pass running on this node (progress per resource) or else the last
+  // pass on any node (its counts and drift: what webhooks missed).
+  async function refreshReconcile() {
+    const r = await api('/admin/reconcile');
+    const running = r.running;
+    const last = r.last;
+    let state = r.status;
+    if (running && running.node === 'other') state = 'running on another node';
+    $('rc-state').textContent = '(' + state + ')';
+    $('rc-run').disabled = !r.key_configured || r.status === 'running';
+    const parts = [];
+    if (last) {
+      parts.push('last pass ' + fmtFull(last.finished_at) + (last.dry_run ? ' (dry run)' : '') +
+        (last.ok ? ': drift ' + fmtNum(last.drift) : ': failed: ' + (last.error || '')));
+    } else {
+      parts.push('no pass yet');
+    }
+    if (typeof r.next_run_at === 'number') parts.push('next scheduled ' + fmtFull(r.next_run_at));
+    else parts.push('not scheduled (CLERKSYNC_RECONCILE_EVERY)');
+    if (!r.key_configured) parts.push('no Clerk key (CLERKSYNC_CLERK_SECRET_KEY)');
+    $('rc-summary').textContent = parts.join(' · ');
+    const rows = running && running.resources.length ? running.resources.map((p) => ({
+      resource: p.resource, phase: p.phase, seen: p.seen, created: p.created, updated: p.updated,
+      deleted: p.deleted, unchanged: null, drift: null,
+    })) : (last ? last.resources.map((x) => ({
+      resource: x.resource, phase: x.ending, seen: x.seen, created: x.created, updated: x.updated,
+      deleted: x.deleted, unchanged: x.unchanged, drift: x.drift,
+    })) : []);
+    $('rc-rows').replaceChildren(...rows.map((x) => el('tr', { data: { resource: x.resource } }, [
+      el('td', { text: x.resource, cls: 'mono' }),
+      el('td', { text: x.phase }),
+      el('td', { text: fmtNum(x.seen), cls: 'num' }),
+      el('td', { text: fmtNum(x.created), cls: 'num' }),
+      el('td', { text: fmtNum(x.updated), cls: 'num' }),
+      el('td', { text: fmtNum(x.deleted), cls: 'num' }),
+      el('td', { text: fmtNum(x.unchanged), cls: 'num' }),
+      el('td', { text: fmtNum(x.drift), cls: x.drift > 0 ? 'num warn' : 'num', data: { drift: x.drift === null ? '' : x.drift } }),
+    ])));
+  }
+
+  async function runReconcile() {
+    $('rc-msg').textContent = '';
+    $('rc-run').disabled = true;
+    try {
+      await api('/admin/reconcile', 'POST');
+      await refreshReconcile();
+    } catch (e) {
+      if (e instanceof Unauthorized) { unauthorized(); return; }
+      $('rc-msg').textContent = e.message;
+    }
   }
 
   // --- dead letters --------------------------------------------------------
@@ -581,6 +635,7 @@
     $('entity-close').addEventListener('click', () => { openEntityId = null; $('entity').hidden = true; });
     $('event-close').addEventListener('click', () => { $('event').hidden = true; });
     $('retry-all').addEventListener('click', retryAll);
+    $('rc-run').addEventListener('click', runReconcile);
     $('pause').addEventListener('click', () => {
       paused = !paused;
       $('pause').textContent = paused ? 'Resume' : 'Pause';

@@ -8,6 +8,7 @@
 //! the store.
 
 mod backfill;
+mod lease;
 mod purge;
 mod tx;
 

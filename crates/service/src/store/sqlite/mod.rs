@@ -13,6 +13,7 @@
 mod backfill;
 mod conn;
 mod gate;
+mod lease;
 mod migrate;
 mod purge;
 mod tx;
