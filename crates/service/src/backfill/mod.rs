@@ -22,7 +22,7 @@
 
 pub mod client;
 
-use crate::clerk::model::{parse_event, Change, Kind, Parsed, PayloadError};
+use crate::clerk::model::{parse_data, Change, Kind, Parsed, PayloadError};
 use crate::store::backfill::{self as checkpoint, Checkpoint};
 use crate::store::db::Database;
 use crate::store::tx::begin;
@@ -30,6 +30,7 @@ use crate::sync::{apply_parsed, plan_batch, Delivery, SyncError};
 use client::{ClerkClient, ClientError};
 use futures::StreamExt;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -475,7 +476,11 @@ impl<'a> Pass<'a> {
                     self.total = page.total;
                 }
                 let n = page.records.len();
-                let ids: Vec<String> = page.records.iter().map(|r| record_id(r)).collect();
+                // Each record is read once, here: its id for the overlap and
+                // its object for the apply path.
+                let records: Vec<Listed> = page.records.iter().map(|r| Listed::read(r)).collect();
+                drop(page.records);
+                let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
                 if offset > 0 && !tail.is_empty() && n > 0 && !tail.contains(&ids[0]) {
                     // Rows before this page went away mid-pass: back up.
                     tracing::debug!(
@@ -488,8 +493,7 @@ impl<'a> Pass<'a> {
                     continue 'stream;
                 }
                 // The overlap was applied with the page before: not again.
-                let fresh: Vec<Box<RawValue>> = page
-                    .records
+                let fresh: Vec<Listed> = records
                     .into_iter()
                     .zip(&ids)
                     .filter(|(_, id)| !tail.contains(id))
@@ -509,31 +513,28 @@ impl<'a> Pass<'a> {
     }
 
     /// Applies one page in one transaction, then records it as listed.
-    async fn apply_page(&mut self, records: Vec<Box<RawValue>>) -> Result<(), BackfillError> {
+    async fn apply_page(&mut self, records: Vec<Listed>) -> Result<(), BackfillError> {
         let kind = self.resource.kind();
         let now = now_ms();
         let event_type = format!("{}.updated", kind.family());
         let mut changes = Vec::with_capacity(records.len());
-        for raw in &records {
-            // The body a webhook carrying this record would have: the same
-            // parser reads it, so a listed record is the same change.
-            let body = format!(
-                r#"{{"type":"{event_type}","object":"event","data":{}}}"#,
-                raw.get()
-            );
-            match parse_event(&event_type, &body, now / 1000) {
+        for r in records {
+            // The same parser as a webhook's `data`, so a listed record is
+            // the change a `<family>.updated` carrying it would make.
+            let parsed = r
+                .data
+                .and_then(|data| parse_data(kind, &event_type, data, None, now / 1000));
+            match parsed {
                 Ok(Parsed::Change(c)) => changes.push(*c),
                 Ok(Parsed::Unknown) => {}
                 Err(e) => {
                     // The record is skipped, and the pass cannot reconcile:
                     // it did not see everything there is.
                     self.invalid += 1;
-                    let id = record_id(raw);
-                    tracing::warn!(resource = self.resource.name(), entity_id = %id, error = %e, "a listed record cannot apply; skipped");
+                    tracing::warn!(resource = self.resource.name(), entity_id = %r.id, error = %e, "a listed record cannot apply; skipped");
                 }
             }
         }
-        drop(records);
         let ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
         let local = checkpoint::local_versions(self.db, kind, &ids).await?;
         for c in &changes {
@@ -614,7 +615,7 @@ impl<'a> Pass<'a> {
             let mut still = Vec::new();
             for m in batch {
                 match self.lookup(&m).await? {
-                    Some(raw) => still.push(raw),
+                    Some(raw) => still.push(Listed::read(&raw)),
                     None => gone.push(m),
                 }
             }
@@ -713,16 +714,29 @@ fn overlap(limit: u32) -> u32 {
     }
 }
 
-/// A listed record's id ("" when it has none: such a record cannot apply anyway).
-fn record_id(raw: &RawValue) -> String {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: Option<String>,
+/// A listed record, read once: its id ("" when it has none: such a record
+/// cannot apply anyway) and its object, or why it is not one.
+struct Listed {
+    id: String,
+    data: Result<Map<String, Value>, PayloadError>,
+}
+
+impl Listed {
+    fn read(raw: &RawValue) -> Listed {
+        let data = match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(PayloadError::NoData),
+            Err(e) => Err(PayloadError::NotJson(e.to_string())),
+        };
+        let id = data
+            .as_ref()
+            .ok()
+            .and_then(|m| m.get("id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        Listed { id, data }
     }
-    serde_json::from_str::<Id>(raw.get())
-        .ok()
-        .and_then(|r| r.id)
-        .unwrap_or_default()
 }
 
 /// Applies changes in one store transaction through `sync`, like the
