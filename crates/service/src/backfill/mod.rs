@@ -340,6 +340,8 @@ struct Pass<'a> {
     invalid: i64,
     resumed_at: i64,
     total: Option<u64>,
+    /// The writes of the page before, while they run.
+    pending: Option<tokio::task::JoinHandle<Result<(Checkpoint, Vec<String>), BackfillError>>>,
 }
 
 impl<'a> Pass<'a> {
@@ -387,6 +389,7 @@ impl<'a> Pass<'a> {
             dry_seen: HashSet::new(),
             invalid: 0,
             total: None,
+            pending: None,
         })
     }
 
@@ -457,6 +460,14 @@ impl<'a> Pass<'a> {
     /// shifted, and listing backs up one page and continues from there
     /// (repeats are harmless: a record applies once under the version rules).
     async fn list(&mut self, observer: &dyn Observer) -> Result<(), BackfillError> {
+        let listed = self.list_pages(observer).await;
+        // The last page's writes, or the one running when listing failed: a
+        // failed pass returns only once nothing of it is still writing.
+        let settled = self.settle().await;
+        listed.and(settled)
+    }
+
+    async fn list_pages(&mut self, observer: &dyn Observer) -> Result<(), BackfillError> {
         let limit = self.opts.page_size.clamp(1, 500);
         let ov = overlap(limit);
         let step = (limit - ov) as u64;
@@ -500,9 +511,13 @@ impl<'a> Pass<'a> {
                     .map(|(r, _)| r)
                     .collect();
                 tail = ids[n.saturating_sub(ov as usize)..].to_vec();
-                self.cp.next_offset = (offset + n as u64) as i64;
-                self.apply_page(fresh).await?;
+                // Parsed while the page before is still being written...
+                let changes = self.parse_page(fresh);
+                self.settle().await?;
                 self.progress(observer, "listing");
+                // ...and written while the next one is fetched and parsed.
+                self.cp.next_offset = (offset + n as u64) as i64;
+                self.pending = Some(tokio::spawn(write_page(self.page_write(changes))));
                 if n < limit as usize {
                     break 'stream;
                 }
@@ -512,8 +527,9 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Applies one page in one transaction, then records it as listed.
-    async fn apply_page(&mut self, records: Vec<Listed>) -> Result<(), BackfillError> {
+    /// The changes a page's records make, as a `<family>.updated` webhook
+    /// carrying each would; records that cannot apply are counted and logged.
+    fn parse_page(&mut self, records: Vec<Listed>) -> Vec<Change> {
         let kind = self.resource.kind();
         let now = now_ms();
         let event_type = format!("{}.updated", kind.family());
@@ -535,29 +551,49 @@ impl<'a> Pass<'a> {
                 }
             }
         }
-        let ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
-        let local = checkpoint::local_versions(self.db, kind, &ids).await?;
-        for c in &changes {
-            match local.get(&c.id) {
-                None => self.cp.created += 1,
-                Some((_, true)) => self.cp.unchanged += 1,
-                Some((v, false)) if c.version > *v => self.cp.updated += 1,
-                Some(_) => self.cp.unchanged += 1,
-            }
+        changes
+    }
+
+    /// A page's writes, owning what they need (they run on a task of their own).
+    fn page_write(&self, changes: Vec<Change>) -> PageWrite {
+        PageWrite {
+            db: self.db.clone(),
+            kind: self.resource.kind(),
+            resource: self.resource.name(),
+            changes,
+            cp: self.cp.clone(),
+            dry_run: self.opts.dry_run,
         }
-        self.cp.seen += changes.len() as i64;
+    }
+
+    /// Waits for the page being written, and takes its checkpoint (counters
+    /// and position) as the pass's.
+    async fn settle(&mut self) -> Result<(), BackfillError> {
+        let Some(handle) = self.pending.take() else {
+            return Ok(());
+        };
+        let (cp, ids) = match handle.await {
+            Ok(written) => written?,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only the runtime shutting down cancels it: nothing is left to report to.
+                Err(e) => panic!("a backfill page's writes were cancelled: {e}"),
+            },
+        };
+        self.cp = cp;
         if self.opts.dry_run {
             self.dry_seen.extend(ids);
-            return Ok(());
         }
-        apply_changes(self.db, changes, SOURCE, now)
-            .await
-            .map_err(|source| BackfillError::Apply {
-                resource: self.resource.name(),
-                source,
-            })?;
-        checkpoint::advance(self.db, &self.cp, &ids).await?;
         Ok(())
+    }
+
+    /// Applies one page in one transaction, then records it as listed (what
+    /// listing pipelines; reconciliation calls it for one page at a time).
+    async fn apply_page(&mut self, records: Vec<Listed>) -> Result<(), BackfillError> {
+        let changes = self.parse_page(records);
+        self.settle().await?;
+        self.pending = Some(tokio::spawn(write_page(self.page_write(changes))));
+        self.settle().await
     }
 
     /// Deletes what the complete listing did not contain, unless the pass
@@ -712,6 +748,51 @@ fn overlap(limit: u32) -> u32 {
     } else {
         (limit / 10).clamp(1, 20)
     }
+}
+
+/// One page's writes, owned so they run on a task of their own while the
+/// next page is fetched and parsed (SQLite's calls block the task making them).
+struct PageWrite {
+    db: Database,
+    kind: Kind,
+    resource: &'static str,
+    changes: Vec<Change>,
+    /// The pass's checkpoint with this page's position.
+    cp: Checkpoint,
+    dry_run: bool,
+}
+
+/// Counts what the page creates, updates or leaves as it is, applies it in
+/// one transaction and then records it as listed; returns the checkpoint
+/// after it and the page's ids.
+async fn write_page(w: PageWrite) -> Result<(Checkpoint, Vec<String>), BackfillError> {
+    let PageWrite {
+        db,
+        kind,
+        resource,
+        changes,
+        mut cp,
+        dry_run,
+    } = w;
+    let ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
+    let local = checkpoint::local_versions(&db, kind, &ids).await?;
+    for c in &changes {
+        match local.get(&c.id) {
+            None => cp.created += 1,
+            Some((_, true)) => cp.unchanged += 1,
+            Some((v, false)) if c.version > *v => cp.updated += 1,
+            Some(_) => cp.unchanged += 1,
+        }
+    }
+    cp.seen += changes.len() as i64;
+    if dry_run {
+        return Ok((cp, ids));
+    }
+    apply_changes(&db, changes, SOURCE, now_ms())
+        .await
+        .map_err(|source| BackfillError::Apply { resource, source })?;
+    checkpoint::advance(&db, &cp, &ids).await?;
+    Ok((cp, ids))
 }
 
 /// A listed record, read once: its id ("" when it has none: such a record
