@@ -34,8 +34,8 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let api = clerk_api::seeded(KEY, events, 4242);
-    let records = (api.len("users") + api.len("organizations") + api.len("organization_memberships"))
-        as u64;
+    let records =
+        (api.len("users") + api.len("organizations") + api.len("organization_memberships")) as u64;
     let (url, _task) = rt.block_on(api.spawn(0)).expect("the stand-in binds");
     let client = || {
         let mut c = ClientConfig::new(&url, SecretKey::parse(KEY).expect("key")).expect("config");
