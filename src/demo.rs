@@ -386,13 +386,7 @@ Ctrl-C stops it.
 async fn import_existing(db: &clerksync::store::Database, events: usize) {
     use clerksync::backfill::client::{ClerkClient, ClientConfig, SecretKey};
     let key = format!("sk_test_demo{}", B64URL.encode(rand::random::<[u8; 12]>()));
-    let api = clerksync_loadgen::clerk_api::ClerkApi::new(&key);
-    api.apply_events(&generate::generate(&GenConfig {
-        seed: 4242,
-        events,
-        max_updates: 1,
-        ..GenConfig::default()
-    }));
+    let api = clerksync_loadgen::clerk_api::seeded(&key, events, 4242);
     let result = async {
         let (url, task) = api.spawn(0).await.map_err(|e| e.to_string())?;
         let mut c = ClientConfig::new(&url, SecretKey::parse(&key).map_err(|e| e.to_string())?)

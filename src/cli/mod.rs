@@ -56,6 +56,10 @@ enum Command {
     Wsbench(clerksync_loadgen::ws::WsBenchArgs),
     /// Try it: serve a fresh demo database fed with a live stream; prints the dashboard address.
     Demo(crate::demo::DemoArgs),
+    /// The stand-in for Clerk's Backend API alone, holding a generated
+    /// instance (to time `backfill` against it as a separate process).
+    #[command(hide = true)]
+    ClerkStandIn(clerksync_loadgen::clerk_api::StandInArgs),
     /// Print the HTTP API's OpenAPI 3.1 document (`clerksync openapi > openapi.json`).
     Openapi,
     /// Inspect and operate on stored events (works with the server stopped).
@@ -161,6 +165,13 @@ async fn run(command: Command, sources: &Sources) -> anyhow::Result<()> {
         Command::Openapi => {
             // The committed openapi.json is this output (a test compares them).
             out(clerksync::api::openapi::json().trim_end());
+            Ok(())
+        }
+        Command::ClerkStandIn(args) => {
+            let (line, task) = clerksync_loadgen::clerk_api::start_stand_in(args).await?;
+            out(line);
+            // Serves until the process is stopped.
+            let _ = task.await;
             Ok(())
         }
         Command::Demo(args) => {

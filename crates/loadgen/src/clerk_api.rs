@@ -22,14 +22,14 @@
 // as it is, once per request, so boxing it would buy nothing.
 #![expect(clippy::result_large_err)]
 
-use crate::generate::Event;
+use crate::generate::{generate_each, Event, GenConfig};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,18 +55,61 @@ pub const COLLECTIONS: [&str; 8] = [
 struct Collection {
     by_order: BTreeMap<(i64, String), Arc<str>>,
     created: HashMap<String, i64>,
+    /// `by_order`'s records in ascending order, built by the first page after
+    /// a change: a page is then a slice, not a walk from the first record (a
+    /// walk made listing 1M users quadratic). Any write drops it.
+    ordered: Option<Vec<Arc<str>>>,
+    /// Memberships only: the ids of the records each user or organization id
+    /// is referenced by, and each record's (user_id, organization_id), so a
+    /// cascade reads its own memberships instead of parsing all of them.
+    by_ref: HashMap<String, HashSet<String>>,
+    refs: HashMap<String, (String, String)>,
 }
 
 impl Collection {
-    fn upsert(&mut self, id: &str, created_at: i64, record: &Value) {
+    fn upsert(
+        &mut self,
+        id: &str,
+        created_at: i64,
+        record: &Value,
+        refs: Option<(String, String)>,
+    ) {
         let created_at = *self.created.entry(id.to_string()).or_insert(created_at);
         self.by_order
             .insert((created_at, id.to_string()), record.to_string().into());
+        self.ordered = None;
+        self.unref(id);
+        if let Some((user, org)) = refs {
+            for parent in [&user, &org] {
+                self.by_ref
+                    .entry(parent.clone())
+                    .or_default()
+                    .insert(id.to_string());
+            }
+            self.refs.insert(id.to_string(), (user, org));
+        }
+    }
+
+    fn unref(&mut self, id: &str) {
+        if let Some((user, org)) = self.refs.remove(id) {
+            for parent in [user, org] {
+                if let Some(set) = self.by_ref.get_mut(&parent) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.by_ref.remove(&parent);
+                    }
+                }
+            }
+        }
     }
 
     fn remove(&mut self, id: &str) -> bool {
+        self.unref(id);
         match self.created.remove(id) {
-            Some(c) => self.by_order.remove(&(c, id.to_string())).is_some(),
+            Some(c) => {
+                self.ordered = None;
+                self.by_order.remove(&(c, id.to_string())).is_some()
+            }
             None => false,
         }
     }
@@ -74,6 +117,12 @@ impl Collection {
     fn get(&self, id: &str) -> Option<&Arc<str>> {
         let c = self.created.get(id)?;
         self.by_order.get(&(*c, id.to_string()))
+    }
+
+    /// Every record in ascending creation order.
+    fn ordered(&mut self) -> &[Arc<str>] {
+        self.ordered
+            .get_or_insert_with(|| self.by_order.values().cloned().collect())
     }
 }
 
@@ -178,11 +227,14 @@ impl ClerkApi {
             .get("created_at")
             .and_then(Value::as_i64)
             .unwrap_or(0);
+        let refs = (collection == "organization_memberships")
+            .then(|| membership_refs_of(&record))
+            .flatten();
         self.lock()
             .collections
             .entry(collection)
             .or_default()
-            .upsert(&id, created, &record);
+            .upsert(&id, created, &record, refs);
     }
 
     /// Deletes a record; a user's or organization's memberships go with it.
@@ -210,11 +262,10 @@ impl ClerkApi {
         if matches!(collection, "users" | "organizations") {
             if let Some(m) = inner.collections.get_mut("organization_memberships") {
                 let gone: Vec<String> = m
-                    .by_order
-                    .iter()
-                    .filter(|(_, r)| membership_refs(r).is_some_and(|(u, o)| u == id || o == id))
-                    .map(|((_, mid), _)| mid.clone())
-                    .collect();
+                    .by_ref
+                    .get(id)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
                 for mid in gone {
                     m.remove(&mid);
                 }
@@ -347,7 +398,10 @@ impl ClerkApi {
 
 /// `(user_id, organization_id)` of a stored membership.
 fn membership_refs(r: &str) -> Option<(String, String)> {
-    let v: Value = serde_json::from_str(r).ok()?;
+    membership_refs_of(&serde_json::from_str(r).ok()?)
+}
+
+fn membership_refs_of(v: &Value) -> Option<(String, String)> {
     Some((
         v["public_user_data"]["user_id"].as_str()?.to_string(),
         v["organization"]["id"].as_str()?.to_string(),
@@ -404,20 +458,36 @@ fn json_response(body: String) -> Response {
     ([("content-type", "application/json")], body).into_response()
 }
 
-/// One page of a collection, filtered; (records, total).
+/// One page of a collection, filtered (`keep`: None for all); (records, total).
 fn page(
     api: &ClerkApi,
     collection: &str,
     q: &ListQuery,
-    keep: impl Fn(&str) -> bool,
+    keep: Option<&(dyn Fn(&str) -> bool + Sync)>,
 ) -> Result<(Vec<Arc<str>>, usize), Response> {
     let (limit, offset, ascending) = paging(q)?;
-    let inner = api.lock();
+    let mut inner = api.lock();
     if inner.faults.list_nothing {
         return Ok((Vec::new(), 0));
     }
-    let Some(c) = inner.collections.get(collection) else {
+    let Some(c) = inner.collections.get_mut(collection) else {
         return Ok((Vec::new(), 0));
+    };
+    let Some(keep) = keep else {
+        // Unfiltered: a slice of the ordered snapshot, whatever the offset.
+        let all = c.ordered();
+        let total = all.len();
+        let range = if ascending {
+            offset.min(total)..offset.saturating_add(limit).min(total)
+        } else {
+            let end = total.saturating_sub(offset);
+            end.saturating_sub(limit)..end
+        };
+        let mut records = all[range].to_vec();
+        if !ascending {
+            records.reverse();
+        }
+        return Ok((records, total));
     };
     let all: Box<dyn Iterator<Item = &Arc<str>>> = if ascending {
         Box::new(c.by_order.values())
@@ -453,7 +523,7 @@ async fn list_paginated(
     headers: HeaderMap,
     collection: &str,
     q: ListQuery,
-    keep: impl Fn(&str) -> bool,
+    keep: Option<&(dyn Fn(&str) -> bool + Sync)>,
 ) -> Response {
     let delay = match api.gate(&headers) {
         Ok(d) => d,
@@ -483,7 +553,7 @@ async fn list_users(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    match page(&api, "users", &q, |_| true) {
+    match page(&api, "users", &q, None) {
         Ok((records, _)) => json_response(join(&records)),
         Err(r) => r,
     }
@@ -535,7 +605,7 @@ async fn list_collection(
     Query(q): Query<ListQuery>,
 ) -> Response {
     match known(&collection) {
-        Some(c) => list_paginated(api, headers, c, q, |_| true).await,
+        Some(c) => list_paginated(api, headers, c, q, None).await,
         None => clerk_error(
             StatusCode::NOT_FOUND,
             "resource_not_found",
@@ -561,11 +631,68 @@ async fn list_org_memberships(
         );
     }
     let user = q.user_id.clone();
-    list_paginated(api, headers, "organization_memberships", q, move |r| {
+    let keep = move |r: &str| {
         membership_refs(r)
             .is_some_and(|(u, o)| o == org && user.as_ref().is_none_or(|want| *want == u))
-    })
-    .await
+    };
+    list_paginated(api, headers, "organization_memberships", q, Some(&keep)).await
+}
+
+/// The flags of `clerksync clerk-stand-in` (hidden): the stand-in alone, in
+/// its own process, so a backfill's memory and CPU can be measured apart
+/// from the instance it lists.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StandInArgs {
+    /// Port on 127.0.0.1 (0: any; the URL is printed).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Events of the generated stream whose final state the instance holds
+    /// (about a fifth as many users: 5,000,000 for 1M users).
+    #[arg(long, default_value_t = 50_000)]
+    pub events: usize,
+    /// Seed of the generated stream (the demo's import uses 4242).
+    #[arg(long, default_value_t = 4242)]
+    pub seed: u64,
+    /// The secret key the stand-in accepts (give it to the backfill as
+    /// CLERKSYNC_CLERK_SECRET_KEY).
+    #[arg(long, default_value = "sk_test_stand_in")]
+    pub key: String,
+}
+
+/// The instance `clerksync demo` imports: `events` of the classic stream, one
+/// update per entity, folded into the stand-in one event at a time (the
+/// stream is never held whole).
+pub fn seeded(key: &str, events: usize, seed: u64) -> ClerkApi {
+    let api = ClerkApi::new(key);
+    generate_each(
+        &GenConfig {
+            seed,
+            events,
+            max_updates: 1,
+            ..GenConfig::default()
+        },
+        |e| api.apply_events([&e]),
+    );
+    api
+}
+
+/// Seeds the instance and starts serving it: one line saying where and what
+/// it holds, and the server task (it runs until aborted or the process ends).
+pub async fn start_stand_in(
+    args: StandInArgs,
+) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+    let started = std::time::Instant::now();
+    let api = seeded(&args.key, args.events, args.seed);
+    let (url, task) = api.spawn(args.port).await?;
+    let line = format!(
+        "stand-in for Clerk's Backend API at {url} (key {}): {} users, {} organizations, {} memberships, seeded in {:.1} s",
+        args.key,
+        api.len("users"),
+        api.len("organizations"),
+        api.len("organization_memberships"),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((line, task))
 }
 
 /// A 404 for an organization the stand-in does not have (after the gate, so

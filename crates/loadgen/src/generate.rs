@@ -145,11 +145,21 @@ pub struct Event {
 
 /// Generates the stream described by `cfg`, in event order.
 pub fn generate(cfg: &GenConfig) -> Vec<Event> {
+    let mut out = Vec::with_capacity(cfg.events);
+    generate_each(cfg, |e| out.push(e));
+    out
+}
+
+/// [`generate`]'s stream handed over event by event, never held whole: what
+/// fills a large stand-in instance (millions of events) in bounded memory.
+pub fn generate_each(cfg: &GenConfig, mut each: impl FnMut(Event)) {
     let mut g = Gen::new(cfg.clone());
-    while g.out.len() < cfg.events {
+    while g.emitted < cfg.events {
         g.step();
+        for e in g.out.drain(..) {
+            each(e);
+        }
     }
-    g.out
 }
 
 /// How many entities have events still to come at any time. Interleaving this
@@ -448,6 +458,8 @@ struct Gen {
     active: Vec<Script>,
     /// Sum of `remaining()` over `active`: events already promised to entities.
     committed: usize,
+    /// Events emitted so far (they leave `out` as they are made).
+    emitted: usize,
     out: Vec<Event>,
 }
 
@@ -502,7 +514,8 @@ impl Gen {
         let now_ms = cfg.start_ms;
         let instance_id = ids::entity_id("ins", now_ms - 86_400_000, &mut rng);
         Gen {
-            out: Vec::with_capacity(cfg.events),
+            out: Vec::new(),
+            emitted: 0,
             cfg,
             rng,
             now_ms,
@@ -522,7 +535,7 @@ impl Gen {
     /// Emits exactly one event. Invariant: `committed <= events left to emit`, so
     /// every promised lifecycle event fits and the total comes out exact.
     fn step(&mut self) {
-        let left = self.cfg.events - self.out.len();
+        let left = self.cfg.events - self.emitted;
         let slack = left - self.committed;
         if self.active.is_empty() || (slack > 0 && self.active.len() < ACTIVE_TARGET) {
             self.create(slack);
@@ -1142,7 +1155,8 @@ impl Gen {
             "timestamp": t,
             "type": event_type,
         });
-        let seq = self.out.len() as u32;
+        let seq = self.emitted as u32;
+        self.emitted += 1;
         let svix_id = ids::svix_id(t, seq, &mut self.rng);
         self.out.push(Event {
             svix_id: svix_id.into(),

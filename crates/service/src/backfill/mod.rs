@@ -23,7 +23,8 @@
 pub mod client;
 pub mod schedule;
 
-use crate::clerk::model::{parse_event, Change, Kind, Parsed, PayloadError};
+use crate::clerk::events::Action;
+use crate::clerk::model::{parse_data, Change, Kind, Parsed, PayloadError};
 use crate::store::backfill::{self as checkpoint, Checkpoint};
 use crate::store::db::Database;
 use crate::store::tx::begin;
@@ -31,6 +32,7 @@ use crate::sync::{apply_parsed, plan_batch, Delivery, SyncError};
 use client::{ClerkClient, ClientError};
 use futures::StreamExt;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -369,6 +371,8 @@ struct Pass<'a> {
     invalid: i64,
     resumed_at: i64,
     total: Option<u64>,
+    /// The writes of the page before, while they run.
+    pending: Option<tokio::task::JoinHandle<Result<(Checkpoint, Vec<String>), BackfillError>>>,
 }
 
 impl<'a> Pass<'a> {
@@ -416,6 +420,7 @@ impl<'a> Pass<'a> {
             dry_seen: HashSet::new(),
             invalid: 0,
             total: None,
+            pending: None,
         })
     }
 
@@ -439,11 +444,7 @@ impl<'a> Pass<'a> {
                 _ => None,
             };
             self.progress(observer, "listing");
-            if self.resource.per_organization() {
-                self.list_per_organization(observer).await?;
-            } else {
-                self.list(observer).await?;
-            }
+            self.list(observer).await?;
             if !self.opts.dry_run {
                 self.cp.status = "listed".into();
                 checkpoint::save(self.db, &self.cp).await?;
@@ -490,6 +491,18 @@ impl<'a> Pass<'a> {
     /// shifted, and listing backs up one page and continues from there
     /// (repeats are harmless: a record applies once under the version rules).
     async fn list(&mut self, observer: &dyn Observer) -> Result<(), BackfillError> {
+        let listed = if self.resource.per_organization() {
+            self.list_per_organization(observer).await
+        } else {
+            self.list_pages(observer).await
+        };
+        // The last page's writes, or the one running when listing failed: a
+        // failed pass returns only once nothing of it is still writing.
+        let settled = self.settle().await;
+        listed.and(settled)
+    }
+
+    async fn list_pages(&mut self, observer: &dyn Observer) -> Result<(), BackfillError> {
         let limit = self.opts.page_size.clamp(1, 500);
         let ov = overlap(limit);
         let step = (limit - ov) as u64;
@@ -509,7 +522,11 @@ impl<'a> Pass<'a> {
                     self.total = page.total;
                 }
                 let n = page.records.len();
-                let ids: Vec<String> = page.records.iter().map(|r| record_id(r)).collect();
+                // Each record is read once, here: its id for the overlap and
+                // its object for the apply path.
+                let records: Vec<Listed> = page.records.iter().map(|r| Listed::read(r)).collect();
+                drop(page.records);
+                let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
                 if offset > 0 && !tail.is_empty() && n > 0 && !tail.contains(&ids[0]) {
                     // Rows before this page went away mid-pass: back up.
                     tracing::debug!(
@@ -522,17 +539,20 @@ impl<'a> Pass<'a> {
                     continue 'stream;
                 }
                 // The overlap was applied with the page before: not again.
-                let fresh: Vec<Box<RawValue>> = page
-                    .records
+                let fresh: Vec<Listed> = records
                     .into_iter()
                     .zip(&ids)
                     .filter(|(_, id)| !tail.contains(id))
                     .map(|(r, _)| r)
                     .collect();
                 tail = ids[n.saturating_sub(ov as usize)..].to_vec();
-                self.cp.next_offset = (offset + n as u64) as i64;
-                self.apply_page(fresh).await?;
+                // Parsed while the page before is still being written...
+                let changes = self.parse_page(fresh);
+                self.settle().await?;
                 self.progress(observer, "listing");
+                // ...and written while the next one is fetched and parsed.
+                self.cp.next_offset = (offset + n as u64) as i64;
+                self.pending = Some(tokio::spawn(write_page(self.page_write(changes))));
                 if n < limit as usize {
                     break 'stream;
                 }
@@ -582,13 +602,19 @@ impl<'a> Pass<'a> {
             while let Some(records) = lists.next().await {
                 let records = records?;
                 if !records.is_empty() {
+                    let listed: Vec<Listed> = records.iter().map(|r| Listed::read(r)).collect();
+                    drop(records);
+                    let changes = self.parse_page(listed);
+                    self.settle().await?;
                     // Saved with the organizations before this one done.
                     self.cp.next_offset = index;
-                    self.apply_page(records).await?;
+                    self.pending = Some(tokio::spawn(write_page(self.page_write(changes))));
                 }
                 index += 1;
                 self.cp.next_offset = index;
                 if index % 100 == 0 && !self.opts.dry_run {
+                    // After the write in flight, so checkpoints never go back.
+                    self.settle().await?;
                     checkpoint::save(self.db, &self.cp).await?;
                 }
                 self.progress(observer, "listing");
@@ -597,55 +623,72 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Applies one page in one transaction, then records it as listed.
-    async fn apply_page(&mut self, records: Vec<Box<RawValue>>) -> Result<(), BackfillError> {
+    /// The changes a page's records make, as a `<family>.updated` webhook
+    /// carrying each would; records that cannot apply are counted and logged.
+    fn parse_page(&mut self, records: Vec<Listed>) -> Vec<Change> {
         let kind = self.resource.kind();
         let now = now_ms();
-        let event_type = format!("{}.updated", kind.family());
         let mut changes = Vec::with_capacity(records.len());
-        for raw in &records {
-            // The body a webhook carrying this record would have: the same
-            // parser reads it, so a listed record is the same change.
-            let body = format!(
-                r#"{{"type":"{event_type}","object":"event","data":{}}}"#,
-                raw.get()
-            );
-            match parse_event(&event_type, &body, now / 1000) {
+        for r in records {
+            // The same parser as a webhook's `data`, so a listed record is
+            // the change a `<family>.updated` carrying it would make.
+            let parsed = r
+                .data
+                .and_then(|data| parse_data(kind, Action::Upsert, data, None, now / 1000));
+            match parsed {
                 Ok(Parsed::Change(c)) => changes.push(*c),
                 Ok(Parsed::Unknown) => {}
                 Err(e) => {
                     // The record is skipped, and the pass cannot reconcile:
                     // it did not see everything there is.
                     self.invalid += 1;
-                    let id = record_id(raw);
-                    tracing::warn!(resource = self.resource.name(), entity_id = %id, error = %e, "a listed record cannot apply; skipped");
+                    tracing::warn!(resource = self.resource.name(), entity_id = %r.id, error = %e, "a listed record cannot apply; skipped");
                 }
             }
         }
-        drop(records);
-        let ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
-        let local = checkpoint::local_versions(self.db, kind, &ids).await?;
-        for c in &changes {
-            match local.get(&c.id) {
-                None => self.cp.created += 1,
-                Some((_, true)) => self.cp.unchanged += 1,
-                Some((v, false)) if c.version > *v => self.cp.updated += 1,
-                Some(_) => self.cp.unchanged += 1,
-            }
+        changes
+    }
+
+    /// A page's writes, owning what they need (they run on a task of their own).
+    fn page_write(&self, changes: Vec<Change>) -> PageWrite {
+        PageWrite {
+            db: self.db.clone(),
+            kind: self.resource.kind(),
+            resource: self.resource.name(),
+            changes,
+            cp: self.cp.clone(),
+            dry_run: self.opts.dry_run,
         }
-        self.cp.seen += changes.len() as i64;
+    }
+
+    /// Waits for the page being written, and takes its checkpoint (counters
+    /// and position) as the pass's.
+    async fn settle(&mut self) -> Result<(), BackfillError> {
+        let Some(handle) = self.pending.take() else {
+            return Ok(());
+        };
+        let (cp, ids) = match handle.await {
+            Ok(written) => written?,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only the runtime shutting down cancels it: nothing is left to report to.
+                Err(e) => panic!("a backfill page's writes were cancelled: {e}"),
+            },
+        };
+        self.cp = cp;
         if self.opts.dry_run {
             self.dry_seen.extend(ids);
-            return Ok(());
         }
-        apply_changes(self.db, changes, SOURCE, now)
-            .await
-            .map_err(|source| BackfillError::Apply {
-                resource: self.resource.name(),
-                source,
-            })?;
-        checkpoint::advance(self.db, &self.cp, &ids).await?;
         Ok(())
+    }
+
+    /// Applies one page in one transaction, then records it as listed (what
+    /// listing pipelines; reconciliation calls it for one page at a time).
+    async fn apply_page(&mut self, records: Vec<Listed>) -> Result<(), BackfillError> {
+        let changes = self.parse_page(records);
+        self.settle().await?;
+        self.pending = Some(tokio::spawn(write_page(self.page_write(changes))));
+        self.settle().await
     }
 
     /// Deletes what the complete listing did not contain, unless the pass
@@ -703,7 +746,7 @@ impl<'a> Pass<'a> {
             let mut still = Vec::new();
             for m in batch {
                 match self.lookup(&m).await? {
-                    Some(raw) => still.push(raw),
+                    Some(raw) => still.push(Listed::read(&raw)),
                     None => gone.push(m),
                 }
             }
@@ -854,16 +897,74 @@ fn overlap(limit: u32) -> u32 {
     }
 }
 
-/// A listed record's id ("" when it has none: such a record cannot apply anyway).
-fn record_id(raw: &RawValue) -> String {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: Option<String>,
+/// One page's writes, owned so they run on a task of their own while the
+/// next page is fetched and parsed (SQLite's calls block the task making them).
+struct PageWrite {
+    db: Database,
+    kind: Kind,
+    resource: &'static str,
+    changes: Vec<Change>,
+    /// The pass's checkpoint with this page's position.
+    cp: Checkpoint,
+    dry_run: bool,
+}
+
+/// Counts what the page creates, updates or leaves as it is, applies it in
+/// one transaction and then records it as listed; returns the checkpoint
+/// after it and the page's ids.
+async fn write_page(w: PageWrite) -> Result<(Checkpoint, Vec<String>), BackfillError> {
+    let PageWrite {
+        db,
+        kind,
+        resource,
+        changes,
+        mut cp,
+        dry_run,
+    } = w;
+    let ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
+    let local = checkpoint::local_versions(&db, kind, &ids).await?;
+    for c in &changes {
+        match local.get(&c.id) {
+            None => cp.created += 1,
+            Some((_, true)) => cp.unchanged += 1,
+            Some((v, false)) if c.version > *v => cp.updated += 1,
+            Some(_) => cp.unchanged += 1,
+        }
     }
-    serde_json::from_str::<Id>(raw.get())
-        .ok()
-        .and_then(|r| r.id)
-        .unwrap_or_default()
+    cp.seen += changes.len() as i64;
+    if dry_run {
+        return Ok((cp, ids));
+    }
+    apply_changes(&db, changes, SOURCE, now_ms())
+        .await
+        .map_err(|source| BackfillError::Apply { resource, source })?;
+    checkpoint::advance(&db, &cp, &ids).await?;
+    Ok((cp, ids))
+}
+
+/// A listed record, read once: its id ("" when it has none: such a record
+/// cannot apply anyway) and its object, or why it is not one.
+struct Listed {
+    id: String,
+    data: Result<Map<String, Value>, PayloadError>,
+}
+
+impl Listed {
+    fn read(raw: &RawValue) -> Listed {
+        let data = match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(PayloadError::NoData),
+            Err(e) => Err(PayloadError::NotJson(e.to_string())),
+        };
+        let id = data
+            .as_ref()
+            .ok()
+            .and_then(|m| m.get("id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        Listed { id, data }
+    }
 }
 
 /// Applies changes in one store transaction through `sync`, like the

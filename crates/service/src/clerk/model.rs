@@ -266,12 +266,26 @@ pub fn parse_event(
         Some(Value::Object(m)) => m,
         _ => return Err(PayloadError::NoData),
     };
+    let envelope_ts = env.get("timestamp").and_then(Value::as_i64);
+    parse_data(kind, action, data, envelope_ts, svix_timestamp)
+}
+
+/// What an event's `data` object means for the store, once the envelope is
+/// read: [`parse_event`]'s second half, and how a backfill reads a listed
+/// record (the object itself, as a `<family>.updated` would carry it,
+/// without writing and re-reading an envelope around it).
+pub fn parse_data(
+    kind: Kind,
+    action: Action,
+    data: Map<String, Value>,
+    envelope_ts: Option<i64>,
+    svix_timestamp: i64,
+) -> Result<Parsed, PayloadError> {
     let id = match data.get("id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err(PayloadError::MissingId),
     };
     let delete = action == Action::Delete || data.get("deleted") == Some(&Value::Bool(true));
-    let envelope_ts = env.get("timestamp").and_then(Value::as_i64);
     let (updated_at, user_id, organization_id, user) = match kind.spec().payload {
         Payload::User => {
             let u: User = typed(kind, &data)?;
