@@ -225,6 +225,12 @@ async fn lifecycle_audit_cascade(s: &Server) {
             assert_eq!(s.scalar(&sql).await, 0, "{needle} left in {t}");
         }
     }
+    // Stored bodies are compressed: the SQL search above cannot see into them.
+    let bodies = s.bodies().await;
+    assert!(!bodies.is_empty());
+    for needle in ["ada@x.io", "Ada B", "Lovelace", "+15550001111"] {
+        assert!(!bodies.iter().any(|b| b.contains(needle)), "{needle} left in a body");
+    }
 }
 
 /// Every column of a table, concatenated, for a text search on SQLite.
