@@ -122,9 +122,13 @@ async fn fixtures_are_readable_postgres() {
 /// them. Audit rows hold a create's field names and, for an object field, only
 /// the members that changed.
 async fn activity_only_updates_and_compact_audit(s: &Server) {
-    s.post("msg_t1", &user("user_t", "Tia", "t@x.io", 100)).await;
-    s.post("msg_t2", &membership("orgmem_t", "org_t", "user_t", "admin", 100))
+    s.post("msg_t1", &user("user_t", "Tia", "t@x.io", 100))
         .await;
+    s.post(
+        "msg_t2",
+        &membership("orgmem_t", "org_t", "user_t", "admin", 100),
+    )
+    .await;
     s.settle().await;
     let activity = |at: i64| {
         let mut u = user("user_t", "Tia", "t@x.io", at);
@@ -150,17 +154,27 @@ async fn activity_only_updates_and_compact_audit(s: &Server) {
         k.sort();
         k
     };
-    assert_eq!(keys(&rows[1]), ["last_active_at", "last_sign_in_at", "updated_at"]);
-    assert_eq!(rows[2]["changes"]["last_active_at"], json!({"before": 200, "after": 300}));
     assert_eq!(
-        s.scalar("SELECT COUNT(*) FROM audit WHERE entity_id = 'orgmem_t'").await,
+        keys(&rows[1]),
+        ["last_active_at", "last_sign_in_at", "updated_at"]
+    );
+    assert_eq!(
+        rows[2]["changes"]["last_active_at"],
+        json!({"before": 200, "after": 300})
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM audit WHERE entity_id = 'orgmem_t'")
+            .await,
         1,
         "activity stamps touch no membership"
     );
     // A real change refreshes the membership's copy; its audit keeps the member that changed.
-    s.post("msg_t6", &user("user_t", "Tara", "t@x.io", 400)).await;
+    s.post("msg_t6", &user("user_t", "Tara", "t@x.io", 400))
+        .await;
     s.settle().await;
-    let (_, m) = s.get_json("/v1/organizations/org_t/memberships", None).await;
+    let (_, m) = s
+        .get_json("/v1/organizations/org_t/memberships", None)
+        .await;
     assert_eq!(m["data"][0]["public_user_data"]["first_name"], "Tara");
     let (_, audit) = s.get_json("/v1/audit?entity_id=orgmem_t", None).await;
     let refresh = &audit["data"][1];
@@ -169,7 +183,10 @@ async fn activity_only_updates_and_compact_audit(s: &Server) {
         refresh["changes"]["public_user_data.first_name"],
         json!({"before": "Tia", "after": "Tara"})
     );
-    assert!(refresh["changes"].get("public_user_data").is_none(), "{refresh}");
+    assert!(
+        refresh["changes"].get("public_user_data").is_none(),
+        "{refresh}"
+    );
     assert_eq!(
         s.scalar("SELECT COUNT(*) FROM change_feed").await,
         s.scalar("SELECT COUNT(*) FROM audit").await,
@@ -302,7 +319,10 @@ async fn lifecycle_audit_cascade(s: &Server) {
     let bodies = s.bodies().await;
     assert!(!bodies.is_empty());
     for needle in ["ada@x.io", "Ada B", "Lovelace", "+15550001111"] {
-        assert!(!bodies.iter().any(|b| b.contains(needle)), "{needle} left in a body");
+        assert!(
+            !bodies.iter().any(|b| b.contains(needle)),
+            "{needle} left in a body"
+        );
     }
 }
 

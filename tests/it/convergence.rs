@@ -246,7 +246,17 @@ async fn store(db: &Database, evs: &[Ev]) -> Vec<Delivery> {
         .collect();
     append_batch(db, &rows).await.unwrap();
     // Bodies are stored compressed: read as bytes, decoded by the store's codec.
-    type Row = (i64, String, String, Option<String>, i64, Option<i64>, i64, Vec<u8>, i32);
+    type Row = (
+        i64,
+        String,
+        String,
+        Option<String>,
+        i64,
+        Option<i64>,
+        i64,
+        Vec<u8>,
+        i32,
+    );
     let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, \
                BODY, attempts FROM inbox JOIN inbox_bodies USING (seq) ORDER BY seq";
     let stored: Vec<Row> = match db {

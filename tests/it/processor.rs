@@ -384,7 +384,10 @@ async fn raw_bodies_expire_after_apply(s: Server) {
             .await,
         3
     );
-    assert_eq!(status(&s, "msg_b2").await["body"]["data"]["first_name"], "Bo");
+    assert_eq!(
+        status(&s, "msg_b2").await["body"]["data"]["first_name"],
+        "Bo"
+    );
 
     // Not yet past the retention: nothing goes.
     let now_ms = crate::helpers::system_now_secs() * 1000;

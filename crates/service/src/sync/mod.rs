@@ -205,7 +205,10 @@ const ACTIVITY_FIELDS: [&str; 3] = ["last_active_at", "last_sign_in_at", "update
 
 /// Whether a user change touches nothing but [`ACTIVITY_FIELDS`].
 fn activity_only(changes: &Map<String, Value>) -> bool {
-    !changes.is_empty() && changes.keys().all(|k| ACTIVITY_FIELDS.contains(&k.as_str()))
+    !changes.is_empty()
+        && changes
+            .keys()
+            .all(|k| ACTIVITY_FIELDS.contains(&k.as_str()))
 }
 
 /// (version, svix-id) ordering of two non-delete writes.
@@ -316,7 +319,8 @@ async fn record(
         entity_id: &row.id,
         user_id: user.as_deref(),
         operation,
-        changes: serde_json::to_string(&audit_changes(operation, changes)).expect("a JSON map serializes"),
+        changes: serde_json::to_string(&audit_changes(operation, changes))
+            .expect("a JSON map serializes"),
         version: row.version,
         at: ctx.now,
     })

@@ -13,10 +13,10 @@ mod tx;
 
 use crate::clerk::model::Kind;
 use crate::config::redact_url;
+use crate::store::body;
 use crate::store::db::{Database, DbError};
 use crate::store::events::{EventFilter, EventRecord, EVENT_FIELDS};
 use crate::store::feed::{entries, FeedEntry, FeedFilter, StoredFeedRow};
-use crate::store::body;
 use crate::store::inbox::{
     delivery_columns, log_page, ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts,
 };
@@ -148,7 +148,9 @@ const LOG_PAGE: &str = log_page!("COALESCE(b.body_zstd, convert_to(b.body, 'UTF8
 /// The `body` column (bytes, or NULL) as a body ([`body::decode`]).
 fn body_of(r: &sqlx::postgres::PgRow) -> std::result::Result<String, sqlx::Error> {
     use sqlx::Row;
-    Ok(body::decode(r.try_get::<Option<Vec<u8>>, _>("body")?.as_deref()))
+    Ok(body::decode(
+        r.try_get::<Option<Vec<u8>>, _>("body")?.as_deref(),
+    ))
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Delivery {
@@ -388,11 +390,12 @@ impl EventStore for Postgres<'_> {
             .await?;
         let Some(rec) = rec else { return Ok(None) };
         // A body past the raw-body retention reads as empty: the row's metadata stays.
-        let stored: Option<Vec<u8>> =
-            sqlx::query_scalar(&format!("SELECT {BODY} FROM inbox_bodies b WHERE b.seq = $1"))
-                .bind(rec.seq)
-                .fetch_optional(self.pool)
-                .await?;
+        let stored: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+            "SELECT {BODY} FROM inbox_bodies b WHERE b.seq = $1"
+        ))
+        .bind(rec.seq)
+        .fetch_optional(self.pool)
+        .await?;
         Ok(Some((rec, body::decode(stored.as_deref()))))
     }
 

@@ -112,10 +112,10 @@ pub(super) async fn purge(
                     sqlx::query(
                         "UPDATE inbox_bodies SET body = $2, body_zstd = NULL WHERE seq = $1",
                     )
-                        .bind(iseq)
-                        .bind((redact.body)(&body))
-                        .execute(&mut *tx)
-                        .await?;
+                    .bind(iseq)
+                    .bind((redact.body)(&body))
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 sqlx::query("DELETE FROM inbox_contacts WHERE seq = $1")
                     .bind(iseq)

@@ -187,7 +187,9 @@ pub(crate) fn append(
              event_timestamp, received_at, next_attempt_at, user_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) ON CONFLICT (svix_id) DO NOTHING",
         )?;
-        let mut body = tx.prepare_cached("INSERT INTO inbox_bodies (seq, body, body_zstd) VALUES (?1, '', ?2)")?;
+        let mut body = tx.prepare_cached(
+            "INSERT INTO inbox_bodies (seq, body, body_zstd) VALUES (?1, '', ?2)",
+        )?;
         let mut contact = tx.prepare_cached(
             "INSERT INTO inbox_contacts (contact, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         )?;

@@ -22,10 +22,10 @@ pub use gate::WriteGate;
 pub use migrate::SqliteMigrateError;
 
 use crate::clerk::model::Kind;
+use crate::store::body;
 use crate::store::db::{Database, DbError};
 use crate::store::events::{EventFilter, EventRecord, EVENT_FIELDS};
 use crate::store::feed::{entries, FeedEntry, FeedFilter, StoredFeedRow};
-use crate::store::body;
 use crate::store::inbox::{
     delivery_columns, log_page, ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts,
 };

@@ -109,8 +109,10 @@ fn erase_user(
         };
         if let Some(body) = body {
             // The redacted body is small: kept as plain text.
-            tx.prepare_cached("UPDATE inbox_bodies SET body = ?2, body_zstd = NULL WHERE seq = ?1")?
-                .execute(params![iseq, (redact.body)(&body)])?;
+            tx.prepare_cached(
+                "UPDATE inbox_bodies SET body = ?2, body_zstd = NULL WHERE seq = ?1",
+            )?
+            .execute(params![iseq, (redact.body)(&body)])?;
         }
         tx.prepare_cached("DELETE FROM inbox_contacts WHERE seq = ?1")?
             .execute([iseq])?;
