@@ -116,6 +116,96 @@ async fn fixtures_are_readable_postgres() {
     }
 }
 
+/// A user update that changes only activity stamps (`last_active_at`,
+/// `last_sign_in_at`, `updated_at`) writes the user row and a small audit and
+/// feed row and leaves memberships alone; the next real change still reaches
+/// them. Audit rows hold a create's field names and, for an object field, only
+/// the members that changed.
+async fn activity_only_updates_and_compact_audit(s: &Server) {
+    s.post("msg_t1", &user("user_t", "Tia", "t@x.io", 100))
+        .await;
+    s.post(
+        "msg_t2",
+        &membership("orgmem_t", "org_t", "user_t", "admin", 100),
+    )
+    .await;
+    s.settle().await;
+    let activity = |at: i64| {
+        let mut u = user("user_t", "Tia", "t@x.io", at);
+        u["data"]["last_active_at"] = json!(at);
+        u["data"]["last_sign_in_at"] = json!(at - 1);
+        u
+    };
+    s.post("msg_t3", &activity(200)).await;
+    s.post("msg_t4", &activity(300)).await;
+    // An older activity update after a newer one changes nothing.
+    s.post("msg_t5", &activity(250)).await;
+    s.settle().await;
+    let (_, u) = s.get_json("/v1/users/user_t", None).await;
+    assert_eq!(u["last_active_at"], 300);
+    assert_eq!(u["updated_at"], 300);
+    let (_, audit) = s.get_json("/v1/audit?entity_id=user_t", None).await;
+    let rows = audit["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{audit}");
+    assert_eq!(rows[0]["operation"], "create");
+    assert_eq!(rows[0]["changes"]["first_name"], json!({}));
+    let keys = |r: &Value| {
+        let mut k: Vec<String> = r["changes"].as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&rows[1]),
+        ["last_active_at", "last_sign_in_at", "updated_at"]
+    );
+    assert_eq!(
+        rows[2]["changes"]["last_active_at"],
+        json!({"before": 200, "after": 300})
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM audit WHERE entity_id = 'orgmem_t'")
+            .await,
+        1,
+        "activity stamps touch no membership"
+    );
+    // A real change refreshes the membership's copy; its audit keeps the member that changed.
+    s.post("msg_t6", &user("user_t", "Tara", "t@x.io", 400))
+        .await;
+    s.settle().await;
+    let (_, m) = s
+        .get_json("/v1/organizations/org_t/memberships", None)
+        .await;
+    assert_eq!(m["data"][0]["public_user_data"]["first_name"], "Tara");
+    let (_, audit) = s.get_json("/v1/audit?entity_id=orgmem_t", None).await;
+    let refresh = &audit["data"][1];
+    assert_eq!(refresh["operation"], "refresh", "{audit}");
+    assert_eq!(
+        refresh["changes"]["public_user_data.first_name"],
+        json!({"before": "Tia", "after": "Tara"})
+    );
+    assert!(
+        refresh["changes"].get("public_user_data").is_none(),
+        "{refresh}"
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM change_feed").await,
+        s.scalar("SELECT COUNT(*) FROM audit").await,
+        "one feed row per effective change"
+    );
+}
+
+#[tokio::test]
+async fn activity_only_updates_and_compact_audit_sqlite() {
+    activity_only_updates_and_compact_audit(&sqlite_server(|_| {}).await).await;
+}
+
+#[tokio::test]
+async fn activity_only_updates_and_compact_audit_postgres() {
+    if let Some(s) = postgres_server(|_| {}).await {
+        activity_only_updates_and_compact_audit(&s).await;
+    }
+}
+
 async fn lifecycle_audit_cascade(s: &Server) {
     let org = json!({"type": "organization.created", "data": {"id": "org_a", "name": "Acme", "slug": "acme", "updated_at": 1}});
     s.post("msg_a00", &org).await;
@@ -224,6 +314,15 @@ async fn lifecycle_audit_cascade(s: &Server) {
             };
             assert_eq!(s.scalar(&sql).await, 0, "{needle} left in {t}");
         }
+    }
+    // Stored bodies are compressed: the SQL search above cannot see into them.
+    let bodies = s.bodies().await;
+    assert!(!bodies.is_empty());
+    for needle in ["ada@x.io", "Ada B", "Lovelace", "+15550001111"] {
+        assert!(
+            !bodies.iter().any(|b| b.contains(needle)),
+            "{needle} left in a body"
+        );
     }
 }
 

@@ -208,6 +208,31 @@ impl Server {
         .unwrap()
     }
 
+    /// Every stored delivery body, decoded (compressed or plain), in seq order.
+    pub async fn bodies(&self) -> Vec<String> {
+        let stored: Vec<Option<Vec<u8>>> = match &self.db {
+            Database::Sqlite(..) => {
+                let p = &crate::helpers::sqlite_pool(&self.db).await;
+                sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(body_zstd, body) AS BLOB) FROM inbox_bodies ORDER BY seq",
+                )
+                .fetch_all(p)
+                .await
+                .unwrap()
+            }
+            Database::Postgres(p) => sqlx::query_scalar(
+                "SELECT COALESCE(body_zstd, convert_to(body, 'UTF8')) FROM inbox_bodies ORDER BY seq",
+            )
+            .fetch_all(p)
+            .await
+            .unwrap(),
+        };
+        stored
+            .iter()
+            .map(|b| clerksync::store::body::decode(b.as_deref()))
+            .collect()
+    }
+
     /// Waits (up to 60 s) until `sql` returns `want`.
     pub async fn wait_for(&self, sql: &str, want: i64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -280,16 +280,45 @@ async fn store(db: &Database, evs: &[Ev]) -> Vec<Delivery> {
         .map(|(i, e)| delivery(i, e))
         .collect();
     append_batch(db, &rows).await.unwrap();
+    // Bodies are stored compressed: read as bytes, decoded by the store's codec.
+    type Row = (
+        i64,
+        String,
+        String,
+        Option<String>,
+        i64,
+        Option<i64>,
+        i64,
+        Vec<u8>,
+        i32,
+    );
     let sql = "SELECT seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, received_at, \
-               body, attempts FROM inbox JOIN inbox_bodies USING (seq) ORDER BY seq";
-    let stored: Vec<Delivery> = match db {
+               BODY, attempts FROM inbox JOIN inbox_bodies USING (seq) ORDER BY seq";
+    let stored: Vec<Row> = match db {
         Database::Sqlite(..) => {
             let p = &crate::helpers::sqlite_pool(db).await;
-            sqlx::query_as(sql).fetch_all(p).await.unwrap()
+            let sql = sql.replace("BODY", "CAST(COALESCE(body_zstd, body) AS BLOB)");
+            sqlx::query_as(&sql).fetch_all(p).await.unwrap()
         }
-        Database::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Database::Postgres(p) => {
+            let sql = sql.replace("BODY", "COALESCE(body_zstd, convert_to(body, 'UTF8'))");
+            sqlx::query_as(&sql).fetch_all(p).await.unwrap()
+        }
     };
     stored
+        .into_iter()
+        .map(|r| Delivery {
+            seq: r.0,
+            svix_id: r.1,
+            event_type: r.2,
+            entity_key: r.3,
+            svix_timestamp: r.4,
+            event_timestamp: r.5,
+            received_at: r.6,
+            body: clerksync::store::body::decode(Some(&r.7)),
+            attempts: r.8,
+        })
+        .collect()
 }
 
 /// Stores the deliveries, then applies them in `order` (indexes into `evs`;

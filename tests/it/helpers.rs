@@ -245,7 +245,7 @@ pub async fn status_json(resp: reqwest::Response) -> (StatusCode, Value) {
     (status, json)
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct InboxRow {
     pub svix_id: String,
     pub event_type: String,
@@ -264,15 +264,24 @@ pub async fn read_inbox(path: &Path) -> Vec<InboxRow> {
         .connect_with(opts)
         .await
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let rows = sqlx::query_as::<_, InboxRow>(
-        "SELECT svix_id, event_type, entity_key, body, status FROM inbox JOIN inbox_bodies USING (seq) \
-         ORDER BY seq",
+    // Bodies are stored compressed (or, in rows from older builds, as text).
+    let rows: Vec<(String, String, Option<String>, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT svix_id, event_type, entity_key, CAST(COALESCE(body_zstd, body) AS BLOB), status \
+         FROM inbox JOIN inbox_bodies USING (seq) ORDER BY seq",
     )
     .fetch_all(&pool)
     .await
     .expect("read inbox");
     pool.close().await;
-    rows
+    rows.into_iter()
+        .map(|(svix_id, event_type, entity_key, body, status)| InboxRow {
+            svix_id,
+            event_type,
+            entity_key,
+            body: clerksync::store::body::decode(Some(&body)),
+            status,
+        })
+        .collect()
 }
 
 pub async fn inbox_ids(path: &Path) -> HashSet<String> {

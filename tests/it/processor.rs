@@ -364,3 +364,96 @@ async fn grown_tables_are_analyzed_once_postgres() {
             .unwrap();
     assert_eq!(tuples, 2000.0);
 }
+
+/// Raw bodies are stored compressed and read back whole; past the raw-body
+/// retention an applied delivery loses its body but keeps its inbox row (so a
+/// redelivery is still deduplicated), while a dead letter keeps its body for a
+/// retry, and `replay --since` re-queues only deliveries that still have one.
+async fn raw_bodies_expire_after_apply(s: Server) {
+    poison(&s, "POISON").await;
+    s.post("msg_b1", &user("user_b", "Bea", 1)).await;
+    s.post("msg_b2", &user("user_b", "Bo", 2)).await;
+    s.post("msg_b3", &user("user_c", "POISON", 1)).await;
+    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'done'", 2)
+        .await;
+    s.wait_for("SELECT COUNT(*) FROM inbox WHERE status = 'dead'", 1)
+        .await;
+    // Compressed at rest, whole when read.
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM inbox_bodies WHERE body_zstd IS NOT NULL")
+            .await,
+        3
+    );
+    assert_eq!(
+        status(&s, "msg_b2").await["body"]["data"]["first_name"],
+        "Bo"
+    );
+
+    // Not yet past the retention: nothing goes.
+    let now_ms = crate::helpers::system_now_secs() * 1000;
+    let past = now_ms - 60_000;
+    let kept = clerksync::store::maintenance::expire_bodies(&s.db, 0, past, 1000)
+        .await
+        .unwrap();
+    assert_eq!((kept.deleted, kept.more), (0, false));
+    assert_eq!(s.bodies().await.len(), 3);
+
+    // Past it, in steps of one inbox row: the walk resumes where it stopped.
+    let future = now_ms + 60_000;
+    let (mut after, mut deleted, mut steps) = (0, 0, 0);
+    loop {
+        let r = clerksync::store::maintenance::expire_bodies(&s.db, after, future, 1)
+            .await
+            .unwrap();
+        deleted += r.deleted;
+        after = r.next_after;
+        steps += 1;
+        if !r.more {
+            break;
+        }
+        assert!(steps < 10, "the walk does not end");
+    }
+    assert_eq!(deleted, 2);
+    let left = s.bodies().await;
+    assert_eq!(left.len(), 1, "only the dead letter keeps its body");
+    assert!(left[0].contains("POISON"));
+    assert_eq!(s.scalar("SELECT COUNT(*) FROM inbox").await, 3);
+    let shown = status(&s, "msg_b1").await;
+    assert_eq!(shown["status"], "done");
+    assert_eq!(shown["body"], "");
+    // A redelivery of an expired delivery is still a duplicate.
+    assert_eq!(s.post("msg_b1", &user("user_b", "Bea", 1)).await, 200);
+    assert_eq!(s.scalar("SELECT COUNT(*) FROM inbox").await, 3);
+    // Replay covers only deliveries whose body is kept: none of the applied ones.
+    let (queued, _) = clerksync::processor::replay::replay_since(
+        s.db.clone(),
+        0,
+        clerksync::clock::system(),
+        Config::for_tests(
+            &crate::helpers::whsec(crate::helpers::TEST_KEY),
+            "sqlite://unused",
+        )
+        .processor(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(queued, 0);
+    assert_eq!(
+        s.get_json("/v1/users/user_b", None).await.1["first_name"],
+        "Bo"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_bodies_expire_after_apply_sqlite() {
+    raw_bodies_expire_after_apply(sqlite_server(dead_at_once).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_bodies_expire_after_apply_postgres() {
+    if let Some(s) = postgres_server(dead_at_once).await {
+        raw_bodies_expire_after_apply(s).await;
+    }
+}

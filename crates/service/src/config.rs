@@ -220,6 +220,10 @@ pub struct Settings {
     /// Days change-feed entries are kept once every feed consumer has read them.
     #[arg(long, global = true, env = "CLERKSYNC_FEED_RETENTION_DAYS")]
     pub feed_retention_days: Option<f64>,
+    /// Days an applied delivery keeps its raw body (what `replay` re-applies);
+    /// older applied deliveries keep only their metadata.
+    #[arg(long, global = true, env = "CLERKSYNC_RAW_BODY_RETENTION_DAYS")]
+    pub raw_body_retention_days: Option<f64>,
     #[command(flatten)]
     #[serde(flatten)]
     pub cache: CacheSettings,
@@ -391,6 +395,8 @@ pub struct Config {
     pub archive_retention: std::time::Duration,
     /// Change-feed entries older than this, and read by every consumer, are pruned.
     pub feed_retention: std::time::Duration,
+    /// Applied deliveries older than this lose their raw body.
+    pub raw_body_retention: std::time::Duration,
     pub cache_strategy: crate::feed::cache::Strategy,
     pub cache_invalidation: crate::feed::cache::Invalidation,
     pub cache_max_entries: u64,
@@ -436,6 +442,10 @@ pub fn default_batch_max(db: &DatabaseUrl) -> usize {
 /// A week: a realtime client may resume after a weekend offline (its own window
 /// may be shorter), and an operator has days to notice a stuck consumer.
 pub const DEFAULT_FEED_RETENTION_DAYS: f64 = 7.0;
+/// A week of raw bodies: `replay --since` reaches back that far, which covers
+/// recovering from a bad deploy noticed within days; older deliveries keep
+/// their metadata (ids, type, times, status) but not the payload.
+pub const DEFAULT_RAW_BODY_RETENTION_DAYS: f64 = 7.0;
 
 /// Default worker count. SQLite has one writer: extra workers only split the
 /// batches (measured: 2 workers applied about half as fast as 1), so it gets one
@@ -531,6 +541,15 @@ impl Config {
                 message: "must be a non-negative number of days".into(),
             });
         }
+        let body_days = s
+            .raw_body_retention_days
+            .unwrap_or(DEFAULT_RAW_BODY_RETENTION_DAYS);
+        if !(body_days.is_finite() && body_days >= 0.0) {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_RAW_BODY_RETENTION_DAYS",
+                message: "must be a non-negative number of days".into(),
+            });
+        }
         let days = s
             .archive_retention_days
             .unwrap_or(DEFAULT_ARCHIVE_RETENTION_DAYS);
@@ -558,6 +577,7 @@ impl Config {
             lease: std::time::Duration::from_secs_f64(lease_secs),
             archive_retention: std::time::Duration::from_secs_f64(days * 86400.0),
             feed_retention: std::time::Duration::from_secs_f64(feed_days * 86400.0),
+            raw_body_retention: std::time::Duration::from_secs_f64(body_days * 86400.0),
             cache_strategy: cache.strategy,
             cache_invalidation: cache.invalidation,
             cache_max_entries: cache.max_entries,
@@ -607,6 +627,7 @@ impl Config {
             retry_max: P::RETRY_MAX,
             archive_retention: self.archive_retention,
             feed_retention: self.feed_retention,
+            raw_body_retention: self.raw_body_retention,
             purge_interval: P::PURGE_INTERVAL,
         }
     }

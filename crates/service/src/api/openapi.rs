@@ -99,7 +99,9 @@ pub struct AuditEntry {
     pub version: i64,
     /// When it was applied (unix ms).
     pub at: i64,
-    /// Per changed field: `{"before": .., "after": ..}`.
+    /// Per changed field: `{"before": .., "after": ..}`; a field of an object
+    /// under its path (`public_user_data.first_name`). A `create` names its
+    /// fields with `{}`: their values are the entity's first version.
     pub changes: Value,
 }
 

@@ -43,6 +43,8 @@ pub struct ProcessorConfig {
     pub retry_max: Duration,
     pub archive_retention: Duration,
     pub feed_retention: Duration,
+    /// Applied deliveries received longer ago than this lose their raw body.
+    pub raw_body_retention: Duration,
     /// How often the retention job runs.
     pub purge_interval: Duration,
 }
@@ -514,6 +516,9 @@ impl Processor {
     }
 
     async fn purge_loop(self, cancel: CancellationToken) {
+        // Where the raw-body walk stands: bodies before it are expired or kept
+        // on purpose (dead letters). Starts at the oldest body left.
+        let mut bodies_after = 0i64;
         loop {
             let cutoff = self.clock.now_ms() - self.config.archive_retention.as_millis() as i64;
             let mut erased = 0;
@@ -547,11 +552,43 @@ impl Processor {
                 }
             }
             self.prune_feed(&cancel).await;
+            bodies_after = self.expire_bodies(bodies_after, &cancel).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.config.purge_interval) => {}
                 _ = cancel.cancelled() => return,
             }
         }
+    }
+
+    /// Drops the raw bodies of applied deliveries past the raw-body retention,
+    /// a bounded range of the inbox per transaction; returns where the walk
+    /// stopped (the next run starts there).
+    async fn expire_bodies(&self, mut after: i64, cancel: &CancellationToken) -> i64 {
+        let cutoff = self.clock.now_ms() - self.config.raw_body_retention.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            match crate::store::maintenance::expire_bodies(&self.db, after, cutoff, 2000).await {
+                Ok(r) => {
+                    total += r.deleted;
+                    after = r.next_after;
+                    if !r.more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "raw-body retention failed; will retry");
+                    break;
+                }
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if total > 0 {
+            tracing::info!(bodies = total, "raw bodies past their retention dropped");
+        }
+        after
     }
 
     /// Drops change-feed entries past their retention that every consumer has read,

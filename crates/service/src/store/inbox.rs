@@ -24,7 +24,7 @@ pub struct NewDelivery {
 }
 
 /// A stored delivery, as the processor hands it over.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Delivery {
     pub seq: i64,
     pub svix_id: String,
@@ -40,16 +40,41 @@ pub struct Delivery {
 
 /// The inbox columns a [`Delivery`] is read from, in its field order, the body
 /// from its own table (a subquery, so the same list serves a SELECT and an
-/// UPDATE's RETURNING). A body that is missing (it is written in the row's own
-/// transaction, so only by hand) reads as empty: that event dead-letters with a
-/// parse error instead of failing every read of the due events.
-pub(crate) const DELIVERY: &str =
-    "seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, \
-     received_at, COALESCE((SELECT body FROM inbox_bodies b WHERE b.seq = inbox.seq), '') AS body, \
-     attempts";
+/// UPDATE's RETURNING) as the backend's stored bytes (`BODY`: plain text or a
+/// zstd frame, [`crate::store::body::decode`]). A body that is missing (expired
+/// by the raw-body retention, which only takes applied rows, or deleted by
+/// hand) reads as empty: that event dead-letters with a parse error instead of
+/// failing every read of the due events.
+macro_rules! delivery_columns {
+    ($body:expr) => {
+        concat!(
+            "seq, svix_id, event_type, entity_key, svix_timestamp, event_timestamp, \
+             received_at, (SELECT ",
+            $body,
+            " FROM inbox_bodies b WHERE b.seq = inbox.seq) AS body, attempts"
+        )
+    };
+}
+pub(crate) use delivery_columns;
+
+/// The stored log in seq order, as [`LogRow`]s (discarded deliveries left out,
+/// and those whose body the raw-body retention has dropped: they can no
+/// longer be applied), the body as the backend's stored bytes.
+macro_rules! log_page {
+    ($body:expr) => {
+        concat!(
+            "SELECT seq, svix_id, event_type, entity_key, object_id, svix_timestamp, \
+             event_timestamp, received_at, ",
+            $body,
+            " AS body FROM inbox JOIN inbox_bodies b USING (seq) \
+             WHERE seq > $1 AND status <> 'discarded' ORDER BY seq LIMIT $2"
+        )
+    };
+}
+pub(crate) use log_page;
 
 /// One delivery of the stored log, as replay copies it into another database.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct LogRow {
     pub seq: i64,
     pub svix_id: String,
@@ -61,12 +86,6 @@ pub struct LogRow {
     pub received_at: i64,
     pub body: String,
 }
-
-/// The stored log in seq order, as [`LogRow`]s (discarded deliveries left out).
-pub(crate) const LOG_PAGE: &str =
-    "SELECT seq, svix_id, event_type, entity_key, object_id, svix_timestamp, event_timestamp, \
-     received_at, COALESCE(body, '') AS body FROM inbox LEFT JOIN inbox_bodies USING (seq) \
-     WHERE seq > $1 AND status <> 'discarded' ORDER BY seq LIMIT $2";
 
 /// Inbox rows by status.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize, utoipa::ToSchema)]

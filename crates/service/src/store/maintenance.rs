@@ -99,6 +99,67 @@ pub async fn prune_feed(db: &Database, cutoff_ms: i64, limit: i64) -> Result<u64
     })
 }
 
+/// What one step of the raw-body retention did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BodyExpiry {
+    /// Bodies deleted.
+    pub deleted: u64,
+    /// The last inbox seq looked at: the next step starts after it.
+    pub next_after: i64,
+    /// False once the walk reached a delivery received at or after the cutoff
+    /// (or the end of the inbox): nothing older is left to look at.
+    pub more: bool,
+}
+
+/// Deletes the raw bodies of applied (`done`) and discarded deliveries received
+/// before `cutoff_ms`, looking at up to `limit` inbox rows after `after` (or
+/// after the oldest body still kept, whichever is later) in one short
+/// transaction. Pending, failed and dead deliveries keep theirs: they may still
+/// be applied. The inbox rows stay (ids, type, times, status): deduplication
+/// and the operators' view are unchanged; `replay` covers the deliveries whose
+/// bodies are kept.
+pub async fn expire_bodies(
+    db: &Database,
+    after: i64,
+    cutoff_ms: i64,
+    limit: i64,
+) -> Result<BodyExpiry, StoreError> {
+    backend!(db, |b| b.expire_bodies(after, cutoff_ms, limit).await)
+}
+
+/// Which of `rows` ((seq, received_at, status), in seq order) lose their body,
+/// and where the walk stands: both backends decide the same way.
+pub(crate) fn bodies_to_expire(
+    rows: &[(i64, i64, String)],
+    after: i64,
+    cutoff_ms: i64,
+    limit: i64,
+) -> (Vec<i64>, BodyExpiry) {
+    let mut out = Vec::new();
+    let mut next_after = after;
+    for (seq, received_at, status) in rows {
+        if *received_at >= cutoff_ms {
+            let r = BodyExpiry {
+                deleted: 0,
+                next_after,
+                more: false,
+            };
+            return (out, r);
+        }
+        next_after = *seq;
+        if status == "done" || status == "discarded" {
+            out.push(*seq);
+        }
+    }
+    let more = rows.len() as i64 >= limit;
+    let r = BodyExpiry {
+        deleted: 0,
+        next_after,
+        more,
+    };
+    (out, r)
+}
+
 /// The oldest change-feed entry still kept (0 when the feed is empty).
 pub async fn oldest_feed_seq(db: &Database) -> Result<i64, StoreError> {
     backend!(db, |b| b.oldest_feed_seq().await)

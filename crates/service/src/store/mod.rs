@@ -12,6 +12,7 @@
 //! Adding a backend: ARCHITECTURE.md, "The store and its backends".
 
 pub mod backfill;
+pub mod body;
 pub mod db;
 pub mod error;
 pub mod events;
@@ -34,7 +35,7 @@ use async_trait::async_trait;
 use events::{EventFilter, EventRecord};
 use feed::{FeedEntry, FeedFilter};
 use inbox::LogRow;
-use maintenance::{PurgeReport, Redaction};
+use maintenance::{BodyExpiry, PurgeReport, Redaction};
 use read::AuditEntry;
 use tx::{EntityRow, RefCol, StoreTx};
 
@@ -141,6 +142,8 @@ pub(crate) trait EntityStore {
 pub(crate) trait MaintenanceStore {
     /// One short purge transaction (see [`maintenance::purge_expired`]).
     async fn purge_expired(&self, cutoff_ms: i64, redact: &Redaction) -> Result<PurgeReport>;
+    /// One step of the raw-body retention (see [`maintenance::expire_bodies`]).
+    async fn expire_bodies(&self, after: i64, cutoff_ms: i64, limit: i64) -> Result<BodyExpiry>;
     /// After an erasure: removes old copies of erased values the backend keeps
     /// on disk (SQLite: the WAL). False when it has to be tried again later.
     async fn scrub_after_erasure(&self) -> Result<bool>;

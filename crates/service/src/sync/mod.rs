@@ -196,6 +196,21 @@ async fn lock_for(tx: &mut dyn StoreTx, c: &Change) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The fields of a user that Clerk bumps on every sign-in and every active
+/// session (three in four `user.updated` in real traffic change only these).
+/// None of them is public user data, a contact point or anything a
+/// membership copies, so a change to them alone needs no contact rewrite and
+/// no membership refresh.
+const ACTIVITY_FIELDS: [&str; 3] = ["last_active_at", "last_sign_in_at", "updated_at"];
+
+/// Whether a user change touches nothing but [`ACTIVITY_FIELDS`].
+fn activity_only(changes: &Map<String, Value>) -> bool {
+    !changes.is_empty()
+        && changes
+            .keys()
+            .all(|k| ACTIVITY_FIELDS.contains(&k.as_str()))
+}
+
 /// (version, svix-id) ordering of two non-delete writes.
 fn newer(version: i64, key: &str, cur: &EntityRow) -> bool {
     version > cur.version || (version == cur.version && key > cur.version_key.as_str())
@@ -227,6 +242,60 @@ fn diff(before: Option<&Map<String, Value>>, after: &Map<String, Value>) -> Map<
     out
 }
 
+/// The audit's copy of a change. A create names its fields without their
+/// values: those are the record's first version, which the entity row holds
+/// until its next change, and every later row's `before` values lead back to
+/// (a create used to copy the whole record into the audit: a third of the
+/// database). Where a field's before and after are both objects (a
+/// membership's `public_user_data`, an organization's metadata), only their
+/// members that differ are kept, each under its path
+/// (`public_user_data.first_name`), so a one-name change does not store the
+/// whole object twice. Arrays and scalars are kept whole. The change feed
+/// still names the top-level fields.
+fn audit_changes(operation: &str, changes: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    if operation == "create" {
+        for k in changes.keys() {
+            out.insert(k.clone(), Value::Object(Map::new()));
+        }
+        return out;
+    }
+    for (k, ch) in changes {
+        match (ch.get("before"), ch.get("after")) {
+            (Some(Value::Object(b)), Some(Value::Object(a))) => nested_diff(k, b, a, &mut out),
+            _ => {
+                out.insert(k.clone(), ch.clone());
+            }
+        }
+    }
+    out
+}
+
+fn nested_diff(
+    path: &str,
+    before: &Map<String, Value>,
+    after: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for k in keys {
+        let (b, a) = (before.get(k), after.get(k));
+        if b == a {
+            continue;
+        }
+        let sub = format!("{path}.{k}");
+        match (b, a) {
+            (Some(Value::Object(b)), Some(Value::Object(a))) => nested_diff(&sub, b, a, out),
+            _ => {
+                let mut ch = Map::new();
+                ch.insert("before".into(), b.cloned().unwrap_or(Value::Null));
+                ch.insert("after".into(), a.cloned().unwrap_or(Value::Null));
+                out.insert(sub, Value::Object(ch));
+            }
+        }
+    }
+}
+
 fn user_of(kind: Kind, id: &str, row_user: Option<&str>) -> Option<String> {
     if kind == Kind::User {
         Some(id.to_string())
@@ -250,7 +319,8 @@ async fn record(
         entity_id: &row.id,
         user_id: user.as_deref(),
         operation,
-        changes: serde_json::to_string(changes).expect("a JSON map serializes"),
+        changes: serde_json::to_string(&audit_changes(operation, changes))
+            .expect("a JSON map serializes"),
         version: row.version,
         at: ctx.now,
     })
@@ -371,6 +441,11 @@ async fn upsert(tx: &mut dyn StoreTx, ctx: &mut Ctx<'_>, c: Change) -> Result<()
     if !changes.is_empty() {
         let op = if cur.is_none() { "create" } else { "update" };
         record(tx, ctx, c.kind, &row, op, &changes).await?;
+    }
+    if c.user.is_some() && activity_only(&changes) {
+        // The narrow path: the row and its small audit and feed rows are
+        // written; contacts and the memberships' copies cannot have changed.
+        return Ok(());
     }
     if let Some(user) = &c.user {
         // Most user updates leave emails and phones alone: rewrite the contact
@@ -545,5 +620,27 @@ mod tests {
         assert_eq!(diff(Some(&b), &b).len(), 0);
         let c: Map<String, Value> = serde_json::from_str(r#"{"x":1,"updated_at":9}"#).unwrap();
         assert_eq!(diff(Some(&a), &c).len(), 1);
+    }
+
+    #[test]
+    fn audit_keeps_only_the_members_of_an_object_that_changed() {
+        let a: Map<String, Value> = serde_json::from_str(
+            r#"{"role":"admin","public_user_data":{"first_name":"Ada","image_url":"u","identifier":"a@x.io"},"tags":[1]}"#,
+        )
+        .unwrap();
+        let b: Map<String, Value> = serde_json::from_str(
+            r#"{"role":"admin","public_user_data":{"first_name":"Grace","image_url":"u","identifier":"a@x.io","has_image":true},"tags":[1,2]}"#,
+        )
+        .unwrap();
+        let audit = audit_changes("update", &diff(Some(&a), &b));
+        assert_eq!(audit.len(), 3, "{audit:?}");
+        assert_eq!(audit["public_user_data.first_name"]["before"], "Ada");
+        assert_eq!(audit["public_user_data.first_name"]["after"], "Grace");
+        assert_eq!(audit["public_user_data.has_image"]["before"], Value::Null);
+        assert_eq!(audit["tags"]["after"], serde_json::json!([1, 2]));
+        // A create names its fields; the values are the entity's row.
+        let created = audit_changes("create", &diff(None, &a));
+        assert_eq!(created.len(), 3);
+        assert_eq!(created["public_user_data"], serde_json::json!({}));
     }
 }

@@ -14,13 +14,14 @@ mod tx;
 
 use crate::clerk::model::Kind;
 use crate::config::redact_url;
+use crate::store::body;
 use crate::store::db::{Database, DbError};
 use crate::store::events::{EventFilter, EventRecord, EVENT_FIELDS};
 use crate::store::feed::{entries, FeedEntry, FeedFilter, StoredFeedRow};
 use crate::store::inbox::{
-    ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts, DELIVERY, LOG_PAGE,
+    delivery_columns, log_page, ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts,
 };
-use crate::store::maintenance::{PurgeReport, Redaction};
+use crate::store::maintenance::{bodies_to_expire, BodyExpiry, PurgeReport, Redaction};
 use crate::store::read::AuditEntry;
 use crate::store::tx::{column, EntityRow, RefCol, StoreTx, COLS};
 use crate::store::{
@@ -140,6 +141,53 @@ const INSERT_UNNEST: &str = "INSERT INTO inbox (svix_id, event_type, entity_key,
      $5::bigint[], $6::bigint[], $7::bigint[], $8::text[]) AS d(i, t, k, o, st, et, r, u) \
      ON CONFLICT (svix_id) DO NOTHING RETURNING seq, svix_id";
 
+/// A stored body as bytes: the zstd frame, else the plain text of an older row.
+const BODY: &str = "COALESCE(b.body_zstd, convert_to(b.body, 'UTF8'))";
+const DELIVERY: &str = delivery_columns!("COALESCE(b.body_zstd, convert_to(b.body, 'UTF8'))");
+const LOG_PAGE: &str = log_page!("COALESCE(b.body_zstd, convert_to(b.body, 'UTF8'))");
+
+/// The `body` column (bytes, or NULL) as a body ([`body::decode`]).
+fn body_of(r: &sqlx::postgres::PgRow) -> std::result::Result<String, sqlx::Error> {
+    use sqlx::Row;
+    Ok(body::decode(
+        r.try_get::<Option<Vec<u8>>, _>("body")?.as_deref(),
+    ))
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Delivery {
+    fn from_row(r: &'r sqlx::postgres::PgRow) -> std::result::Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Delivery {
+            seq: r.try_get("seq")?,
+            svix_id: r.try_get("svix_id")?,
+            event_type: r.try_get("event_type")?,
+            entity_key: r.try_get("entity_key")?,
+            svix_timestamp: r.try_get("svix_timestamp")?,
+            event_timestamp: r.try_get("event_timestamp")?,
+            received_at: r.try_get("received_at")?,
+            body: body_of(r)?,
+            attempts: r.try_get("attempts")?,
+        })
+    }
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for LogRow {
+    fn from_row(r: &'r sqlx::postgres::PgRow) -> std::result::Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(LogRow {
+            seq: r.try_get("seq")?,
+            svix_id: r.try_get("svix_id")?,
+            event_type: r.try_get("event_type")?,
+            entity_key: r.try_get("entity_key")?,
+            object_id: r.try_get("object_id")?,
+            svix_timestamp: r.try_get("svix_timestamp")?,
+            event_timestamp: r.try_get("event_timestamp")?,
+            received_at: r.try_get("received_at")?,
+            body: body_of(r)?,
+        })
+    }
+}
+
 #[async_trait]
 impl InboxStore for Postgres<'_> {
     async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>> {
@@ -165,9 +213,9 @@ impl InboxStore for Postgres<'_> {
             let by_id: std::collections::HashMap<&str, &NewDelivery> =
                 rows.iter().map(|r| (r.svix_id.as_str(), r)).collect();
             let seqs: Vec<i64> = new.iter().map(|(seq, _)| *seq).collect();
-            let bodies: Vec<&str> = new
+            let bodies: Vec<Vec<u8>> = new
                 .iter()
-                .map(|(_, id)| by_id[id.as_str()].body.as_str())
+                .map(|(_, id)| body::compress(&by_id[id.as_str()].body))
                 .collect();
             let (mut contact_seqs, mut contacts) = (Vec::new(), Vec::new());
             for (seq, id) in &new {
@@ -187,8 +235,8 @@ impl InboxStore for Postgres<'_> {
                 .await?;
             }
             sqlx::query(
-                "INSERT INTO inbox_bodies (seq, body) \
-                 SELECT * FROM unnest($1::bigint[], $2::text[])",
+                "INSERT INTO inbox_bodies (seq, body, body_zstd) \
+                 SELECT seq, '', z FROM unnest($1::bigint[], $2::bytea[]) AS t (seq, z)",
             )
             .bind(&seqs)
             .bind(&bodies)
@@ -289,7 +337,8 @@ impl InboxStore for Postgres<'_> {
     async fn requeue_since(&self, since_ms: i64) -> Result<u64> {
         Ok(sqlx::query(
             "UPDATE inbox SET status = 'pending', next_attempt_at = 0, leased_until = NULL \
-             WHERE received_at >= $1 AND status = 'done'",
+             WHERE received_at >= $1 AND status = 'done' \
+             AND EXISTS (SELECT 1 FROM inbox_bodies b WHERE b.seq = inbox.seq)",
         )
         .bind(since_ms)
         .execute(self.pool)
@@ -341,11 +390,14 @@ impl EventStore for Postgres<'_> {
             .fetch_optional(self.pool)
             .await?;
         let Some(rec) = rec else { return Ok(None) };
-        let body: String = sqlx::query_scalar("SELECT body FROM inbox_bodies WHERE seq = $1")
-            .bind(rec.seq)
-            .fetch_one(self.pool)
-            .await?;
-        Ok(Some((rec, body)))
+        // A body past the raw-body retention reads as empty: the row's metadata stays.
+        let stored: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+            "SELECT {BODY} FROM inbox_bodies b WHERE b.seq = $1"
+        ))
+        .bind(rec.seq)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(Some((rec, body::decode(stored.as_deref()))))
     }
 
     async fn update_event(&self, sql: &'static str, svix_id: &str) -> Result<u64> {
@@ -555,6 +607,29 @@ impl EntityStore for Postgres<'_> {
 impl MaintenanceStore for Postgres<'_> {
     async fn purge_expired(&self, cutoff_ms: i64, redact: &Redaction) -> Result<PurgeReport> {
         purge::purge(self.pool, cutoff_ms, redact).await
+    }
+
+    async fn expire_bodies(&self, after: i64, cutoff_ms: i64, limit: i64) -> Result<BodyExpiry> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT seq, received_at, status FROM inbox \
+             WHERE seq > GREATEST($1, COALESCE((SELECT MIN(seq) FROM inbox_bodies), 0) - 1) \
+             ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let (seqs, mut report) = bodies_to_expire(&rows, after, cutoff_ms, limit);
+        if !seqs.is_empty() {
+            report.deleted = sqlx::query("DELETE FROM inbox_bodies WHERE seq = ANY($1)")
+                .bind(&seqs)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(report)
     }
 
     /// PostgreSQL keeps old row versions until VACUUM reclaims them

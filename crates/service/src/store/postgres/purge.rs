@@ -93,22 +93,29 @@ pub(super) async fn purge(
             }
             let mut messages = Vec::new();
             for iseq in seqs {
-                let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
-                    "SELECT event_type, object_id, body FROM inbox \
-                     LEFT JOIN inbox_bodies USING (seq) WHERE seq = $1",
-                )
-                .bind(iseq)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((event_type, object_id, body)) = row else {
+                // No body row: expired by the retention, nothing to redact.
+                let row: Option<(String, Option<String>, Option<Vec<u8>>, Option<i64>)> =
+                    sqlx::query_as(
+                        "SELECT event_type, object_id, \
+                         COALESCE(b.body_zstd, convert_to(b.body, 'UTF8')), b.seq FROM inbox \
+                         LEFT JOIN inbox_bodies b USING (seq) WHERE seq = $1",
+                    )
+                    .bind(iseq)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((event_type, object_id, stored, has_body)) = row else {
                     continue;
                 };
+                let body = has_body.map(|_| crate::store::body::decode(stored.as_deref()));
                 if let Some(body) = body {
-                    sqlx::query("UPDATE inbox_bodies SET body = $2 WHERE seq = $1")
-                        .bind(iseq)
-                        .bind((redact.body)(&body))
-                        .execute(&mut *tx)
-                        .await?;
+                    // The redacted body is small: kept as plain text.
+                    sqlx::query(
+                        "UPDATE inbox_bodies SET body = $2, body_zstd = NULL WHERE seq = $1",
+                    )
+                    .bind(iseq)
+                    .bind((redact.body)(&body))
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 sqlx::query("DELETE FROM inbox_contacts WHERE seq = $1")
                     .bind(iseq)

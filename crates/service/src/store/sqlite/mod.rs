@@ -23,18 +23,18 @@ pub use gate::WriteGate;
 pub use migrate::SqliteMigrateError;
 
 use crate::clerk::model::Kind;
+use crate::store::body;
 use crate::store::db::{Database, DbError};
 use crate::store::events::{EventFilter, EventRecord, EVENT_FIELDS};
 use crate::store::feed::{entries, FeedEntry, FeedFilter, StoredFeedRow};
 use crate::store::inbox::{
-    ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts, DELIVERY, LOG_PAGE,
+    delivery_columns, log_page, ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts,
 };
-use crate::store::maintenance::{PurgeReport, Redaction};
+use crate::store::maintenance::{bodies_to_expire, BodyExpiry, PurgeReport, Redaction};
 use crate::store::read::AuditEntry;
 use crate::store::tx::{EntityRow, RefCol, StoreTx, COLS};
 use crate::store::{
     ApplyStore, EntityStore, EventStore, FeedStore, InboxStore, MaintenanceStore, Result,
-    StoreError,
 };
 use async_trait::async_trait;
 use conn::blocking;
@@ -164,6 +164,20 @@ impl Sqlite<'_> {
     }
 }
 
+/// A stored body as bytes: the zstd frame, else the plain text of an older row.
+const BODY: &str = "COALESCE(b.body_zstd, b.body)";
+const DELIVERY: &str = delivery_columns!("COALESCE(b.body_zstd, b.body)");
+const LOG_PAGE: &str = log_page!("COALESCE(b.body_zstd, b.body)");
+
+/// Column `i` (text or blob, or NULL) as a body ([`body::decode`]).
+fn body_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Text(b) | ValueRef::Blob(b) => body::decode(Some(b)),
+        _ => body::decode(None),
+    })
+}
+
 fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     Ok(Delivery {
         seq: r.get(0)?,
@@ -173,7 +187,7 @@ fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
         svix_timestamp: r.get(4)?,
         event_timestamp: r.get(5)?,
         received_at: r.get(6)?,
-        body: r.get(7)?,
+        body: body_at(r, 7)?,
         attempts: r.get(8)?,
     })
 }
@@ -218,8 +232,10 @@ fn json_list<T: serde::Serialize>(values: &[T]) -> String {
 #[async_trait]
 impl InboxStore for Sqlite<'_> {
     async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>> {
+        // Compressed before the gate is taken: intake waits for the gate, not for zstd.
+        let bodies: Vec<Vec<u8>> = rows.iter().map(|r| body::compress(&r.body)).collect();
         // Durable before anyone is answered; the fsync waits without the gate.
-        self.write(|c| conn::append(c, rows)).await
+        self.write(|c| conn::append(c, rows, &bodies)).await
     }
 
     async fn claim(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<Delivery>> {
@@ -316,7 +332,8 @@ impl InboxStore for Sqlite<'_> {
         self.write(|c| {
             c.execute(
                 "UPDATE inbox SET status = 'pending', next_attempt_at = 0, leased_until = NULL \
-                 WHERE received_at >= ?1 AND status = 'done'",
+                 WHERE received_at >= ?1 AND status = 'done' \
+                 AND EXISTS (SELECT 1 FROM inbox_bodies b WHERE b.seq = inbox.seq)",
                 [since_ms],
             )
             .map(|n| n as u64)
@@ -341,7 +358,7 @@ impl InboxStore for Sqlite<'_> {
                     svix_timestamp: r.get(5)?,
                     event_timestamp: r.get(6)?,
                     received_at: r.get(7)?,
-                    body: r.get(8)?,
+                    body: body_at(r, 8)?,
                 })
             })?;
             rows.collect()
@@ -379,22 +396,16 @@ impl EventStore for Sqlite<'_> {
 
     async fn show(&self, svix_id: &str) -> Result<Option<(EventRecord, String)>> {
         let sql = format!(
-            "SELECT {EVENT_FIELDS}, (SELECT body FROM inbox_bodies b WHERE b.seq = inbox.seq) \
+            "SELECT {EVENT_FIELDS}, (SELECT {BODY} FROM inbox_bodies b WHERE b.seq = inbox.seq) \
              FROM inbox WHERE svix_id = ?1"
         );
         let found = self.read(|c| {
             c.prepare_cached(&sql)?
-                .query_row([svix_id], |r| {
-                    Ok((event_record(r)?, r.get::<_, Option<String>>(11)?))
-                })
+                .query_row([svix_id], |r| Ok((event_record(r)?, body_at(r, 11)?)))
                 .optional()
         })?;
-        match found {
-            None => Ok(None),
-            Some((rec, Some(body))) => Ok(Some((rec, body))),
-            // The body is written in the row's own transaction: missing only by hand.
-            Some((_, None)) => Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows)),
-        }
+        // A body past the raw-body retention reads as empty: the row's metadata stays.
+        Ok(found)
     }
 
     async fn update_event(&self, sql: &'static str, svix_id: &str) -> Result<u64> {
@@ -622,6 +633,34 @@ impl MaintenanceStore for Sqlite<'_> {
         // The background side of the gate: webhook appends go first.
         self.write_background(|c| purge::purge(c, cutoff_ms, redact))
             .await
+    }
+
+    async fn expire_bodies(&self, after: i64, cutoff_ms: i64, limit: i64) -> Result<BodyExpiry> {
+        self.write_background(|c| {
+            let tx = c.transaction()?;
+            let rows: Vec<(i64, i64, String)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT seq, received_at, status FROM inbox \
+                     WHERE seq > max(?1, COALESCE((SELECT MIN(seq) FROM inbox_bodies), 0) - 1) \
+                     ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![after, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let (seqs, mut report) = bodies_to_expire(&rows, after, cutoff_ms, limit);
+            if !seqs.is_empty() {
+                report.deleted = tx
+                    .prepare_cached(
+                        "DELETE FROM inbox_bodies WHERE seq IN (SELECT value FROM json_each(?1))",
+                    )?
+                    .execute([json_list(&seqs)])? as u64;
+            }
+            tx.commit()?;
+            Ok(report)
+        })
+        .await
     }
 
     /// Copies the WAL into the database and truncates it to zero bytes, so the

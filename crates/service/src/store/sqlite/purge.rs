@@ -92,17 +92,27 @@ fn erase_user(
     for iseq in seqs {
         let row: Option<(String, Option<String>, Option<String>)> = tx
             .prepare_cached(
-                "SELECT event_type, object_id, body FROM inbox \
-                 LEFT JOIN inbox_bodies USING (seq) WHERE seq = ?1",
+                "SELECT event_type, object_id, COALESCE(b.body_zstd, b.body), b.seq FROM inbox \
+                 LEFT JOIN inbox_bodies b USING (seq) WHERE seq = ?1",
             )?
-            .query_row([iseq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row([iseq], |r| {
+                // No body row: expired by the retention, nothing to redact.
+                let body = match r.get::<_, Option<i64>>(3)? {
+                    Some(_) => Some(super::body_at(r, 2)?),
+                    None => None,
+                };
+                Ok((r.get(0)?, r.get(1)?, body))
+            })
             .optional()?;
         let Some((event_type, object_id, body)) = row else {
             continue;
         };
         if let Some(body) = body {
-            tx.prepare_cached("UPDATE inbox_bodies SET body = ?2 WHERE seq = ?1")?
-                .execute(params![iseq, (redact.body)(&body)])?;
+            // The redacted body is small: kept as plain text.
+            tx.prepare_cached(
+                "UPDATE inbox_bodies SET body = ?2, body_zstd = NULL WHERE seq = ?1",
+            )?
+            .execute(params![iseq, (redact.body)(&body)])?;
         }
         tx.prepare_cached("DELETE FROM inbox_contacts WHERE seq = ?1")?
             .execute([iseq])?;
