@@ -4,8 +4,10 @@
 //! Owns: the one writer and its lock (held from reading rows from the store
 //! until they are written, see [`WriterState`]), commit pacing, the rebuild
 //! slot, and what the last commit records. Must never: let the consumer's
-//! checkpoint run ahead of a commit, or write a document from a row read before
-//! it took the writer lock. See ARCHITECTURE.md.
+//! checkpoint run ahead of a commit that changes documents (entries skipped
+//! because they change none may be recorded later: the index already reflects
+//! them), or write a document from a row read before it took the writer lock.
+//! See ARCHITECTURE.md.
 
 use super::consumer::CONSUMER;
 use super::schema::{analyzer, schema, searchable, touches_index, Fields, ANALYZER};
