@@ -19,7 +19,7 @@ use clerksync::clerk::model::Kind;
 use clerksync::config::DatabaseUrl;
 use clerksync::feed::cache::redis::RedisOptions;
 use clerksync::feed::cache::{
-    entity_key, Backend, Cached, EntityCache, Invalidation, Lookup, Strategy,
+    entity_key, Backend, Cached, Capacity, EntityCache, Invalidation, Lookup, Strategy,
 };
 use clerksync::store::db::Database;
 use clerksync::store::read;
@@ -91,7 +91,10 @@ async fn redis_cache(local: u64) -> Option<Arc<EntityCache>> {
     });
     match EntityCache::open(
         &backend,
-        local,
+        Capacity {
+            entries: local,
+            bytes: 1 << 30,
+        },
         Strategy::WriteThrough,
         Invalidation::Precise,
     )

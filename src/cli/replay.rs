@@ -43,6 +43,8 @@ pub async fn run(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
     use clerksync::processor::replay;
     let source = clerksync::store::Database::open_existing(&config.database_url).await?;
     let mut pc = config.processor();
+    // Replay is asked for by name: `apply_paused` pauses the server's apply only.
+    pc.paused = false;
     let clock = clerksync::clock::system();
     let (n, report) = match (args.into, args.since) {
         (Some(into), None) => {

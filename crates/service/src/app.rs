@@ -12,7 +12,7 @@ use crate::feed::cache::{CacheConsumer, EntityCache};
 use crate::processor::Processor;
 use crate::queue::GroupCommitter;
 use crate::realtime::RealtimeHub;
-use crate::search::{IndexOptions, SearchError, SearchIndex};
+use crate::search::{SearchError, SearchIndex};
 use crate::store::db::{Database, DbError};
 use crate::telemetry::metrics::Metrics;
 use crate::webhook::handler::BodyBudget;
@@ -110,14 +110,17 @@ impl App {
         let (applied_tx, applied) = watch::channel(0u64);
         let cache = EntityCache::open(
             &config.cache_backend,
-            config.cache_max_entries,
+            crate::feed::cache::Capacity {
+                entries: config.cache_max_entries,
+                bytes: config.cache_max_bytes,
+            },
             config.cache_strategy,
             config.cache_invalidation,
         )
         .await?;
         let search = Arc::new(SearchIndex::open(
             config.search_dir.as_deref(),
-            IndexOptions::default(),
+            config.search.clone(),
         )?);
         // Realtime is live-only plus resume: it starts at today's feed head.
         let realtime = Arc::new(RealtimeHub::new(

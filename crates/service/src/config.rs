@@ -230,6 +230,15 @@ pub struct Settings {
     /// Directory of the search index (default: <data dir>/search).
     #[arg(long, global = true, env = "CLERKSYNC_SEARCH_DIR")]
     pub search_dir: Option<PathBuf>,
+    /// Memory tantivy's writer may buffer before it writes a segment, in MB (at least 15).
+    #[arg(long, global = true, env = "CLERKSYNC_SEARCH_WRITER_MEMORY_MB")]
+    pub search_writer_memory_mb: Option<usize>,
+    /// Milliseconds between search index commits (how stale a search may be).
+    #[arg(long, global = true, env = "CLERKSYNC_SEARCH_COMMIT_INTERVAL_MS")]
+    pub search_commit_interval_ms: Option<u64>,
+    /// Accept and store deliveries but apply none (maintenance, ingest measurements).
+    #[arg(long, global = true, env = "CLERKSYNC_APPLY_PAUSED")]
+    pub apply_paused: Option<bool>,
     #[command(flatten)]
     #[serde(flatten)]
     pub alerts: AlertSettings,
@@ -400,10 +409,15 @@ pub struct Config {
     pub cache_strategy: crate::feed::cache::Strategy,
     pub cache_invalidation: crate::feed::cache::Invalidation,
     pub cache_max_entries: u64,
+    pub cache_max_bytes: u64,
     /// moka, or redis with its URL, prefix, TTL and local layer size.
     pub cache_backend: crate::feed::cache::Backend,
     /// The search index's directory; None keeps it in memory (tests, embedding).
     pub search_dir: Option<PathBuf>,
+    /// The search writer's memory budget and commit pacing.
+    pub search: crate::search::IndexOptions,
+    /// Deliveries are acknowledged and stored, none is applied.
+    pub apply_paused: bool,
     /// `/v1/realtime`: session-token keys, limits, resume window.
     pub realtime: crate::realtime::RealtimeConfig,
     /// The alert webhook and its thresholds (alerts/mod.rs).
@@ -559,6 +573,29 @@ impl Config {
                 message: "must be a non-negative number of days".into(),
             });
         }
+        let search_memory_mb = s
+            .search_writer_memory_mb
+            .unwrap_or(crate::search::DEFAULT_WRITER_MEMORY_MB);
+        if !(15..=4096).contains(&search_memory_mb) {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_SEARCH_WRITER_MEMORY_MB",
+                message: "must be between 15 and 4096 (MB)".into(),
+            });
+        }
+        let commit_ms = s
+            .search_commit_interval_ms
+            .unwrap_or(crate::search::DEFAULT_COMMIT_INTERVAL_MS);
+        if !(10..=60_000).contains(&commit_ms) {
+            return Err(ConfigError::BadValue {
+                name: "CLERKSYNC_SEARCH_COMMIT_INTERVAL_MS",
+                message: "must be between 10 and 60000 milliseconds".into(),
+            });
+        }
+        let search = crate::search::IndexOptions {
+            commit_interval: std::time::Duration::from_millis(commit_ms),
+            writer_memory_bytes: search_memory_mb * 1_000_000,
+            ..crate::search::IndexOptions::default()
+        };
         let token = |t: Option<String>| t.filter(|t| !t.trim().is_empty()).map(Token::new);
         Ok(Config {
             secrets: None,
@@ -581,8 +618,11 @@ impl Config {
             cache_strategy: cache.strategy,
             cache_invalidation: cache.invalidation,
             cache_max_entries: cache.max_entries,
+            cache_max_bytes: cache.max_bytes,
             cache_backend: cache.backend,
             search_dir: Some(search_dir),
+            search,
+            apply_paused: s.apply_paused.unwrap_or(false),
             realtime,
             alerts,
             reconcile,
@@ -629,6 +669,7 @@ impl Config {
             feed_retention: self.feed_retention,
             raw_body_retention: self.raw_body_retention,
             purge_interval: P::PURGE_INTERVAL,
+            paused: self.apply_paused,
         }
     }
 }

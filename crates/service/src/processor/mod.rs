@@ -47,6 +47,9 @@ pub struct ProcessorConfig {
     pub raw_body_retention: Duration,
     /// How often the retention job runs.
     pub purge_interval: Duration,
+    /// Apply nothing (`apply_paused`): deliveries are still acknowledged and
+    /// stored, and wait as pending until a start without it.
+    pub paused: bool,
 }
 
 impl ProcessorConfig {
@@ -107,6 +110,11 @@ impl Processor {
     /// Runs until `cancel`; then stops claiming, finishes the batches in hand and
     /// releases the leases of events still queued.
     pub async fn run(self, cancel: CancellationToken) {
+        if self.config.paused {
+            tracing::warn!("apply is paused (apply_paused): deliveries are stored, not applied");
+            cancel.cancelled().await;
+            return;
+        }
         let n = self.config.max_concurrent.max(1);
         if n == 1 && self.db.strategy().in_place_when_single {
             let purger = tokio::spawn(self.clone().purge_loop(cancel.clone()));

@@ -30,6 +30,7 @@ mod schema;
 
 pub use consumer::{reindex_offline, run, SearchConsumer, CONSUMER};
 pub use index::{
-    IndexOptions, RebuildReport, RebuildStatus, RebuildTicket, Reconciled, SearchError, SearchIndex,
+    IndexOptions, RebuildReport, RebuildStatus, RebuildTicket, Reconciled, SearchError,
+    SearchIndex, DEFAULT_COMMIT_INTERVAL_MS, DEFAULT_WRITER_MEMORY_MB,
 };
 pub use query::{parse_query, BadQuery, Hit, ParsedQuery, MAX_QUERY_CHARS, MAX_QUERY_WORDS};

@@ -113,19 +113,31 @@ pub fn user_orgs_key(user: &str) -> String {
 /// How many recent invalidations are remembered key by key.
 const RECENT: usize = 100_000;
 
-/// Recent invalidations: key -> the number of its last one.
+/// A key as [`Recent`] remembers it: a 64-bit hash, not the string, so the
+/// record costs ~40 bytes per invalidation instead of ~160 (two copies of a
+/// ~40-byte key). Two keys with one hash only make a fill be refused that
+/// could have been allowed: a miss more, never a stale hit.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// Recent invalidations: key (hashed) -> the number of its last one.
 #[derive(Default)]
 struct Recent {
-    by_key: HashMap<String, u64>,
-    order: VecDeque<(u64, String)>,
+    by_key: HashMap<u64, u64>,
+    order: VecDeque<(u64, u64)>,
     /// Every forgotten invalidation is at or below this.
     floor: u64,
 }
 
 impl Recent {
     fn record(&mut self, key: &str, gen: u64) {
-        self.by_key.insert(key.to_string(), gen);
-        self.order.push_back((gen, key.to_string()));
+        let k = key_hash(key);
+        self.by_key.insert(k, gen);
+        self.order.push_back((gen, k));
         while self.order.len() > RECENT {
             let Some((g, k)) = self.order.pop_front() else {
                 break;
@@ -139,7 +151,7 @@ impl Recent {
 
     /// True when no invalidation of `key` came after `stamp`.
     fn allows(&self, key: &str, stamp: u64) -> bool {
-        stamp >= self.floor && self.by_key.get(key).is_none_or(|g| *g <= stamp)
+        stamp >= self.floor && self.by_key.get(&key_hash(key)).is_none_or(|g| *g <= stamp)
     }
 
     /// Refuses every stamp taken up to now (the local layer was reset).
@@ -164,20 +176,64 @@ pub struct EntityCache {
     pub invalidations: broadcast::Sender<String>,
 }
 
+/// What the moka layer may hold: at most `entries` values and `bytes` bytes
+/// (by [`weight`]), whichever is reached first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Roughly what a cached value costs in memory: its strings, the key, and the
+/// fixed size of a row and of moka's bookkeeping. A list weighs its rows.
+pub fn weight(key: &str, value: &Cached) -> u64 {
+    const FIXED: u64 = 160;
+    let row = |r: &EntityRow| {
+        (std::mem::size_of::<EntityRow>()
+            + r.id.len()
+            + r.version_key.len()
+            + r.user_id.as_ref().map_or(0, String::len)
+            + r.organization_id.as_ref().map_or(0, String::len)
+            + r.data.as_ref().map_or(0, String::len)) as u64
+    };
+    let value = match value {
+        Cached::Row(r) => row(r),
+        Cached::Rows(rs) => rs.iter().map(row).sum(),
+    };
+    FIXED + key.len() as u64 + value
+}
+
+fn moka_cache(cap: Capacity) -> moka::future::Cache<String, Cached> {
+    // Each value weighs at least bytes/entries, so the byte budget also keeps
+    // the entry count within `entries`.
+    let floor = (cap.bytes / cap.entries.max(1)).max(1);
+    moka::future::Cache::builder()
+        .max_capacity(cap.bytes)
+        .weigher(move |k: &String, v: &Cached| {
+            u32::try_from(weight(k, v).max(floor)).unwrap_or(u32::MAX)
+        })
+        .build()
+}
+
 impl EntityCache {
-    /// An in-process cache (moka backend).
+    /// An in-process cache (moka backend) of at most `max_entries` values and
+    /// the default byte budget.
     pub fn new(max_entries: u64, strategy: Strategy, invalidation: Invalidation) -> Self {
-        Self::with_shared(max_entries, strategy, invalidation, None)
+        let cap = Capacity {
+            entries: max_entries,
+            bytes: settings::DEFAULT_MAX_BYTES,
+        };
+        Self::with_shared(cap, strategy, invalidation, None)
     }
 
     fn with_shared(
-        max_entries: u64,
+        cap: Capacity,
         strategy: Strategy,
         invalidation: Invalidation,
         shared: Option<redis::Shared>,
     ) -> Self {
         Self {
-            local: moka::future::Cache::new(max_entries),
+            local: moka_cache(cap),
             recent: Mutex::new(Recent::default()),
             counter: AtomicU64::new(1),
             shared,
@@ -194,16 +250,24 @@ impl EntityCache {
     /// an error here, at start-up) and starts the invalidation subscriber.
     pub async fn open(
         backend: &Backend,
-        max_entries: u64,
+        cap: Capacity,
         strategy: Strategy,
         invalidation: Invalidation,
     ) -> Result<Arc<Self>, CacheError> {
         match backend {
-            Backend::Moka => Ok(Arc::new(Self::new(max_entries, strategy, invalidation))),
+            Backend::Moka => Ok(Arc::new(Self::with_shared(
+                cap,
+                strategy,
+                invalidation,
+                None,
+            ))),
             Backend::Redis(opts) => {
                 let (shared, client) = redis::Shared::connect(opts).await?;
                 let cache = Arc::new(Self::with_shared(
-                    opts.local_max_entries,
+                    Capacity {
+                        entries: opts.local_max_entries,
+                        bytes: cap.bytes,
+                    },
                     strategy,
                     invalidation,
                     Some(shared),
@@ -447,6 +511,13 @@ impl EntityCache {
     pub fn entry_count(&self) -> u64 {
         self.local.entry_count()
     }
+
+    /// The bytes (by [`weight`]) this node's layer holds now; moka settles
+    /// its counts lazily, this runs its pending work first.
+    pub async fn weighted_bytes(&self) -> u64 {
+        self.local.run_pending_tasks().await;
+        self.local.weighted_size()
+    }
 }
 
 /// The cache's feed consumer: in write-behind mode the only updater; in
@@ -541,6 +612,63 @@ mod tests {
         c.invalidate_keys(&others).await.unwrap();
         c.fill("user:user_1", row(1), stamp).await;
         assert_eq!(version(&c, "user:user_1").await, None);
+    }
+
+    fn big_row(id: usize, bytes: usize) -> Cached {
+        Cached::Row(Arc::new(EntityRow {
+            id: format!("user_{id}"),
+            version: 1,
+            version_key: String::new(),
+            deleted: false,
+            user_id: None,
+            organization_id: None,
+            data: Some("x".repeat(bytes)),
+            synced_at: 0,
+        }))
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_bounds_what_is_held() {
+        let budget = 1_000_000;
+        let c = EntityCache::with_shared(
+            Capacity {
+                entries: 100_000,
+                bytes: budget,
+            },
+            Strategy::WriteThrough,
+            Invalidation::Precise,
+            None,
+        );
+        // 400 rows of ~10 KB: 4 MB offered to a 1 MB budget.
+        for i in 0..400 {
+            let key = format!("user:user_{i}");
+            let stamp = stamp_of(c.lookup(&key).await);
+            c.fill(&key, big_row(i, 10_000), stamp).await;
+        }
+        let held = c.weighted_bytes().await;
+        assert!(held <= budget, "holds {held} bytes");
+        assert!(c.entry_count() < 200, "{} entries", c.entry_count());
+        assert!(c.entry_count() > 0);
+    }
+
+    #[tokio::test]
+    async fn the_entry_bound_holds_for_small_values() {
+        let c = EntityCache::with_shared(
+            Capacity {
+                entries: 50,
+                bytes: 10_000_000,
+            },
+            Strategy::WriteThrough,
+            Invalidation::Precise,
+            None,
+        );
+        for i in 0..500 {
+            let key = format!("user:user_{i}");
+            let stamp = stamp_of(c.lookup(&key).await);
+            c.fill(&key, big_row(i, 10), stamp).await;
+        }
+        c.weighted_bytes().await;
+        assert!(c.entry_count() <= 50, "{} entries", c.entry_count());
     }
 
     #[tokio::test]

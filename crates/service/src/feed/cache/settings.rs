@@ -32,6 +32,9 @@ pub struct CacheSettings {
     /// Most entries the in-process cache holds.
     #[arg(long, global = true, env = "CLERKSYNC_CACHE_MAX_ENTRIES")]
     pub cache_max_entries: Option<u64>,
+    /// Most bytes of values the in-process cache (or the Redis backend's local layer) holds.
+    #[arg(long, global = true, env = "CLERKSYNC_CACHE_MAX_BYTES")]
+    pub cache_max_bytes: Option<u64>,
     /// Cache backend: moka (in-process) or redis (shared, with a small local layer).
     #[arg(long, global = true, env = "CLERKSYNC_CACHE_BACKEND")]
     pub cache_backend: Option<BackendKind>,
@@ -60,11 +63,17 @@ pub struct CacheConfig {
     pub strategy: Strategy,
     pub invalidation: Invalidation,
     pub max_entries: u64,
+    pub max_bytes: u64,
     /// moka, or redis with its URL, prefix, TTL and local layer size.
     pub backend: Backend,
 }
 
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+/// 16 MiB: ~8,000 realistic user records (~2 KB each with the row's fields).
+/// Memory is the budget that matters on a small node; entries are not all alike.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+/// Less than this and a single large organization member list may not fit.
+pub const MIN_MAX_BYTES: u64 = 1 << 20;
 
 impl CacheSettings {
     /// The configuration, defaults filled in. A Redis URL is never quoted with
@@ -74,10 +83,18 @@ impl CacheSettings {
             BackendKind::Moka => Backend::Moka,
             BackendKind::Redis => Backend::Redis(self.redis()?),
         };
+        let max_bytes = self.cache_max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes < MIN_MAX_BYTES {
+            return Err(Invalid::new(
+                "CLERKSYNC_CACHE_MAX_BYTES",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         Ok(CacheConfig {
             strategy: self.cache_strategy.unwrap_or(Strategy::WriteThrough),
             invalidation: self.cache_invalidation.unwrap_or(Invalidation::Precise),
             max_entries: self.cache_max_entries.unwrap_or(DEFAULT_MAX_ENTRIES),
+            max_bytes,
             backend,
         })
     }
