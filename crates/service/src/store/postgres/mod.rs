@@ -47,6 +47,21 @@ pub(crate) async fn open(u: &str) -> Result<Database, DbError> {
     let pool = PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection it hands out by default: a round trip
+        // before every transaction and claim (a millisecond each across a
+        // network). Only a connection idle long enough for the server or a
+        // middlebox to have dropped it is checked; a connection that broke
+        // while busy fails its statement, and the batch is retried.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_AFTER {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(opts)
         .await
         .map_err(|source| DbError::Open {
@@ -56,6 +71,9 @@ pub(crate) async fn open(u: &str) -> Result<Database, DbError> {
     crate::store::migrations::postgres().run(&pool).await?;
     Ok(Database::Postgres(pool))
 }
+
+/// A pooled connection idle at least this long is pinged before it is used.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 
 /// How long one first connection to PostgreSQL may take before start-up gives up.
 const PG_CONNECT_SECS: u64 = 10;
