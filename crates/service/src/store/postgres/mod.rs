@@ -17,7 +17,7 @@ use crate::store::db::{Database, DbError};
 use crate::store::events::{EventFilter, EventRecord, EVENT_FIELDS};
 use crate::store::feed::{entries, FeedEntry, FeedFilter, StoredFeedRow};
 use crate::store::inbox::{
-    ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts, DELIVERY, LOG_PAGE,
+    ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts, DELIVERY, LOG_PAGE, OPEN_COUNTS,
 };
 use crate::store::maintenance::{PurgeReport, Redaction};
 use crate::store::read::AuditEntry;
@@ -279,11 +279,11 @@ impl InboxStore for Postgres<'_> {
     }
 
     async fn counts(&self) -> Result<StatusCounts> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM inbox GROUP BY status")
-                .fetch_all(self.pool)
-                .await?;
-        Ok(StatusCounts::from_groups(rows))
+        let open: Vec<(String, i64)> = sqlx::query_as(OPEN_COUNTS).fetch_all(self.pool).await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(self.pool)
+            .await?;
+        Ok(StatusCounts::from_open(open, total))
     }
 
     async fn anything_due(&self) -> Result<bool> {
