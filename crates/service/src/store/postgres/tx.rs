@@ -1,6 +1,12 @@
 //! PostgreSQL's apply transaction: advisory locks per entity, rows kept in
 //! memory and written at commit, many per statement.
 //!
+//! Round trips, not rows, are what a batch costs when the database is across
+//! a network (each one at least the link's round-trip time), so a batch makes
+//! the same few whatever its size: BEGIN; the locks and the inbox statuses;
+//! every row it reads; (the contact rows it replaces); every write but the
+//! feed's; the feed rows under the feed lock; COMMIT.
+//!
 //! Must never: take a lock out of the one global order a batch's plan gives
 //! (two workers would deadlock), or insert feed rows before taking the feed
 //! lock (feed order must be commit order).
