@@ -473,7 +473,9 @@ impl StoreTx for PgTx {
             }
         }
         for v in &live {
-            self.pending.live.insert((kind, by, v.to_string()), Vec::new());
+            self.pending
+                .live
+                .insert((kind, by, v.to_string()), Vec::new());
         }
         for Tagged { part, row } in found {
             if part == live_part {
