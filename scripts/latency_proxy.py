@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """A userspace TCP proxy that adds a fixed round-trip latency (issue 21).
 
+Superseded by latency_proxy.rs (pg_scaling.py's default): with many
+connections this one's threads queue on the interpreter lock, so the proxy
+itself limits the pool it is meant to measure. Kept for `--proxy python`.
+
 Why: the PostgreSQL worker pool (`max_concurrent`) pays off when every round
 trip to the database costs time, as it does across a network; on one machine
 a round trip is tens of microseconds and 2 cores are the limit instead. These

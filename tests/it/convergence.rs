@@ -343,7 +343,8 @@ pub async fn run_batched(db: &Database, evs: &[Ev], order: &[usize], chunk: usiz
         let parsed: Vec<_> = part.iter().map(|&i| parse(&stored[i])).collect();
         let plan = plan_batch(&parsed);
         let mut tx = begin(db).await.unwrap();
-        plan.prepare(tx.as_mut()).await.unwrap();
+        let seqs: Vec<i64> = part.iter().map(|&i| stored[i].seq).collect();
+        plan.prepare(tx.as_mut(), &seqs).await.unwrap();
         for (&i, p) in part.iter().zip(parsed) {
             apply_parsed(tx.as_mut(), &stored[i], p, 1)
                 .await

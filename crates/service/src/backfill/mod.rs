@@ -988,11 +988,12 @@ pub async fn apply_changes(
         .collect();
     let mut tx = begin(db).await?;
     let fut = async move {
-        if lock_entities {
-            plan_batch(&parsed).prepare(tx.as_mut()).await?;
-        }
         let seqs: Vec<i64> = (1..=parsed.len() as i64).map(|i| -i).collect();
-        tx.prefetch_statuses(&seqs).await?;
+        if lock_entities {
+            plan_batch(&parsed).prepare(tx.as_mut(), &seqs).await?;
+        } else {
+            tx.prefetch_statuses(&seqs).await?;
+        }
         for (seq, p) in seqs.into_iter().zip(parsed) {
             let d = Delivery {
                 seq,

@@ -406,9 +406,10 @@ impl Processor {
             // local. A single event takes its locks in `apply`.
             if items.len() > 1 && strategy.lock_entities {
                 let plan = plan_batch(&parsed);
-                plan.prepare(tx.as_mut()).await?;
+                plan.prepare(tx.as_mut(), &seqs).await?;
+            } else {
+                tx.prefetch_statuses(&seqs).await?;
             }
-            tx.prefetch_statuses(&seqs).await?;
             let mut out = Vec::with_capacity(items.len());
             for ((d, _), p) in items.iter().zip(parsed) {
                 // One span per apply: fields only, so it costs little per event.

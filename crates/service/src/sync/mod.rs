@@ -143,13 +143,18 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
-    /// Takes the batch's locks, then reads what it will read into the
-    /// transaction (a few queries in all instead of several per event).
-    pub async fn prepare(&self, tx: &mut dyn StoreTx) -> Result<(), StoreError> {
-        tx.lock_all(&self.locks).await?;
-        tx.prefetch(&self.rows).await?;
-        tx.prefetch_live_by(Kind::Membership, RefCol::UserId, &self.members_of)
-            .await
+    /// Takes the batch's locks and reads (on PostgreSQL: locks) the inbox
+    /// status of its events `seqs`, then reads what it will read into the
+    /// transaction: two round trips on PostgreSQL, whatever the batch holds.
+    pub async fn prepare(&self, tx: &mut dyn StoreTx, seqs: &[i64]) -> Result<(), StoreError> {
+        tx.lock_all_then_statuses(&self.locks, seqs).await?;
+        tx.prefetch_with_live(
+            &self.rows,
+            Kind::Membership,
+            RefCol::UserId,
+            &self.members_of,
+        )
+        .await
     }
 }
 

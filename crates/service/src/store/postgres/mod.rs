@@ -19,7 +19,7 @@ use crate::store::db::{Database, DbError};
 use crate::store::events::{EventFilter, EventRecord, EVENT_FIELDS};
 use crate::store::feed::{entries, FeedEntry, FeedFilter, StoredFeedRow};
 use crate::store::inbox::{
-    delivery_columns, log_page, ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts,
+    delivery_columns, log_page, ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts, OPEN_COUNTS,
 };
 use crate::store::maintenance::{bodies_to_expire, BodyExpiry, PurgeReport, Redaction};
 use crate::store::read::AuditEntry;
@@ -49,6 +49,21 @@ pub(crate) async fn open(u: &str) -> Result<Database, DbError> {
     let pool = PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection it hands out by default: a round trip
+        // before every transaction and claim (a millisecond each across a
+        // network). Only a connection idle long enough for the server or a
+        // middlebox to have dropped it is checked; a connection that broke
+        // while busy fails its statement, and the batch is retried.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_AFTER {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(opts)
         .await
         .map_err(|source| DbError::Open {
@@ -58,6 +73,9 @@ pub(crate) async fn open(u: &str) -> Result<Database, DbError> {
     crate::store::migrations::postgres().run(&pool).await?;
     Ok(Database::Postgres(pool))
 }
+
+/// A pooled connection idle at least this long is pinged before it is used.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 
 /// How long one first connection to PostgreSQL may take before start-up gives up.
 const PG_CONNECT_SECS: u64 = 10;
@@ -310,11 +328,11 @@ impl InboxStore for Postgres<'_> {
     }
 
     async fn counts(&self) -> Result<StatusCounts> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM inbox GROUP BY status")
-                .fetch_all(self.pool)
-                .await?;
-        Ok(StatusCounts::from_groups(rows))
+        let open: Vec<(String, i64)> = sqlx::query_as(OPEN_COUNTS).fetch_all(self.pool).await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(self.pool)
+            .await?;
+        Ok(StatusCounts::from_open(open, total))
     }
 
     async fn anything_due(&self) -> Result<bool> {

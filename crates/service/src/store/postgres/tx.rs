@@ -1,6 +1,12 @@
 //! PostgreSQL's apply transaction: advisory locks per entity, rows kept in
 //! memory and written at commit, many per statement.
 //!
+//! Round trips, not rows, are what a batch costs when the database is across
+//! a network (each one at least the link's round-trip time), so a batch makes
+//! the same few whatever its size: BEGIN; the locks and the inbox statuses;
+//! every row it reads; (the contact rows it replaces); every write but the
+//! feed's; the feed rows under the feed lock; COMMIT.
+//!
 //! Must never: take a lock out of the one global order a batch's plan gives
 //! (two workers would deadlock), or insert feed rows before taking the feed
 //! lock (feed order must be commit order).
@@ -16,20 +22,74 @@ use async_trait::async_trait;
 pub(crate) struct PgTx {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     pending: Pending,
+    /// Archived records, inserted at commit with the other writes.
+    archive: Vec<PendingArchive>,
 }
+
+/// (kind, entity id, user id, version, data, archived_at)
+type PendingArchive = (Kind, String, Option<String>, i64, Option<String>, i64);
 
 impl PgTx {
     pub(crate) async fn begin(pool: &sqlx::PgPool) -> Result<PgTx, StoreError> {
         Ok(PgTx {
             tx: pool.begin().await?,
             pending: Pending::default(),
+            archive: Vec::new(),
         })
     }
 }
 
-/// Replaces the contact rows of every user in `contacts`: one statement deletes
-/// their rows from all three tables, then one insert per table.
-async fn write_contacts(
+/// A prefetched row and which part of the prefetch statement found it.
+#[derive(sqlx::FromRow)]
+struct Tagged {
+    part: i32,
+    #[sqlx(flatten)]
+    row: EntityRow,
+}
+
+/// One bound parameter of a statement assembled from parts: the parts of a
+/// batch's write statement bind columns of several types.
+enum Param<'a> {
+    Texts(Vec<&'a str>),
+    OptTexts(Vec<Option<&'a str>>),
+    Ints(Vec<i64>),
+    Bools(Vec<bool>),
+}
+
+/// A statement assembled from parts, its parameters numbered in order.
+#[derive(Default)]
+struct Assembled<'a> {
+    params: Vec<Param<'a>>,
+}
+
+impl<'a> Assembled<'a> {
+    /// Adds a parameter; returns its placeholder (`$n`).
+    fn bind(&mut self, p: Param<'a>) -> String {
+        self.params.push(p);
+        format!("${}", self.params.len())
+    }
+
+    fn query(
+        self,
+        sql: &'a str,
+    ) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let mut q = sqlx::query(sql);
+        for p in self.params {
+            q = match p {
+                Param::Texts(v) => q.bind(v),
+                Param::OptTexts(v) => q.bind(v),
+                Param::Ints(v) => q.bind(v),
+                Param::Bools(v) => q.bind(v),
+            };
+        }
+        q
+    }
+}
+
+/// Deletes the contact rows of every user in `contacts` (one statement for the
+/// three tables); the new rows are inserted by the batch's write statement
+/// ([`contact_inserts`]), which runs after it.
+async fn delete_contacts(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     contacts: &std::collections::BTreeMap<String, Contacts>,
 ) -> Result<(), StoreError> {
@@ -46,6 +106,15 @@ async fn write_contacts(
     .bind(&users)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// The parts of the write statement that insert the new contact rows.
+fn contact_inserts<'a>(
+    contacts: &'a std::collections::BTreeMap<String, Contacts>,
+    q: &mut Assembled<'a>,
+    parts: &mut Vec<String>,
+) {
     // Emails and phones have one shape: (user, id, address or number, primary).
     type Point<'a> = (&'a str, &'a str, &'a str, bool);
     fn points<'a>(
@@ -75,35 +144,34 @@ async fn write_contacts(
         if rows.is_empty() {
             continue;
         }
-        sqlx::query(&format!(
-            "INSERT INTO {head} SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) \
+        let (a, b, c, d) = (
+            q.bind(Param::Texts(column(&rows, |r| r.0))),
+            q.bind(Param::Texts(column(&rows, |r| r.1))),
+            q.bind(Param::Texts(column(&rows, |r| r.2))),
+            q.bind(Param::Bools(column(&rows, |r| r.3))),
+        );
+        parts.push(format!(
+            "INSERT INTO {head} SELECT * FROM unnest({a}::text[], {b}::text[], {c}::text[], {d}::bool[]) \
              ON CONFLICT DO NOTHING"
-        ))
-        .bind(column(&rows, |r| r.0))
-        .bind(column(&rows, |r| r.1))
-        .bind(column(&rows, |r| r.2))
-        .bind(column(&rows, |r| r.3))
-        .execute(&mut **tx)
-        .await?;
+        ));
     }
     let accounts: Vec<(&str, &ExternalAccount)> = contacts
         .iter()
         .flat_map(|(u, c)| c.external_accounts.iter().map(move |a| (u.as_str(), a)))
         .collect();
     if !accounts.is_empty() {
-        sqlx::query(
+        let (a, b, c, d) = (
+            q.bind(Param::Texts(column(&accounts, |(u, _)| *u))),
+            q.bind(Param::Texts(column(&accounts, |(_, a)| a.0.as_str()))),
+            q.bind(Param::OptTexts(column(&accounts, |(_, a)| a.1.as_deref()))),
+            q.bind(Param::OptTexts(column(&accounts, |(_, a)| a.2.as_deref()))),
+        );
+        parts.push(format!(
             "INSERT INTO user_external_accounts (user_id, id, provider, email_address) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(column(&accounts, |(u, _)| *u))
-        .bind(column(&accounts, |(_, a)| a.0.as_str()))
-        .bind(column(&accounts, |(_, a)| a.1.as_deref()))
-        .bind(column(&accounts, |(_, a)| a.2.as_deref()))
-        .execute(&mut **tx)
-        .await?;
+             SELECT * FROM unnest({a}::text[], {b}::text[], {c}::text[], {d}::text[]) \
+             ON CONFLICT DO NOTHING"
+        ));
     }
-    Ok(())
 }
 
 #[async_trait]
@@ -265,24 +333,15 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
+    /// Kept until commit, like `put`: nothing in the transaction reads it back.
     async fn archive(&mut self, kind: Kind, r: &EntityRow, at: i64) -> Result<(), StoreError> {
         let user = if kind == Kind::User {
-            Some(r.id.as_str())
+            Some(r.id.clone())
         } else {
-            r.user_id.as_deref()
+            r.user_id.clone()
         };
-        sqlx::query(
-            "INSERT INTO archive (kind, entity_id, user_id, version, data, archived_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(kind.as_str())
-        .bind(&r.id)
-        .bind(user)
-        .bind(r.version)
-        .bind(&r.data)
-        .bind(at)
-        .execute(&mut *self.tx)
-        .await?;
+        self.archive
+            .push((kind, r.id.clone(), user, r.version, r.data.clone(), at));
         Ok(())
     }
 
@@ -322,69 +381,226 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
+    /// The locks first (the status query's one-time filter runs before it
+    /// reads a row), then the inbox rows `FOR UPDATE`: one round trip. The rows
+    /// are read at their latest committed version whatever the statement's
+    /// snapshot (`FOR UPDATE` in READ COMMITTED), so taking the advisory locks
+    /// in the same statement changes nothing they return.
+    async fn lock_all_then_statuses(
+        &mut self,
+        keys: &[(String, bool)],
+        seqs: &[i64],
+    ) -> Result<(), StoreError> {
+        let todo = locks_to_take(&self.pending.locks, keys);
+        if todo.is_empty() {
+            return self.prefetch_statuses(seqs).await;
+        }
+        let names: Vec<&str> = todo.iter().map(|(k, _)| k.as_str()).collect();
+        let exclusive: Vec<bool> = todo.iter().map(|(_, x)| *x).collect();
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "WITH l AS MATERIALIZED (SELECT count(CASE WHEN x \
+               THEN pg_advisory_xact_lock(hashtextextended(k, 0))::text \
+               ELSE pg_advisory_xact_lock_shared(hashtextextended(k, 0))::text END) AS n \
+               FROM unnest($1::text[], $2::bool[]) AS t(k, x)) \
+             SELECT seq, status FROM inbox WHERE seq = ANY($3) AND (SELECT n FROM l) >= 0 \
+             FOR UPDATE OF inbox",
+        )
+        .bind(&names)
+        .bind(&exclusive)
+        .bind(seqs)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for (k, x) in todo {
+            self.pending.locks.insert(k.clone(), *x);
+        }
+        self.pending.statuses.extend(rows);
+        Ok(())
+    }
+
+    /// Every kind's rows and the live rows by `by` in one statement (UNION ALL,
+    /// one part per kind): the locks are held, so one snapshot reads them all.
+    async fn prefetch_with_live(
+        &mut self,
+        rows: &[(Kind, String)],
+        kind: Kind,
+        by: RefCol,
+        values: &[String],
+    ) -> Result<(), StoreError> {
+        let mut by_kind: std::collections::BTreeMap<Kind, Vec<&str>> = Default::default();
+        for (k, id) in rows {
+            if !self.pending.rows.contains_key(&(*k, id.clone())) {
+                by_kind.entry(*k).or_default().push(id);
+            }
+        }
+        let live: Vec<&str> = values
+            .iter()
+            .filter(|v| !self.pending.live.contains_key(&(kind, by, v.to_string())))
+            .map(String::as_str)
+            .collect();
+        let mut parts: Vec<String> = Vec::new();
+        let mut binds: Vec<&Vec<&str>> = Vec::new();
+        for (i, (k, ids)) in by_kind.iter().enumerate() {
+            parts.push(format!(
+                "SELECT {i} AS part, {COLS} FROM {} WHERE id = ANY(${})",
+                k.table(),
+                i + 1
+            ));
+            binds.push(ids);
+        }
+        let live_part = parts.len() as i32;
+        if !live.is_empty() {
+            parts.push(format!(
+                "SELECT {live_part} AS part, {COLS} FROM {} WHERE {} = ANY(${}) AND deleted = FALSE",
+                kind.table(),
+                by.column(),
+                parts.len() + 1
+            ));
+            binds.push(&live);
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let sql = parts.join(" UNION ALL ");
+        let mut q = sqlx::query_as::<_, Tagged>(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let found = q.fetch_all(&mut *self.tx).await?;
+        let kinds: Vec<Kind> = by_kind.keys().copied().collect();
+        for (k, ids) in &by_kind {
+            for id in ids {
+                self.pending.rows.insert((*k, id.to_string()), None);
+            }
+        }
+        for v in &live {
+            self.pending
+                .live
+                .insert((kind, by, v.to_string()), Vec::new());
+        }
+        for Tagged { part, row } in found {
+            if part == live_part {
+                if let Some(list) = by
+                    .of(&row)
+                    .and_then(|v| self.pending.live.get_mut(&(kind, by, v.to_string())))
+                {
+                    list.push(row);
+                }
+            } else if let Some(k) = kinds.get(part as usize) {
+                self.pending.rows.insert((*k, row.id.clone()), Some(row));
+            }
+        }
+        // As `live_by` answers: by id.
+        for v in &live {
+            if let Some(list) = self.pending.live.get_mut(&(kind, by, v.to_string())) {
+                list.sort_by(|a, b| a.id.cmp(&b.id));
+            }
+        }
+        Ok(())
+    }
+
     async fn mark_done(&mut self, seq: i64, at: i64, duration_us: i64) -> Result<(), StoreError> {
         self.pending.done.push((seq, at, duration_us));
         self.pending.statuses.insert(seq, "done".into());
         Ok(())
     }
 
+    /// Three round trips whatever the batch wrote (four when contact rows
+    /// change): every row but the feed's in one statement of writable CTEs,
+    /// the feed rows under the feed lock, COMMIT. The write statement's parts
+    /// touch different rows (one upsert per table, each entity once), so the
+    /// order PostgreSQL runs them in does not matter.
     async fn commit(mut self: Box<Self>) -> Result<Vec<(Kind, String)>, StoreError> {
         let pending = std::mem::take(&mut self.pending);
+        let archive = std::mem::take(&mut self.archive);
+        // Before the write statement, which inserts the new rows.
+        delete_contacts(&mut self.tx, &pending.contacts).await?;
         let mut by_kind: std::collections::BTreeMap<Kind, Vec<&EntityRow>> = Default::default();
         for ((kind, _), row) in &pending.puts {
             by_kind.entry(*kind).or_default().push(row);
         }
-        // Each statement binds whole columns as arrays: one text per table
-        // whatever the batch size, so a connection prepares it once (one
-        // VALUES tuple per row made a new statement for every batch size).
-        for (kind, rows) in by_kind {
-            sqlx::query(&format!(
-                "INSERT INTO {} ({COLS}) SELECT * FROM unnest($1::text[], $2::bigint[], \
-                 $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[], $8::bigint[]){ON_CONFLICT_UPDATE}",
-                kind.table()
-            ))
-            .bind(column(&rows, |r| r.id.as_str()))
-            .bind(column(&rows, |r| r.version))
-            .bind(column(&rows, |r| r.version_key.as_str()))
-            .bind(column(&rows, |r| r.deleted))
-            .bind(column(&rows, |r| r.user_id.as_deref()))
-            .bind(column(&rows, |r| r.organization_id.as_deref()))
-            .bind(column(&rows, |r| r.data.as_deref()))
-            .bind(column(&rows, |r| r.synced_at))
-            .execute(&mut *self.tx)
-            .await?;
+        let mut q = Assembled::default();
+        let mut parts: Vec<String> = Vec::new();
+        // Each part binds whole columns as arrays: one text per combination of
+        // parts whatever the batch size, so a connection prepares it once.
+        for (kind, rows) in &by_kind {
+            let c = [
+                q.bind(Param::Texts(column(rows, |r| r.id.as_str()))),
+                q.bind(Param::Ints(column(rows, |r| r.version))),
+                q.bind(Param::Texts(column(rows, |r| r.version_key.as_str()))),
+                q.bind(Param::Bools(column(rows, |r| r.deleted))),
+                q.bind(Param::OptTexts(column(rows, |r| r.user_id.as_deref()))),
+                q.bind(Param::OptTexts(column(rows, |r| {
+                    r.organization_id.as_deref()
+                }))),
+                q.bind(Param::OptTexts(column(rows, |r| r.data.as_deref()))),
+                q.bind(Param::Ints(column(rows, |r| r.synced_at))),
+            ];
+            parts.push(format!(
+                "INSERT INTO {} ({COLS}) SELECT * FROM unnest({}::text[], {}::bigint[], \
+                 {}::text[], {}::bool[], {}::text[], {}::text[], {}::text[], {}::bigint[]){ON_CONFLICT_UPDATE}",
+                kind.table(),
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+            ));
         }
-        write_contacts(&mut self.tx, &pending.contacts).await?;
+        contact_inserts(&pending.contacts, &mut q, &mut parts);
+        if !archive.is_empty() {
+            let c = [
+                q.bind(Param::Texts(column(&archive, |a| a.0.as_str()))),
+                q.bind(Param::Texts(column(&archive, |a| a.1.as_str()))),
+                q.bind(Param::OptTexts(column(&archive, |a| a.2.as_deref()))),
+                q.bind(Param::Ints(column(&archive, |a| a.3))),
+                q.bind(Param::OptTexts(column(&archive, |a| a.4.as_deref()))),
+                q.bind(Param::Ints(column(&archive, |a| a.5))),
+            ];
+            parts.push(format!(
+                "INSERT INTO archive (kind, entity_id, user_id, version, data, archived_at) \
+                 SELECT * FROM unnest({}::text[], {}::text[], {}::text[], {}::bigint[], \
+                 {}::text[], {}::bigint[])",
+                c[0], c[1], c[2], c[3], c[4], c[5]
+            ));
+        }
         if !pending.done.is_empty() {
-            sqlx::query(
+            let c = [
+                q.bind(Param::Ints(column(&pending.done, |d| d.0))),
+                q.bind(Param::Ints(column(&pending.done, |d| d.1))),
+                q.bind(Param::Ints(column(&pending.done, |d| d.2))),
+            ];
+            parts.push(format!(
                 "UPDATE inbox SET status = 'done', leased_until = NULL, attempts = attempts + 1, \
                  processed_at = d.at, duration_us = d.us \
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d(seq, at, us) \
+                 FROM unnest({}::bigint[], {}::bigint[], {}::bigint[]) AS d(seq, at, us) \
                  WHERE inbox.seq = d.seq",
-            )
-            .bind(column(&pending.done, |d| d.0))
-            .bind(column(&pending.done, |d| d.1))
-            .bind(column(&pending.done, |d| d.2))
-            .execute(&mut *self.tx)
-            .await?;
+                c[0], c[1], c[2]
+            ));
         }
         let audit = &pending.audit;
         if !audit.is_empty() {
-            sqlx::query(
+            let c = [
+                q.bind(Param::Texts(column(audit, |a| a.svix_id.as_str()))),
+                q.bind(Param::Texts(column(audit, |a| a.kind.as_str()))),
+                q.bind(Param::Texts(column(audit, |a| a.entity_id.as_str()))),
+                q.bind(Param::OptTexts(column(audit, |a| a.user_id.as_deref()))),
+                q.bind(Param::Texts(column(audit, |a| a.operation.as_str()))),
+                q.bind(Param::Texts(column(audit, |a| a.changes.as_str()))),
+                q.bind(Param::Ints(column(audit, |a| a.version))),
+                q.bind(Param::Ints(column(audit, |a| a.at))),
+            ];
+            // unnest yields rows in array order: audit seqs follow the batch.
+            parts.push(format!(
                 "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::bigint[], $8::bigint[])",
-            )
-            .bind(column(audit, |a| a.svix_id.as_str()))
-            .bind(column(audit, |a| a.kind.as_str()))
-            .bind(column(audit, |a| a.entity_id.as_str()))
-            .bind(column(audit, |a| a.user_id.as_deref()))
-            .bind(column(audit, |a| a.operation.as_str()))
-            .bind(column(audit, |a| a.changes.as_str()))
-            .bind(column(audit, |a| a.version))
-            .bind(column(audit, |a| a.at))
-            .execute(&mut *self.tx)
-            .await?;
+                 SELECT * FROM unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::text[], \
+                 {}::text[], {}::bigint[], {}::bigint[])",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+            ));
+        }
+        if !parts.is_empty() {
+            let ctes: Vec<String> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("w{i} AS ({p})"))
+                .collect();
+            let sql = format!("WITH {} SELECT 1", ctes.join(", "));
+            q.query(&sql).execute(&mut *self.tx).await?;
         }
         let feed = &pending.feed;
         if !feed.is_empty() {
@@ -392,15 +608,16 @@ impl StoreTx for PgTx {
             // transactions could commit their feed rows out of sequence
             // order and a consumer that has read past a gap would never
             // see the row that fills it. Holding this lock from the first
-            // feed insert to commit makes feed order commit order.
-            sqlx::query("SELECT pg_advisory_xact_lock(7161285123001)")
-                .execute(&mut *self.tx)
-                .await?;
+            // feed insert to commit makes feed order commit order. The lock
+            // is taken in the insert's own statement (the materialized CTE
+            // yields its row before the insert draws its first seq), so it is
+            // held for this round trip and COMMIT's.
             // unnest yields rows in array order: feed seqs follow the batch.
             sqlx::query(
-                "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                 $6::text[], $7::bigint[], $8::text[], $9::text[])",
+                "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock(7161285123001)) \
+                 INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at, user_id, organization_id) \
+                 SELECT t.* FROM l, unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+                 $6::text[], $7::bigint[], $8::text[], $9::text[]) AS t",
             )
             .bind(column(feed, |f| f.kind.as_str()))
             .bind(column(feed, |f| f.entity_id.as_str()))
@@ -423,19 +640,26 @@ impl StoreTx for PgTx {
     }
 }
 
+/// The keys of `keys` not yet held as strongly as asked, in the caller's order.
+fn locks_to_take<'k>(
+    held: &std::collections::HashMap<String, bool>,
+    keys: &'k [(String, bool)],
+) -> Vec<&'k (String, bool)> {
+    keys.iter()
+        .filter(|(k, x)| match held.get(k) {
+            Some(exclusive) => *x && !*exclusive,
+            None => true,
+        })
+        .collect()
+}
+
 /// PostgreSQL: every advisory lock of a batch in one round trip.
 async fn pg_lock_all(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     held: &mut std::collections::HashMap<String, bool>,
     keys: &[(String, bool)],
 ) -> Result<(), StoreError> {
-    let todo: Vec<&(String, bool)> = keys
-        .iter()
-        .filter(|(k, x)| match held.get(k) {
-            Some(exclusive) => *x && !*exclusive,
-            None => true,
-        })
-        .collect();
+    let todo = locks_to_take(held, keys);
     if todo.is_empty() {
         return Ok(());
     }
