@@ -722,10 +722,8 @@ async fn list_org_invitations(
     if let Some(r) = no_organization(&api, &headers, &org) {
         return r;
     }
-    list_paginated(api, headers, "organization_invitations", q, move |r| {
-        organization_of(r).as_deref() == Some(org.as_str())
-    })
-    .await
+    let keep = |r: &str| organization_of(r).as_deref() == Some(org.as_str());
+    list_paginated(api, headers, "organization_invitations", q, Some(&keep)).await
 }
 
 /// `GET /v1/organizations/{id}/invitations/{invitation_id}`: one invitation
@@ -765,8 +763,6 @@ async fn list_org_domains(
     if let Some(r) = no_organization(&api, &headers, &org) {
         return r;
     }
-    list_paginated(api, headers, "organization_domains", q, move |r| {
-        organization_of(r).as_deref() == Some(org.as_str())
-    })
-    .await
+    let keep = |r: &str| organization_of(r).as_deref() == Some(org.as_str());
+    list_paginated(api, headers, "organization_domains", q, Some(&keep)).await
 }
