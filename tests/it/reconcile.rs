@@ -190,8 +190,9 @@ async fn admin_reconcile_needs_the_token_and_answers_409_while_a_pass_runs() {
     api.set_faults(Faults::default());
     let t = started["started_at"].as_i64().unwrap();
     let v = wait_status(&server, "the pass", finished_since(t)).await;
+    assert_eq!(v["last"]["ok"], true, "{v}");
     let users = &v["last"]["resources"][0];
-    assert_eq!(users["resource"], "users");
+    assert_eq!(users["resource"], "users", "{v}");
     assert_eq!(users["seen"], api.len("users") as i64, "{v}");
     assert_eq!(users["created"], users["seen"]);
     assert_eq!(users["ending"], "complete");
