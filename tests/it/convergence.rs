@@ -43,7 +43,7 @@ pub enum Ev {
 /// The payer of billing item `s`: even items are paid by a user, odd ones by
 /// an organization.
 fn payer(s: usize) -> Value {
-    if s % 2 == 0 {
+    if s.is_multiple_of(2) {
         json!({"object": "commerce_payer", "id": format!("cpayer_u{s}"), "user_id": uid(s / 2)})
     } else {
         json!({"object": "commerce_payer", "id": format!("cpayer_o{s}"), "organization_id": oid(s / 2)})
