@@ -124,6 +124,8 @@ async fn fixtures_are_readable_postgres() {
 async fn activity_only_updates_and_compact_audit(s: &Server) {
     s.post("msg_t1", &user("user_t", "Tia", "t@x.io", 100))
         .await;
+    // The user first: a membership applied before it would get a refresh row.
+    s.settle().await;
     s.post(
         "msg_t2",
         &membership("orgmem_t", "org_t", "user_t", "admin", 100),
