@@ -265,7 +265,9 @@ pub async fn read_inbox(path: &Path) -> Vec<InboxRow> {
         .await
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     // Bodies are stored compressed (or, in rows from older builds, as text).
-    let rows: Vec<(String, String, Option<String>, Vec<u8>, String)> = sqlx::query_as(
+    // (svix id, event type, entity key, stored body, status)
+    type Row = (String, String, Option<String>, Vec<u8>, String);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT svix_id, event_type, entity_key, CAST(COALESCE(body_zstd, body) AS BLOB), status \
          FROM inbox JOIN inbox_bodies USING (seq) ORDER BY seq",
     )

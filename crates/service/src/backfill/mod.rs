@@ -372,8 +372,11 @@ struct Pass<'a> {
     resumed_at: i64,
     total: Option<u64>,
     /// The writes of the page before, while they run.
-    pending: Option<tokio::task::JoinHandle<Result<(Checkpoint, Vec<String>), BackfillError>>>,
+    pending: Option<PageWriting>,
 }
+
+/// A page's writes on their task: the checkpoint they saved and the ids they applied.
+type PageWriting = tokio::task::JoinHandle<Result<(Checkpoint, Vec<String>), BackfillError>>;
 
 impl<'a> Pass<'a> {
     async fn open(

@@ -19,7 +19,8 @@ use crate::store::db::{Database, DbError};
 use crate::store::events::{EventFilter, EventRecord, EVENT_FIELDS};
 use crate::store::feed::{entries, FeedEntry, FeedFilter, StoredFeedRow};
 use crate::store::inbox::{
-    delivery_columns, log_page, ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts, OPEN_COUNTS,
+    delivery_columns, log_page, ApplyStrategy, Delivery, LogRow, NewDelivery, StatusCounts,
+    OPEN_COUNTS,
 };
 use crate::store::maintenance::{bodies_to_expire, BodyExpiry, PurgeReport, Redaction};
 use crate::store::read::AuditEntry;

@@ -94,15 +94,16 @@ pub(super) async fn purge(
             let mut messages = Vec::new();
             for iseq in seqs {
                 // No body row: expired by the retention, nothing to redact.
-                let row: Option<(String, Option<String>, Option<Vec<u8>>, Option<i64>)> =
-                    sqlx::query_as(
-                        "SELECT event_type, object_id, \
+                // (event type, object id, stored body, body row's seq)
+                type Row = (String, Option<String>, Option<Vec<u8>>, Option<i64>);
+                let row: Option<Row> = sqlx::query_as(
+                    "SELECT event_type, object_id, \
                          COALESCE(b.body_zstd, convert_to(b.body, 'UTF8')), b.seq FROM inbox \
                          LEFT JOIN inbox_bodies b USING (seq) WHERE seq = $1",
-                    )
-                    .bind(iseq)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                )
+                .bind(iseq)
+                .fetch_optional(&mut *tx)
+                .await?;
                 let Some((event_type, object_id, stored, has_body)) = row else {
                     continue;
                 };
