@@ -402,7 +402,14 @@ async fn demo_prints_a_working_dashboard_address_keeps_streaming_and_stops_clean
         "{url}"
     );
     let base = page.trim_end_matches("/admin").to_string();
-    let client = reqwest::Client::new();
+    // A connection per request: while the printed loadgen line fills the
+    // server's connection cap, the server evicts idle keep-alive connections
+    // (by design), and a pooled one closed just as it is reused fails the
+    // request with IncompleteMessage.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let loadgen_line = demo.wait_line(" loadgen --url ").trim().to_string();
 
     let html = client.get(page).send().await.unwrap();
