@@ -122,6 +122,9 @@ async fn fixtures_are_readable_postgres() {
 /// them. Audit rows hold a create's field names and, for an object field, only
 /// the members that changed.
 async fn activity_only_updates_and_compact_audit(s: &Server) {
+    // The organization, so its membership list can be read.
+    let org = json!({"type": "organization.created", "data": {"id": "org_t", "name": "Acme", "slug": "acme", "updated_at": 1}});
+    s.post("msg_t0", &org).await;
     s.post("msg_t1", &user("user_t", "Tia", "t@x.io", 100))
         .await;
     // The user first: a membership applied before it would get a refresh row.
@@ -177,7 +180,10 @@ async fn activity_only_updates_and_compact_audit(s: &Server) {
     let (_, m) = s
         .get_json("/v1/organizations/org_t/memberships", None)
         .await;
-    assert_eq!(m["data"][0]["public_user_data"]["first_name"], "Tara");
+    assert_eq!(
+        m["data"][0]["public_user_data"]["first_name"], "Tara",
+        "{m}"
+    );
     let (_, audit) = s.get_json("/v1/audit?entity_id=orgmem_t", None).await;
     let refresh = &audit["data"][1];
     assert_eq!(refresh["operation"], "refresh", "{audit}");
