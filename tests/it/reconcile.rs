@@ -230,7 +230,7 @@ async fn admin_reconcile_needs_the_token_and_answers_409_while_a_pass_runs() {
     // Without a Clerk key the server says so.
     let keyless = sqlite_server(|c| c.admin_token = Some(Token::new(ADMIN))).await;
     let (code, body) = post(&keyless, None, Some(ADMIN)).await;
-    assert_eq!(code, 503, "{body}");
+    assert_eq!(code, 409, "{body}");
     assert!(body["error"]
         .as_str()
         .unwrap()

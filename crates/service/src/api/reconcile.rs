@@ -27,7 +27,9 @@ impl From<StartError> for ApiError {
     fn from(e: StartError) -> Self {
         match e {
             StartError::Busy(_) => ApiError::Conflict(e.to_string()),
-            StartError::NoKey => ApiError::Unavailable(e.to_string()),
+            // Not a server fault: this server is not set up to run passes (a 5xx
+            // would read as an outage to monitors and clients that retry).
+            StartError::NoKey => ApiError::Conflict(e.to_string()),
             StartError::BadRequest(m) => ApiError::BadRequest(m),
             StartError::Db(e) => ApiError::internal(e),
         }
@@ -65,8 +67,7 @@ pub(crate) async fn status(State(s): State<AppState>) -> Result<Json<ReconcileSt
         (status = 400, description = "The body is not a pass request (unknown resource or field)", body = crate::api::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = crate::api::openapi::ErrorBody),
         (status = 404, description = "No admin token is configured, or no such thing", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "A pass is running on this or another node sharing the database", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "The server has no Clerk key (CLERKSYNC_CLERK_SECRET_KEY)", body = crate::api::openapi::ErrorBody)
+        (status = 409, description = "A pass is running on this or another node sharing the database, or this server has no Clerk key (CLERKSYNC_CLERK_SECRET_KEY); the error says which", body = crate::api::openapi::ErrorBody),
     )
 )]
 pub(crate) async fn start(
