@@ -719,11 +719,7 @@ async fn list_org_invitations(
     Path(org): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Some(r) = no_organization(&api, &headers, &org) {
-        return r;
-    }
-    let keep = |r: &str| organization_of(r).as_deref() == Some(org.as_str());
-    list_paginated(api, headers, "organization_invitations", q, Some(&keep)).await
+    list_of_organization(api, headers, &org, q, "organization_invitations").await
 }
 
 /// `GET /v1/organizations/{id}/invitations/{invitation_id}`: one invitation
@@ -760,9 +756,22 @@ async fn list_org_domains(
     Path(org): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Some(r) = no_organization(&api, &headers, &org) {
+    list_of_organization(api, headers, &org, q, "organization_domains").await
+}
+
+/// One organization's records of `collection` (those whose `organization_id`
+/// is `org`), `{data, total_count}`; Clerk's 404 for an organization it does
+/// not have.
+async fn list_of_organization(
+    api: ClerkApi,
+    headers: HeaderMap,
+    org: &str,
+    q: ListQuery,
+    collection: &str,
+) -> Response {
+    if let Some(r) = no_organization(&api, &headers, org) {
         return r;
     }
-    let keep = |r: &str| organization_of(r).as_deref() == Some(org.as_str());
-    list_paginated(api, headers, "organization_domains", q, Some(&keep)).await
+    let keep = |r: &str| organization_of(r).as_deref() == Some(org);
+    list_paginated(api, headers, collection, q, Some(&keep)).await
 }
