@@ -22,7 +22,8 @@ reports ingest-only acks/s (that run ends at the last ack, without a drain).
 Usage: scripts/compare.py [--bin target/release/clerksync] [--events 123000]
        [--seed 21] [--connections 64] [--env KEY=VALUE ...] [--only peer|clerksync]
        [--ingest-env KEY=VALUE ...] [--loadgen-arg=--flag=value ...] [--json FILE]
-Prints the table (Markdown) on stdout; progress on stderr.
+Prints the table (Markdown) and a met / NOT met line per goal of issue 21 on
+stdout; progress on stderr.
 """
 import argparse
 import json
@@ -127,6 +128,51 @@ def table(results):
     return "\n".join(lines)
 
 
+def drain_rate(r):
+    """Deliveries applied per second, first send to drained."""
+    return r["deliveries"] / r["drain_s"]
+
+
+# Issue 21's goals, each checked against the peer measured in the same round.
+# (name, test) where test(clerksync_row, peer_row) -> (met, what was measured).
+GOALS = [
+    ("server CPU per delivery <= 75 us",
+     lambda c, p: (c["cpu_us_per_delivery"] <= 75, f"{c['cpu_us_per_delivery']} µs")),
+    ("end-to-end drain >= 3x the Node handler's rate",
+     lambda c, p: (p is not None and drain_rate(c) >= 3 * drain_rate(p),
+                   f"{drain_rate(c) / drain_rate(p):.2f}x" if p else "no peer run")),
+    ("ack p99 <= the Node handler's",
+     lambda c, p: (p is not None and c["ack_p99_ms"] <= p["ack_p99_ms"],
+                   f"{c['ack_p99_ms']:.1f} vs {p['ack_p99_ms']:.1f} ms" if p else "no peer run")),
+    ("peak RSS <= 96 MiB",
+     lambda c, p: (c["peak_rss_mib"] <= 96, f"{c['peak_rss_mib']:.0f} MiB")),
+    ("disk per delivery after the run <= 1.5 KB",
+     lambda c, p: (c["disk_bytes_per_delivery"] <= 1500,
+                   f"{c['disk_bytes_per_delivery'] / 1e3:.2f} KB")),
+]
+
+
+def goals(rounds, ingest):
+    """A line per goal of issue 21: met or not, with the figure, per round."""
+    lines = ["Issue 21's goals:"]
+    for name, test in GOALS:
+        figures, met_all = [], True
+        for r in rounds:
+            c, p = r.get("clerksync"), r.get("Node handler")
+            if c is None:
+                continue
+            met, what = test(c, p)
+            met_all &= met
+            figures.append(what)
+        if figures:
+            lines.append(f"- {'met' if met_all else 'NOT met'}: {name} ({', '.join(figures)})")
+    if ingest:
+        met = ingest["acks_per_s"] >= 20_000
+        lines.append(f"- {'met' if met else 'NOT met'}: ingest alone >= 20,000 acks/s "
+                     f"({ingest['acks_per_s']:,} acks/s)")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=benchlib.default_bin())
@@ -183,6 +229,8 @@ def main():
               f"peak RSS {ingest['peak_rss_mib']:.0f} MiB")
     else:
         print("Ingest only: not measured (pass --ingest-env CLERKSYNC_APPLY_PAUSED=true).")
+    print()
+    print(goals(rounds, ingest))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"loadgen_args": lg_args, "rounds": rounds, "ingest_only": ingest}, f,
