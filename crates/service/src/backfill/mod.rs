@@ -769,7 +769,6 @@ impl<'a> Pass<'a> {
                     version: self.cp.started_at,
                     user_id,
                     organization_id,
-                    data: serde_json::Map::new(),
                     data_json: "{}".into(),
                     user: None,
                 })

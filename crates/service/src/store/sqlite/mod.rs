@@ -254,16 +254,29 @@ impl InboxStore for Sqlite<'_> {
     }
 
     async fn due(&self, now: i64, skip: &[i64], limit: i64) -> Result<Vec<Delivery>> {
+        // One status at a time, the two lists merged here. With `status IN
+        // ('pending', 'failed')` SQLite reads two ranges of the (status, seq)
+        // index and sorts their union, each row's body read into the sort: a
+        // backlog of N pending events cost N body reads for every batch of
+        // `limit`. One status comes from the index in seq order and stops at
+        // `limit`.
         let sql = format!(
-            "SELECT {DELIVERY} FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= ?1 \
+            "SELECT {DELIVERY} FROM inbox WHERE status = ?4 AND next_attempt_at <= ?1 \
              AND (leased_until IS NULL OR leased_until < ?1) AND seq NOT IN (SELECT value FROM json_each(?2)) \
              ORDER BY seq LIMIT ?3"
         );
         let skip = json_list(skip);
         self.read(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![now, skip, limit], delivery)?;
-            rows.collect()
+            let mut rows = Vec::new();
+            for status in ["pending", "failed"] {
+                for row in stmt.query_map(params![now, skip, limit, status], delivery)? {
+                    rows.push(row?);
+                }
+            }
+            rows.sort_by_key(|d: &Delivery| d.seq);
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            Ok(rows)
         })
     }
 
