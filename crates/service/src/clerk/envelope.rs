@@ -134,22 +134,180 @@ impl<'de> Deserialize<'de> for LenientId {
     }
 }
 
-/// `organization: {id}` on memberships; lenient about everything.
+/// `organization: {id}` on memberships; lenient about everything. Read in
+/// place: the organization object (name, slug, metadata, ...) is skipped, not
+/// built.
 #[derive(Default)]
 struct OrgRef(Option<String>);
 
 impl<'de> Deserialize<'de> for OrgRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Inner {
-            #[serde(default)]
-            id: LenientId,
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OrgRef;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<OrgRef, A::Error> {
+                let mut id = None;
+                while let Some(k) = a.next_key::<Cow<'de, str>>()? {
+                    if k == "id" {
+                        id = a.next_value::<LenientId>()?.0;
+                    } else {
+                        a.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(OrgRef(id))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<OrgRef, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(OrgRef(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<OrgRef, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<OrgRef, E> {
+                Ok(OrgRef(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<OrgRef, E> {
+                Ok(OrgRef(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<OrgRef, E> {
+                Ok(OrgRef(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<OrgRef, E> {
+                Ok(OrgRef(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<OrgRef, E> {
+                Ok(OrgRef(None))
+            }
+            fn visit_unit<E>(self) -> Result<OrgRef, E> {
+                Ok(OrgRef(None))
+            }
+            fn visit_none<E>(self) -> Result<OrgRef, E> {
+                Ok(OrgRef(None))
+            }
         }
-        let v = serde_json::Value::deserialize(d)?;
-        Ok(OrgRef(
-            serde_json::from_value::<Inner>(v).ok().and_then(|i| i.id.0),
-        ))
+        d.deserialize_any(V)
     }
+}
+
+/// [`contacts_in`] read straight from the JSON text of one value: the contacts
+/// of an object (and of the lists and `public_user_data` it holds), without
+/// building it as a `serde_json::Value` first (perf at intake: building the
+/// email, phone and account lists as values, then walking them, was most of
+/// the envelope parse). Anything but an object holds no contact.
+struct ObjectContacts<'a> {
+    out: &'a mut Vec<String>,
+    /// Where this object's own `user_id` goes, when the caller wants it
+    /// (`public_user_data.user_id`).
+    user_id: Option<&'a mut Option<String>>,
+}
+
+/// A list whose object elements hold contacts ([`CONTACT_LISTS`]).
+struct ListContacts<'a>(&'a mut Vec<String>);
+
+/// Accepts and skips any value that is not the one the visitor reads.
+macro_rules! skip_other_values {
+    ($out:ty) => {
+        fn visit_str<E>(self, _: &str) -> Result<$out, E> {
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<$out, E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$out, E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$out, E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$out, E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<$out, E> {
+            Ok(())
+        }
+        fn visit_none<E>(self) -> Result<$out, E> {
+            Ok(())
+        }
+    };
+}
+
+impl<'de> de::DeserializeSeed<'de> for ObjectContacts<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectContacts<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut a: A) -> Result<(), A::Error> {
+        while let Some(k) = a.next_key::<Cow<'de, str>>()? {
+            let k = k.as_ref();
+            if CONTACT_KEYS.contains(&k) {
+                let v = a.next_value::<LenientId>()?.0;
+                self.out.extend(v.as_deref().and_then(normalize_contact));
+            } else if CONTACT_LISTS.contains(&k) {
+                a.next_value_seed(ListContacts(self.out))?;
+            } else if k == "public_user_data" {
+                a.next_value_seed(ObjectContacts {
+                    out: self.out,
+                    user_id: None,
+                })?;
+            } else if let (Some(slot), "user_id") = (self.user_id.as_deref_mut(), k) {
+                // A string, else nothing (as `Value::as_str` read it).
+                *slot = a.next_value::<LenientId>()?.0;
+            } else {
+                a.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    skip_other_values!(());
+}
+
+impl<'de> de::DeserializeSeed<'de> for ListContacts<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListContacts<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a
+            .next_element_seed(ObjectContacts {
+                out: &mut *self.0,
+                user_id: None,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    skip_other_values!(());
 }
 
 /// `data` must be a JSON object; we read only the routing ids and the contacts.
@@ -191,15 +349,14 @@ impl<'de> Deserialize<'de> for DataHead {
                             let v = a.next_value::<LenientId>()?.0;
                             h.contacts.extend(v.as_deref().and_then(normalize_contact));
                         }
-                        k if CONTACT_LISTS.contains(&k) || k == "public_user_data" => {
-                            let v = a.next_value::<serde_json::Value>()?;
-                            if k == "public_user_data" {
-                                h.public_user_id =
-                                    v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned);
-                            }
-                            let mut wrapped = serde_json::Map::new();
-                            wrapped.insert(k.to_owned(), v);
-                            contacts_in(&serde_json::Value::Object(wrapped), &mut h.contacts);
+                        k if CONTACT_LISTS.contains(&k) => {
+                            a.next_value_seed(ListContacts(&mut h.contacts))?;
+                        }
+                        "public_user_data" => {
+                            a.next_value_seed(ObjectContacts {
+                                out: &mut h.contacts,
+                                user_id: Some(&mut h.public_user_id),
+                            })?;
                         }
                         "payer" => {
                             // A Billing payer: its user or organization, and
