@@ -505,6 +505,36 @@ mod tests {
         );
     }
 
+    /// The contacts read in place at intake are the ones [`contacts_in`] finds
+    /// in the same `data` as a value (erasure looks deliveries up by them).
+    #[test]
+    fn contacts_read_in_place_match_contacts_in() {
+        let bodies = [
+            r#"{"type":"user.created","data":{"id":"user_1","email_addresses":[{"id":"idn_1","email_address":" Ada@X.io ","verification":{"status":"verified","strategy":"email_code"},"linked_to":[]},{"email_address":7},"x",[{"email_address":"nested@x.io"}]],"phone_numbers":{"phone_number":"+1 not a list"},"external_accounts":[{"provider":"google","email_address":"ada@gmail.com","identifier":"ADA@gmail.com","public_user_data":{"identifier":"deep@x.io"}}],"web3_wallets":null,"public_user_data":{"user_id":"user_9","identifier":"Pub@x.io","phone_numbers":[{"phone_number":"+1555"}],"public_user_data":{"email_address":"twice@x.io"}},"identifier":"top@x.io","unsafe_metadata":{"email_address":"meta@x.io"}}}"#,
+            r#"{"type":"organizationMembership.created","data":{"id":"orgmem_1","organization":{"id":"org_1","name":"A","public_metadata":{"identifier":"no@x.io"}},"public_user_data":{"user_id":42,"identifier":""}}}"#,
+            r#"{"type":"email.created","data":{"id":"ema_1","to_email_address":"To@X.io","from_email_address":null,"data":{"email_address":"inner@x.io"}}}"#,
+        ];
+        for body in bodies {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            let mut expected = Vec::new();
+            contacts_in(&v["data"], &mut expected);
+            expected.sort();
+            expected.dedup();
+            let head = parse_head(body.as_bytes()).unwrap();
+            assert_eq!(head.contacts, expected, "{body}");
+            let public_user = v["data"]["public_user_data"]["user_id"].as_str();
+            if head.event_type.starts_with("organizationMembership") {
+                assert_eq!(head.user_id.as_deref(), public_user);
+            }
+        }
+        let h = parse_head(bodies[0].as_bytes()).unwrap();
+        assert!(h.contacts.contains(&"ada@x.io".to_string()));
+        assert!(h.contacts.contains(&"twice@x.io".to_string()));
+        assert!(!h.contacts.contains(&"meta@x.io".to_string()));
+        let h = parse_head(bodies[1].as_bytes()).unwrap();
+        assert_eq!(h.entity_key.as_deref(), Some("org_1"));
+    }
+
     #[test]
     fn lenient_about_odd_fields() {
         let h = parse_head(br#"{"type":"x.y","data":{"id":7,"user_id":null,"organization":[1]},"timestamp":"soon"}"#).unwrap();
