@@ -87,26 +87,46 @@ impl GroupCommitter {
 /// Answers batches once durable: on SQLite, a thread of its own fsyncs the WAL
 /// and answers every batch committed before that fsync started, while the
 /// writer commits the next batch (the fsync no longer sits between two
-/// commits: perf put the writer's cycle at about a fifth fsync). One fsync
-/// covers every batch queued while the last one ran. On PostgreSQL a commit is
-/// durable when it returns: batches are answered at once.
+/// commits: perf put the writer's cycle at about a fifth fsync). On
+/// PostgreSQL a commit is durable when it returns: batches are answered at
+/// once.
+///
+/// At most [`MAX_UNSYNCED`] committed batches wait for an fsync: the writer
+/// commits one batch while the last one is fsynced, then waits for that
+/// fsync, so each fsync period ends in one commit of everything that arrived
+/// meanwhile. Committing as fast as rows came in made many small commits,
+/// each rewriting into the WAL every index page it touched (svix-id, entity,
+/// user, contacts: about one page per row and index at these batch sizes).
 struct Durability {
     syncer: Option<(
         std::sync::mpsc::Sender<Answers>,
         std::thread::JoinHandle<()>,
     )>,
+    /// Batches handed to the syncer, and (from it) batches it has answered.
+    handed: u64,
+    answered: Option<tokio::sync::watch::Receiver<u64>>,
 }
+
+/// Committed batches that may wait for an fsync while the writer commits
+/// another (see [`Durability`]).
+const MAX_UNSYNCED: u64 = 1;
 
 impl Durability {
     fn start(db: &Database) -> Durability {
         if !db.appends_need_sync() {
-            return Durability { syncer: None };
+            return Durability {
+                syncer: None,
+                handed: 0,
+                answered: None,
+            };
         }
         let (tx, rx) = std::sync::mpsc::channel::<Answers>();
+        let (answered_tx, answered_rx) = tokio::sync::watch::channel(0u64);
         let db = db.clone();
         let handle = std::thread::Builder::new()
             .name("inbox-sync".into())
             .spawn(move || {
+                let mut answered = 0u64;
                 while let Ok(first) = rx.recv() {
                     // Everything queued so far was committed before this fsync.
                     let batches: Vec<Answers> =
@@ -115,25 +135,46 @@ impl Durability {
                     if let Err(e) = &synced {
                         tracing::error!(error = %e, "inbox fsync failed");
                     }
+                    answered += batches.len() as u64;
                     for (reply, outcome) in batches.into_iter().flatten() {
                         let _ = reply.send(match &synced {
                             Ok(()) => Ok(outcome),
                             Err(e) => Err(CommitError::Storage(e.to_string())),
                         });
                     }
+                    let _ = answered_tx.send(answered);
                 }
             })
             .expect("a thread starts");
         Durability {
             syncer: Some((tx, handle)),
+            handed: 0,
+            answered: Some(answered_rx),
+        }
+    }
+
+    /// Waits until at most [`MAX_UNSYNCED`] committed batches wait for an
+    /// fsync, so the next commit may go ahead.
+    async fn ready(&mut self) {
+        let Some(answered) = self.answered.as_mut() else {
+            return;
+        };
+        while self.handed.saturating_sub(*answered.borrow_and_update()) > MAX_UNSYNCED {
+            // The syncer is gone (`answer` reports it): nothing to wait for.
+            if answered.changed().await.is_err() {
+                return;
+            }
         }
     }
 
     /// Answers a committed batch once it is durable.
-    fn answer(&self, answers: Answers) {
+    fn answer(&mut self, answers: Answers) {
         let answers = match &self.syncer {
             Some((tx, _)) => match tx.send(answers) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.handed += 1;
+                    return;
+                }
                 // The syncer is gone (it panicked): nothing can make these
                 // durable; dropping the replies answers them 503.
                 Err(std::sync::mpsc::SendError(a)) => {
@@ -160,9 +201,14 @@ impl Durability {
 }
 
 async fn writer(db: Database, mut rx: mpsc::Receiver<Submission>, committed: Arc<Notify>) {
-    let durability = Durability::start(&db);
+    let mut durability = Durability::start(&db);
     let mut batch: Vec<Submission> = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        // Rows queue in the channel while the last fsync finishes.
+        durability.ready().await;
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
+        }
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut bodies = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
