@@ -85,6 +85,31 @@ pub fn contacts_in(data: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
+/// A visitor's answer to the scalars it does not read (booleans, numbers,
+/// null): `$none`, whatever the type.
+macro_rules! ignore_scalars {
+    ($out:ty, $none:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_unit<E>(self) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_none<E>(self) -> Result<$out, E> {
+            Ok($none)
+        }
+    };
+}
+
 /// A string id, or nothing when the field is absent, null or of another type.
 #[derive(Default)]
 struct LenientId(Option<String>);
@@ -100,24 +125,7 @@ impl<'de> Deserialize<'de> for LenientId {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<LenientId, E> {
                 Ok(LenientId(Some(v.to_owned())))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_unit<E>(self) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_none<E>(self) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
+            ignore_scalars!(LenientId, LenientId(None));
             fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<LenientId, D::Error> {
                 d.deserialize_any(V)
             }
@@ -169,24 +177,7 @@ impl<'de> Deserialize<'de> for OrgRef {
             fn visit_str<E>(self, _: &str) -> Result<OrgRef, E> {
                 Ok(OrgRef(None))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<OrgRef, E> {
-                Ok(OrgRef(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<OrgRef, E> {
-                Ok(OrgRef(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<OrgRef, E> {
-                Ok(OrgRef(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<OrgRef, E> {
-                Ok(OrgRef(None))
-            }
-            fn visit_unit<E>(self) -> Result<OrgRef, E> {
-                Ok(OrgRef(None))
-            }
-            fn visit_none<E>(self) -> Result<OrgRef, E> {
-                Ok(OrgRef(None))
-            }
+            ignore_scalars!(OrgRef, OrgRef(None));
         }
         d.deserialize_any(V)
     }
@@ -206,33 +197,6 @@ struct ObjectContacts<'a> {
 
 /// A list whose object elements hold contacts ([`CONTACT_LISTS`]).
 struct ListContacts<'a>(&'a mut Vec<String>);
-
-/// Accepts and skips any value that is not the one the visitor reads.
-macro_rules! skip_other_values {
-    ($out:ty) => {
-        fn visit_str<E>(self, _: &str) -> Result<$out, E> {
-            Ok(())
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<$out, E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<$out, E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<$out, E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<$out, E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<$out, E> {
-            Ok(())
-        }
-        fn visit_none<E>(self) -> Result<$out, E> {
-            Ok(())
-        }
-    };
-}
 
 impl<'de> de::DeserializeSeed<'de> for ObjectContacts<'_> {
     type Value = ();
@@ -275,7 +239,10 @@ impl<'de> Visitor<'de> for ObjectContacts<'_> {
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
-    skip_other_values!(());
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    ignore_scalars!((), ());
 }
 
 impl<'de> de::DeserializeSeed<'de> for ListContacts<'_> {
@@ -307,7 +274,10 @@ impl<'de> Visitor<'de> for ListContacts<'_> {
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
-    skip_other_values!(());
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    ignore_scalars!((), ());
 }
 
 /// `data` must be a JSON object; we read only the routing ids and the contacts.
