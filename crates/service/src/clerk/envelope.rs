@@ -85,6 +85,31 @@ pub fn contacts_in(data: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
+/// A visitor's answer to the scalars it does not read (booleans, numbers,
+/// null): `$none`, whatever the type.
+macro_rules! ignore_scalars {
+    ($out:ty, $none:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_unit<E>(self) -> Result<$out, E> {
+            Ok($none)
+        }
+        fn visit_none<E>(self) -> Result<$out, E> {
+            Ok($none)
+        }
+    };
+}
+
 /// A string id, or nothing when the field is absent, null or of another type.
 #[derive(Default)]
 struct LenientId(Option<String>);
@@ -100,24 +125,7 @@ impl<'de> Deserialize<'de> for LenientId {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<LenientId, E> {
                 Ok(LenientId(Some(v.to_owned())))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_unit<E>(self) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
-            fn visit_none<E>(self) -> Result<LenientId, E> {
-                Ok(LenientId(None))
-            }
+            ignore_scalars!(LenientId, LenientId(None));
             fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<LenientId, D::Error> {
                 d.deserialize_any(V)
             }
@@ -134,22 +142,142 @@ impl<'de> Deserialize<'de> for LenientId {
     }
 }
 
-/// `organization: {id}` on memberships; lenient about everything.
+/// `organization: {id}` on memberships; lenient about everything. Read in
+/// place: the organization object (name, slug, metadata, ...) is skipped, not
+/// built.
 #[derive(Default)]
 struct OrgRef(Option<String>);
 
 impl<'de> Deserialize<'de> for OrgRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Inner {
-            #[serde(default)]
-            id: LenientId,
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OrgRef;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<OrgRef, A::Error> {
+                let mut id = None;
+                while let Some(k) = a.next_key::<Cow<'de, str>>()? {
+                    if k == "id" {
+                        id = a.next_value::<LenientId>()?.0;
+                    } else {
+                        a.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(OrgRef(id))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<OrgRef, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(OrgRef(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<OrgRef, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<OrgRef, E> {
+                Ok(OrgRef(None))
+            }
+            ignore_scalars!(OrgRef, OrgRef(None));
         }
-        let v = serde_json::Value::deserialize(d)?;
-        Ok(OrgRef(
-            serde_json::from_value::<Inner>(v).ok().and_then(|i| i.id.0),
-        ))
+        d.deserialize_any(V)
     }
+}
+
+/// [`contacts_in`] read straight from the JSON text of one value: the contacts
+/// of an object (and of the lists and `public_user_data` it holds), without
+/// building it as a `serde_json::Value` first (perf at intake: building the
+/// email, phone and account lists as values, then walking them, was most of
+/// the envelope parse). Anything but an object holds no contact.
+struct ObjectContacts<'a> {
+    out: &'a mut Vec<String>,
+    /// Where this object's own `user_id` goes, when the caller wants it
+    /// (`public_user_data.user_id`).
+    user_id: Option<&'a mut Option<String>>,
+}
+
+/// A list whose object elements hold contacts ([`CONTACT_LISTS`]).
+struct ListContacts<'a>(&'a mut Vec<String>);
+
+impl<'de> de::DeserializeSeed<'de> for ObjectContacts<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectContacts<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut a: A) -> Result<(), A::Error> {
+        while let Some(k) = a.next_key::<Cow<'de, str>>()? {
+            let k = k.as_ref();
+            if CONTACT_KEYS.contains(&k) {
+                let v = a.next_value::<LenientId>()?.0;
+                self.out.extend(v.as_deref().and_then(normalize_contact));
+            } else if CONTACT_LISTS.contains(&k) {
+                a.next_value_seed(ListContacts(self.out))?;
+            } else if k == "public_user_data" {
+                a.next_value_seed(ObjectContacts {
+                    out: self.out,
+                    user_id: None,
+                })?;
+            } else if let (Some(slot), "user_id") = (self.user_id.as_deref_mut(), k) {
+                // A string, else nothing (as `Value::as_str` read it).
+                *slot = a.next_value::<LenientId>()?.0;
+            } else {
+                a.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    ignore_scalars!((), ());
+}
+
+impl<'de> de::DeserializeSeed<'de> for ListContacts<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListContacts<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a
+            .next_element_seed(ObjectContacts {
+                out: &mut *self.0,
+                user_id: None,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    ignore_scalars!((), ());
 }
 
 /// `data` must be a JSON object; we read only the routing ids and the contacts.
@@ -191,15 +319,14 @@ impl<'de> Deserialize<'de> for DataHead {
                             let v = a.next_value::<LenientId>()?.0;
                             h.contacts.extend(v.as_deref().and_then(normalize_contact));
                         }
-                        k if CONTACT_LISTS.contains(&k) || k == "public_user_data" => {
-                            let v = a.next_value::<serde_json::Value>()?;
-                            if k == "public_user_data" {
-                                h.public_user_id =
-                                    v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned);
-                            }
-                            let mut wrapped = serde_json::Map::new();
-                            wrapped.insert(k.to_owned(), v);
-                            contacts_in(&serde_json::Value::Object(wrapped), &mut h.contacts);
+                        k if CONTACT_LISTS.contains(&k) => {
+                            a.next_value_seed(ListContacts(&mut h.contacts))?;
+                        }
+                        "public_user_data" => {
+                            a.next_value_seed(ObjectContacts {
+                                out: &mut h.contacts,
+                                user_id: Some(&mut h.public_user_id),
+                            })?;
                         }
                         "payer" => {
                             // A Billing payer: its user or organization, and
@@ -346,6 +473,36 @@ mod tests {
             (h.user_id.as_deref(), h.contacts),
             (Some("user_3"), vec!["bo@x.io".to_string()])
         );
+    }
+
+    /// The contacts read in place at intake are the ones [`contacts_in`] finds
+    /// in the same `data` as a value (erasure looks deliveries up by them).
+    #[test]
+    fn contacts_read_in_place_match_contacts_in() {
+        let bodies = [
+            r#"{"type":"user.created","data":{"id":"user_1","email_addresses":[{"id":"idn_1","email_address":" Ada@X.io ","verification":{"status":"verified","strategy":"email_code"},"linked_to":[]},{"email_address":7},"x",[{"email_address":"nested@x.io"}]],"phone_numbers":{"phone_number":"+1 not a list"},"external_accounts":[{"provider":"google","email_address":"ada@gmail.com","identifier":"ADA@gmail.com","public_user_data":{"identifier":"deep@x.io"}}],"web3_wallets":null,"public_user_data":{"user_id":"user_9","identifier":"Pub@x.io","phone_numbers":[{"phone_number":"+1555"}],"public_user_data":{"email_address":"twice@x.io"}},"identifier":"top@x.io","unsafe_metadata":{"email_address":"meta@x.io"}}}"#,
+            r#"{"type":"organizationMembership.created","data":{"id":"orgmem_1","organization":{"id":"org_1","name":"A","public_metadata":{"identifier":"no@x.io"}},"public_user_data":{"user_id":42,"identifier":""}}}"#,
+            r#"{"type":"email.created","data":{"id":"ema_1","to_email_address":"To@X.io","from_email_address":null,"data":{"email_address":"inner@x.io"}}}"#,
+        ];
+        for body in bodies {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            let mut expected = Vec::new();
+            contacts_in(&v["data"], &mut expected);
+            expected.sort();
+            expected.dedup();
+            let head = parse_head(body.as_bytes()).unwrap();
+            assert_eq!(head.contacts, expected, "{body}");
+            let public_user = v["data"]["public_user_data"]["user_id"].as_str();
+            if head.event_type.starts_with("organizationMembership") {
+                assert_eq!(head.user_id.as_deref(), public_user);
+            }
+        }
+        let h = parse_head(bodies[0].as_bytes()).unwrap();
+        assert!(h.contacts.contains(&"ada@x.io".to_string()));
+        assert!(h.contacts.contains(&"twice@x.io".to_string()));
+        assert!(!h.contacts.contains(&"meta@x.io".to_string()));
+        let h = parse_head(bodies[1].as_bytes()).unwrap();
+        assert_eq!(h.entity_key.as_deref(), Some("org_1"));
     }
 
     #[test]

@@ -173,7 +173,50 @@ impl Database {
     /// Appends deliveries whose svix-ids are distinct, in one transaction; for
     /// each row, whether it was new. Durable when it returns.
     pub(crate) async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>, StoreError> {
-        backend!(self, |b| b.append(rows).await)
+        let bodies: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|r| crate::store::body::compress(&r.body))
+            .collect();
+        backend!(self, |b| b.append(rows, &bodies).await)
+    }
+
+    /// [`Database::append`] with bodies already compressed, committed but not
+    /// necessarily durable yet: the answer to each delivery waits for
+    /// [`Database::sync_appends`] (PostgreSQL: a commit is durable when it
+    /// returns; SQLite: the WAL's fsync, which the group committer runs on a
+    /// thread of its own while it commits the next batch).
+    pub(crate) async fn append_committed(
+        &self,
+        rows: &[NewDelivery],
+        bodies: &[Vec<u8>],
+    ) -> Result<Vec<bool>, StoreError> {
+        match self {
+            Database::Sqlite(gate) => {
+                crate::store::sqlite::Sqlite { gate }
+                    .append_unsynced(rows, bodies)
+                    .await
+            }
+            Database::Postgres(pool) => {
+                crate::store::postgres::Postgres { pool }
+                    .append(rows, bodies)
+                    .await
+            }
+        }
+    }
+
+    /// Whether [`Database::append_committed`] needs [`Database::sync_appends`]
+    /// before its deliveries are durable.
+    pub(crate) fn appends_need_sync(&self) -> bool {
+        matches!(self, Database::Sqlite(..))
+    }
+
+    /// Makes every append committed so far durable (blocking; SQLite: one
+    /// fsync of the WAL, without the write gate). A no-op on PostgreSQL.
+    pub(crate) fn sync_appends(&self) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(gate) => gate.sync(),
+            Database::Postgres(_) => Ok(()),
+        }
     }
 
     /// Leases up to `limit` due events, oldest first.

@@ -46,8 +46,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[async_trait]
 pub(crate) trait InboxStore {
     /// Appends deliveries with distinct svix-ids in one transaction; for each
-    /// row, whether it was new. Durable (on disk) when it returns.
-    async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>>;
+    /// row, whether it was new. `bodies`: each row's body as stored
+    /// ([`body::compress`]), compressed by the caller (ingress compresses on
+    /// the HTTP workers, not on the one inbox writer). Durable (on disk) when
+    /// it returns.
+    async fn append(&self, rows: &[NewDelivery], bodies: &[Vec<u8>]) -> Result<Vec<bool>>;
     /// Leases up to `limit` due events (pending, or failed and due, lease free), oldest first.
     async fn claim(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<Delivery>>;
     /// Due events without leasing them, leaving out `skip`, oldest first (the

@@ -9,11 +9,10 @@ use crate::telemetry::metrics::Outcome;
 use crate::webhook::verify::{verify, DeliveryHeaders, VerifyError};
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::Json;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::gauge::Gauge;
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -164,7 +163,7 @@ pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     // One span per delivery; event type and entity are recorded once the body
     // is verified and parsed (receive_inner).
@@ -196,11 +195,24 @@ pub async fn receive(
             .ack_seconds
             .observe(started.elapsed().as_secs_f64());
     }
-    let status = match result? {
-        AppendOutcome::Accepted => "accepted",
-        AppendOutcome::Duplicate => "duplicate",
+    Ok(ack(result?))
+}
+
+/// The answer to a stored delivery ([`WebhookAck`]): one of two fixed bodies,
+/// not a JSON value built and serialized per request.
+fn ack(outcome: AppendOutcome) -> Response {
+    let body = match outcome {
+        AppendOutcome::Accepted => r#"{"status":"accepted"}"#,
+        AppendOutcome::Duplicate => r#"{"status":"duplicate"}"#,
     };
-    Ok(Json(json!({ "status": status })))
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn receive_inner(
@@ -264,8 +276,9 @@ async fn receive_inner(
         EnvelopeError::NotJson(_) => ApiError::BadRequest("body is not valid JSON".into()),
         e => ApiError::BadRequest(e.to_string()),
     })?;
-    // The body parsed as JSON, so it is UTF-8.
-    let body = String::from_utf8(body.to_vec())
+    // Kept as text (the stored body is read back as a String). `Vec::from`
+    // takes the buffer `read_limited` filled without copying it.
+    let body = String::from_utf8(Vec::from(body))
         .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
     let span = tracing::Span::current();
     span.record("event_type", head.event_type.as_str());

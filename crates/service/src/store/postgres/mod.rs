@@ -209,7 +209,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for LogRow {
 
 #[async_trait]
 impl InboxStore for Postgres<'_> {
-    async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>> {
+    async fn append(&self, rows: &[NewDelivery], bodies: &[Vec<u8>]) -> Result<Vec<bool>> {
         // Whole columns as arrays: one statement text whatever the batch
         // size, so each connection prepares it once. Rows built with one
         // VALUES tuple per delivery were a new statement for every batch
@@ -229,16 +229,16 @@ impl InboxStore for Postgres<'_> {
             .await?;
         if !new.is_empty() {
             // Ids are distinct within `rows`, so each new seq has one body.
-            let by_id: std::collections::HashMap<&str, &NewDelivery> =
-                rows.iter().map(|r| (r.svix_id.as_str(), r)).collect();
-            let seqs: Vec<i64> = new.iter().map(|(seq, _)| *seq).collect();
-            let bodies: Vec<Vec<u8>> = new
+            let by_id: std::collections::HashMap<&str, (&NewDelivery, &[u8])> = rows
                 .iter()
-                .map(|(_, id)| body::compress(&by_id[id.as_str()].body))
+                .zip(bodies)
+                .map(|(r, b)| (r.svix_id.as_str(), (r, b.as_slice())))
                 .collect();
+            let seqs: Vec<i64> = new.iter().map(|(seq, _)| *seq).collect();
+            let bodies: Vec<&[u8]> = new.iter().map(|(_, id)| by_id[id.as_str()].1).collect();
             let (mut contact_seqs, mut contacts) = (Vec::new(), Vec::new());
             for (seq, id) in &new {
-                for c in &by_id[id.as_str()].contacts {
+                for c in &by_id[id.as_str()].0.contacts {
                     contact_seqs.push(*seq);
                     contacts.push(c.as_str());
                 }

@@ -159,6 +159,20 @@ impl Sqlite<'_> {
         Ok(out)
     }
 
+    /// [`InboxStore::append`] up to its commit, without the fsync that makes
+    /// it durable: the group committer commits the next batch while a thread
+    /// of its own fsyncs the last ones ([`WriteGate::sync`]), and answers
+    /// their deliveries only after that fsync.
+    pub(crate) async fn append_unsynced(
+        &self,
+        rows: &[NewDelivery],
+        bodies: &[Vec<u8>],
+    ) -> Result<Vec<bool>> {
+        let mut gate = self.gate.urgent().await;
+        let conn = gate.conn();
+        Ok(blocking(|| conn::append(conn, rows, bodies))?)
+    }
+
     /// A read on a reader connection of its own (WAL: no gate needed).
     fn read<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R> {
         self.gate.read(f)
@@ -232,11 +246,11 @@ fn json_list<T: serde::Serialize>(values: &[T]) -> String {
 
 #[async_trait]
 impl InboxStore for Sqlite<'_> {
-    async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>> {
-        // Compressed before the gate is taken: intake waits for the gate, not for zstd.
-        let bodies: Vec<Vec<u8>> = rows.iter().map(|r| body::compress(&r.body)).collect();
+    async fn append(&self, rows: &[NewDelivery], bodies: &[Vec<u8>]) -> Result<Vec<bool>> {
+        let new = self.append_unsynced(rows, bodies).await?;
         // Durable before anyone is answered; the fsync waits without the gate.
-        self.write(|c| conn::append(c, rows, &bodies)).await
+        self.gate.sync()?;
+        Ok(new)
     }
 
     async fn claim(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<Delivery>> {
