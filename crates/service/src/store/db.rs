@@ -59,6 +59,8 @@ pub enum DbError {
     SqliteMigrate(#[source] crate::store::sqlite::SqliteMigrateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("a delivery-body dictionary stored in the database is damaged")]
+    BodyDictionary(#[source] crate::store::body::NotADictionary),
 }
 
 /// The one database every stage shares: the inbox and the store live together so

@@ -63,7 +63,7 @@ pub(crate) fn sync_wal(wal: &std::fs::File) -> std::io::Result<()> {
 
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 /// What the WAL file is cut back to after a checkpoint (`journal_size_limit`).
-const WAL_SIZE_LIMIT_BYTES: i64 = 16 * 1024 * 1024;
+const WAL_SIZE_LIMIT_BYTES: i64 = 4 * 1024 * 1024;
 /// How often the checkpointer copies committed WAL frames into the database.
 /// Once a second, not ten times: a page the applier rewrites many times a
 /// second (the inbox's status index, the feed's last page, a hot user) is

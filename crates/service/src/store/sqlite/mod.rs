@@ -125,14 +125,48 @@ pub(crate) async fn open(u: &str) -> Result<Database, DbError> {
         path: format!("{}-wal", file.display()),
         source,
     })?;
+    let dictionaries = blocking(|| load_dictionaries(&writer)).map_err(open_error)?;
     let gate = Arc::new(WriteGate::new(writer, wal, file.clone()));
+    gate.bodies()
+        .load(&dictionaries, crate::clock::Clock::now_ms(&crate::clock::SystemClock))
+        .map_err(DbError::BodyDictionary)?;
     // The migrations' commits are on disk before anyone is served.
     gate.sync()?;
     conn::spawn_checkpointer(&file, Arc::downgrade(&gate)).map_err(open_error)?;
     Ok(Database::Sqlite(gate))
 }
 
+/// The body dictionaries stored (store/body.rs), (id, bytes, created_at).
+fn load_dictionaries(c: &Connection) -> rusqlite::Result<Vec<(i64, Vec<u8>, i64)>> {
+    let mut stmt = c.prepare("SELECT id, dict, created_at FROM body_dictionaries")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
 impl Sqlite<'_> {
+    /// Stores a body dictionary the codec has trained, if one waits, before
+    /// the codec may compress with it (a frame must never name a dictionary
+    /// the database lacks). Once per dictionary; a failure is logged and the
+    /// codec samples again.
+    async fn store_trained_dictionary(&self) {
+        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let Some((id, dict)) = self.gate.bodies().take_trained(now) else {
+            return;
+        };
+        let stored = self
+            .write(|c| {
+                c.execute(
+                    "INSERT INTO body_dictionaries (id, dict, created_at) VALUES (?1, ?2, ?3)",
+                    params![id, dict, now],
+                )
+            })
+            .await;
+        if let Err(e) = &stored {
+            tracing::warn!(error = %e, "a trained body dictionary could not be stored");
+        }
+        self.gate.bodies().stored(&dict, now, stored.is_ok());
+    }
+
     /// A short write someone waits for (an ack, an operator, a checkpoint):
     /// runs `f` on the writer connection under the gate, then fsyncs the WAL
     /// without the gate, so it is durable when this returns.
@@ -233,8 +267,10 @@ fn json_list<T: serde::Serialize>(values: &[T]) -> String {
 #[async_trait]
 impl InboxStore for Sqlite<'_> {
     async fn append(&self, rows: &[NewDelivery]) -> Result<Vec<bool>> {
+        self.store_trained_dictionary().await;
         // Compressed before the gate is taken: intake waits for the gate, not for zstd.
-        let bodies: Vec<Vec<u8>> = rows.iter().map(|r| body::compress(&r.body)).collect();
+        let codec = self.gate.bodies();
+        let bodies: Vec<Vec<u8>> = rows.iter().map(|r| codec.compress(&r.body)).collect();
         // Durable before anyone is answered; the fsync waits without the gate.
         self.write(|c| conn::append(c, rows, &bodies)).await
     }
