@@ -222,7 +222,7 @@ enum Training {
 /// making of the next one. Its backend loads the stored dictionaries
 /// ([`BodyCodec::load`]), stores what [`BodyCodec::take_trained`] hands it,
 /// then calls [`BodyCodec::stored`].
-pub(crate) struct BodyCodec {
+pub struct BodyCodec {
     current: RwLock<Option<Dict>>,
     training: Arc<Mutex<Training>>,
     /// Whether `training` is [`Training::Sampling`]: bodies written at any
@@ -254,11 +254,7 @@ impl BodyCodec {
     /// The dictionaries a database holds, (id, bytes, created_at ms): all of
     /// them become readable, the newest is written with (a new one is
     /// sampled for when it is older than [`ROTATE_AFTER_MS`] at `now_ms`).
-    pub(crate) fn load(
-        &self,
-        stored: &[(i64, Vec<u8>, i64)],
-        now_ms: i64,
-    ) -> Result<(), NotADictionary> {
+    pub fn load(&self, stored: &[(i64, Vec<u8>, i64)], now_ms: i64) -> Result<(), NotADictionary> {
         let mut newest: Option<(&[u8], i64)> = None;
         for (_, bytes, created_at) in stored {
             register(bytes)?;
@@ -301,7 +297,7 @@ impl BodyCodec {
     /// The stored form of a body: a zstd frame, with the current dictionary
     /// once there is one. While sampling, keeps a copy of the body; the last
     /// sample starts the training thread.
-    pub(crate) fn compress(&self, body: &str) -> Vec<u8> {
+    pub fn compress(&self, body: &str) -> Vec<u8> {
         let dict = *self.current.read().unwrap_or_else(|p| p.into_inner());
         if self.sampling.load(Ordering::Relaxed) {
             self.sample(body);
@@ -353,7 +349,7 @@ impl BodyCodec {
     /// A trained dictionary its backend must store (id, bytes) before
     /// calling [`BodyCodec::stored`]; None most of the time. Also starts
     /// sampling for the next dictionary when the current one is too old.
-    pub(crate) fn take_trained(&self, now_ms: i64) -> Option<(u32, Vec<u8>)> {
+    pub fn take_trained(&self, now_ms: i64) -> Option<(u32, Vec<u8>)> {
         let mut training = self.lock();
         match &mut *training {
             Training::Trained(dict) => {
@@ -381,7 +377,7 @@ impl BodyCodec {
     /// The dictionary [`BodyCodec::take_trained`] handed out was stored (at
     /// `created_at`) when `stored` holds, else it is dropped and a new one
     /// is sampled for. Bodies are compressed with it from now on.
-    pub(crate) fn stored(&self, dict: &[u8], created_at: i64, stored: bool) {
+    pub fn stored(&self, dict: &[u8], created_at: i64, stored: bool) {
         let next = if stored && self.install(dict, created_at).is_ok() {
             Training::Idle
         } else {
