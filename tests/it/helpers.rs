@@ -264,7 +264,15 @@ pub async fn read_inbox(path: &Path) -> Vec<InboxRow> {
         .connect_with(opts)
         .await
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    // Bodies are stored compressed (or, in rows from older builds, as text).
+    // Bodies are stored compressed (or, in rows from older builds, as text),
+    // with the file's dictionaries, which another process may have trained.
+    let dicts: Vec<Vec<u8>> = sqlx::query_scalar("SELECT dict FROM body_dictionaries")
+        .fetch_all(&pool)
+        .await
+        .expect("read body dictionaries");
+    for d in &dicts {
+        clerksync::store::body::register(d).expect("a stored body dictionary");
+    }
     // (svix id, event type, entity key, stored body, status)
     type Row = (String, String, Option<String>, Vec<u8>, String);
     let rows: Vec<Row> = sqlx::query_as(

@@ -44,6 +44,8 @@ type Answers = Vec<(Reply, AppendOutcome)>;
 #[derive(Clone)]
 pub struct GroupCommitter {
     tx: mpsc::Sender<Submission>,
+    /// For [`Database::compress_body`] on the submitter's task.
+    db: Database,
 }
 
 /// Largest batch one transaction takes: bounds the time a commit holds SQLite's
@@ -63,8 +65,8 @@ impl GroupCommitter {
         // more deliveries applied per second end to end).
         let handle = db
             .clone()
-            .spawn_writer("inbox-writer", writer(db, rx, committed));
-        (GroupCommitter { tx }, handle)
+            .spawn_writer("inbox-writer", writer(db.clone(), rx, committed));
+        (GroupCommitter { tx, db }, handle)
     }
 
     /// Stores `row` durably; resolves once committed.
@@ -74,7 +76,7 @@ impl GroupCommitter {
     /// writer, which only inserts and commits (perf, ingest alone: zstd was a
     /// quarter of the writer thread's time, all of it serial).
     pub async fn submit(&self, row: NewDelivery) -> Result<AppendOutcome, CommitError> {
-        let stored = crate::store::body::compress(&row.body);
+        let stored = self.db.compress_body(&row.body);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send((row, stored, reply))

@@ -47,7 +47,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub(crate) trait InboxStore {
     /// Appends deliveries with distinct svix-ids in one transaction; for each
     /// row, whether it was new. `bodies`: each row's body as stored
-    /// ([`body::compress`]), compressed by the caller (ingress compresses on
+    /// ([`crate::store::db::Database::compress_body`]), compressed by the caller (ingress compresses on
     /// the HTTP workers, not on the one inbox writer). Durable (on disk) when
     /// it returns.
     async fn append(&self, rows: &[NewDelivery], bodies: &[Vec<u8>]) -> Result<Vec<bool>>;

@@ -37,6 +37,8 @@ pub struct WriteGate {
     readers: std::sync::Mutex<Vec<rusqlite::Connection>>,
     /// Reader connections opened so far (`/metrics`).
     opened: std::sync::atomic::AtomicUsize,
+    /// How this database's delivery bodies are compressed (its dictionaries).
+    bodies: crate::store::body::BodyCodec,
 }
 
 /// Holds the gate until dropped.
@@ -67,6 +69,7 @@ impl WriteGate {
             background: Default::default(),
             urgent_waiting: Default::default(),
             urgent_done: Default::default(),
+            bodies: Default::default(),
         }
     }
 
@@ -136,6 +139,11 @@ impl WriteGate {
 }
 
 impl WriteGate {
+    /// This database's body compression.
+    pub(crate) fn bodies(&self) -> &crate::store::body::BodyCodec {
+        &self.bodies
+    }
+
     /// The database file.
     pub(crate) fn path(&self) -> &std::path::Path {
         &self.path
