@@ -466,6 +466,14 @@ fn write_json_str(s: &str, out: &mut String) {
 }
 
 fn write_canonical_object(fields: Vec<(Cow<'_, str>, &RawValue)>, out: &mut String) -> Option<()> {
+    write_canonical_object_at(fields, out, MAX_CANONICAL_DEPTH)
+}
+
+fn write_canonical_object_at(
+    fields: Vec<(Cow<'_, str>, &RawValue)>,
+    out: &mut String,
+    depth: usize,
+) -> Option<()> {
     out.push('{');
     for (i, (k, v)) in fields.into_iter().enumerate() {
         if i > 0 {
@@ -482,7 +490,7 @@ fn write_canonical_object(fields: Vec<(Cow<'_, str>, &RawValue)>, out: &mut Stri
             Cow::Owned(k) => write_json_str(&k, out),
         }
         out.push(':');
-        write_canonical(v.get(), out)?;
+        write_canonical_at(v.get(), out, depth)?;
     }
     out.push('}');
     Some(())
@@ -494,9 +502,20 @@ fn write_canonical_object(fields: Vec<(Cow<'_, str>, &RawValue)>, out: &mut Stri
 /// integers and literals are copied as they are, only the rest is parsed.
 /// `None` if `raw` is not JSON.
 pub(crate) fn write_canonical(raw: &str, out: &mut String) -> Option<()> {
+    write_canonical_at(raw, out, MAX_CANONICAL_DEPTH)
+}
+
+/// How deep [`write_canonical`] goes before it gives up (and the reference
+/// reader, whose parser stops at 128 levels, decides): each level is a call
+/// of its own, and a body nested thousands of levels deep must not overflow
+/// the stack.
+const MAX_CANONICAL_DEPTH: usize = 64;
+
+fn write_canonical_at(raw: &str, out: &mut String, depth: usize) -> Option<()> {
+    let depth = depth.checked_sub(1)?;
     let raw = raw.trim_matches([' ', '\t', '\n', '\r']);
     match raw.as_bytes().first()? {
-        b'{' => write_canonical_object(object_fields(raw)?, out),
+        b'{' => write_canonical_object_at(object_fields(raw)?, out, depth),
         b'[' => {
             let items: Vec<&RawValue> = serde_json::from_str(raw).ok()?;
             out.push('[');
@@ -504,7 +523,7 @@ pub(crate) fn write_canonical(raw: &str, out: &mut String) -> Option<()> {
                 if i > 0 {
                     out.push(',');
                 }
-                write_canonical(v.get(), out)?;
+                write_canonical_at(v.get(), out, depth)?;
             }
             out.push(']');
             Some(())
@@ -785,6 +804,13 @@ mod tests {
             assert_eq!(out, v.to_string(), "{raw}");
         }
         assert!(write_canonical("{", &mut String::new()).is_none());
+        // Deeper than the reference reader goes: given up, not a stack overflow.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(write_canonical(&deep, &mut String::new()).is_none());
+        let ok = format!("{}{}", "[".repeat(32), "]".repeat(32));
+        let mut out = String::new();
+        write_canonical(&ok, &mut out).unwrap();
+        assert_eq!(out, ok);
     }
 
     #[test]
