@@ -89,8 +89,10 @@ async fn carries_on(s: &crate::backends::Server) {
         1
     );
     assert_eq!(
-        s.scalar("SELECT COUNT(*) FROM audit WHERE operation = 'update' AND changes LIKE '%before%'")
-            .await,
+        s.scalar(
+            "SELECT COUNT(*) FROM audit WHERE operation = 'update' AND changes LIKE '%before%'"
+        )
+        .await,
         1
     );
     assert_eq!(
