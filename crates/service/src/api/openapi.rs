@@ -219,7 +219,7 @@ pub struct EntityAuditEntry {
     pub operation: String,
     pub version: i64,
     pub at: i64,
-    /// As in [`AuditEntry`]: `{}` for a `create`.
+    /// As in the audit endpoint's entries: `{}` for a `create`.
     pub changes: Value,
 }
 
