@@ -9,7 +9,8 @@ use std::borrow::Cow;
 const ADMIN: &str = "admin-secret";
 
 /// Runs the migrations up to, not including, the one that moved bodies out of
-/// the inbox, and stores one applied and one pending delivery the old way.
+/// the inbox, and stores one applied and one pending delivery the old way, and
+/// the audit and feed rows of a create that named its fields.
 async fn old_database<DB>(pool: &sqlx::Pool<DB>, mut migrator: sqlx::migrate::Migrator)
 where
     DB: sqlx::Database,
@@ -52,6 +53,16 @@ where
         .await
         .unwrap();
     }
+    for sql in [
+        "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) \
+         VALUES ('msg_old', 'user', 'user_up', 'user_up', 'create', '{\"first_name\":{}}', 1, 1)",
+        "INSERT INTO audit (svix_id, kind, entity_id, user_id, operation, changes, version, at) \
+         VALUES ('msg_old', 'user', 'user_up', 'user_up', 'update', '{\"x\":{\"before\":1,\"after\":2}}', 1, 1)",
+        "INSERT INTO change_feed (kind, entity_id, operation, changed_fields, version, svix_id, committed_at) \
+         VALUES ('user', 'user_up', 'create', '[\"first_name\"]', 1, 'msg_old', 1)",
+    ] {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
 }
 
 async fn carries_on(s: &crate::backends::Server) {
@@ -70,6 +81,27 @@ async fn carries_on(s: &crate::backends::Server) {
         assert_eq!(code, 200, "{ev}");
         assert_eq!(ev["body"]["data"]["first_name"], first, "{ev}");
     }
+    // A create's audit and feed rows written before migration 0027 named each
+    // field: they take the compact form; other operations keep theirs.
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM audit WHERE svix_id = 'msg_old' AND operation = 'create' AND changes = '{}'")
+            .await,
+        1
+    );
+    assert_eq!(
+        s.scalar(
+            "SELECT COUNT(*) FROM audit WHERE operation = 'update' AND changes LIKE '%before%'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        s.scalar(
+            "SELECT COUNT(*) FROM change_feed WHERE svix_id = 'msg_old' AND changed_fields = '[]'"
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test]

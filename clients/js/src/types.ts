@@ -103,6 +103,7 @@ export interface Change {
   /** `user`, `organization`, `membership`, ... */
   kind: string;
   id: string;
+  /** The top-level fields the change touched; `[]` for a `create` (every field is new). */
   changed_fields: string[];
   /** When the change committed (unix ms). */
   committed_at: number;

@@ -100,8 +100,8 @@ pub struct AuditEntry {
     /// When it was applied (unix ms).
     pub at: i64,
     /// Per changed field: `{"before": .., "after": ..}`; a field of an object
-    /// under its path (`public_user_data.first_name`). A `create` names its
-    /// fields with `{}`: their values are the entity's first version.
+    /// under its path (`public_user_data.first_name`). A `create`'s is `{}`:
+    /// every field is new, and its values are the entity's first version.
     pub changes: Value,
 }
 
@@ -219,6 +219,7 @@ pub struct EntityAuditEntry {
     pub operation: String,
     pub version: i64,
     pub at: i64,
+    /// As in the audit endpoint's entries: `{}` for a `create`.
     pub changes: Value,
 }
 

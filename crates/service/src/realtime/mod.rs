@@ -44,7 +44,9 @@
 //!   Denied: `{"type":"error","topic":..,"error":".."}`.
 //! - client: `{"type":"unsubscribe","topic":..}` → `{"type":"unsubscribed",..}`;
 //!   `{"type":"ping"}` → `{"type":"pong"}`.
-//! - changes: `{"seq","topic","type","kind","id","changed_fields","committed_at","data"}`.
+//! - changes: `{"seq","topic","type","kind","id","changed_fields","committed_at","data"}`;
+//!   a create's `changed_fields` is `[]` (every field is new: the feed stores
+//!   no list for it, sync/mod.rs `feed_fields`).
 //! - a deleted membership ends the session's `org:` subscription with
 //!   `{"type":"unsubscribed","topic":..,"reason":"membership deleted"}`.
 //! - too slow (queue full): `{"type":"resync","reason":..}` and close 4008; the

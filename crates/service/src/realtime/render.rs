@@ -204,6 +204,19 @@ mod tests {
     }
 
     #[test]
+    fn a_create_names_no_field_and_still_shows_session_viewers() {
+        // A create's feed row names no field: every field is new.
+        let r = entry(Kind::User, "create", &[]);
+        let out = render(&r, &r.topics(), &json!({"id": "x", "first_name": "Ada"}));
+        let (_, f, p) = &out.frames[0];
+        let f: Value = serde_json::from_str(f.as_ref()).unwrap();
+        assert_eq!(f["changed_fields"], json!([]));
+        let p: Value = serde_json::from_str(p.as_ref().unwrap()).unwrap();
+        assert_eq!(p["type"], "create");
+        assert_eq!(p["data"]["first_name"], "Ada");
+    }
+
+    #[test]
     fn memberships_go_to_their_org_and_user() {
         let r = entry(Kind::Membership, "delete", &["deleted"]);
         assert_eq!(

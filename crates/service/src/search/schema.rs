@@ -416,6 +416,8 @@ mod tests {
         )));
         // Creates and deletes always; an update naming no field is not trusted.
         assert!(touches_index(&entry(Kind::User, "create", &activity)));
+        // A create's feed row names no field (sync/mod.rs `feed_fields`).
+        assert!(touches_index(&entry(Kind::User, "create", &[])));
         assert!(touches_index(&entry(Kind::User, "delete", &[])));
         assert!(touches_index(&entry(Kind::User, "update", &[])));
         // A kind the index does not hold never.
