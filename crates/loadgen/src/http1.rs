@@ -92,10 +92,12 @@ impl Target {
                 source,
             })?;
         // Each request is one write: Nagle would only delay it.
-        stream.set_nodelay(true).map_err(|source| HttpError::Connect {
-            addr: self.addr,
-            source,
-        })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| HttpError::Connect {
+                addr: self.addr,
+                source,
+            })?;
         Ok(Conn {
             stream,
             out: Vec::with_capacity(4096),
@@ -366,7 +368,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (h.status, h.framing, h.close, h.len),
-            (202, Framing::Length(2), false, 43)
+            (202, Framing::Length(2), false, 44)
         );
         let h = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\nConnection: close\r\n\r\n")
             .unwrap()
@@ -375,10 +377,14 @@ mod tests {
         let h = parse_head(b"HTTP/1.0 401 Unauthorized\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!((h.status, h.framing, h.close), (401, Framing::UntilClose, true));
-        let h = parse_head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ncontent-length: 0\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        assert_eq!(
+            (h.status, h.framing, h.close),
+            (401, Framing::UntilClose, true)
+        );
+        let h =
+            parse_head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ncontent-length: 0\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(!h.close);
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le").unwrap(), None);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
@@ -426,7 +432,8 @@ mod tests {
     /// only the request head and its content-length body.
     async fn canned(answers: Vec<&'static [u8]>) -> url::Url {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = url::Url::parse(&format!("http://{}/hook", listener.local_addr().unwrap())).unwrap();
+        let url =
+            url::Url::parse(&format!("http://{}/hook", listener.local_addr().unwrap())).unwrap();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = Vec::new();
@@ -480,10 +487,7 @@ mod tests {
             answers.push(conn.post(&target, &HOOK).await.unwrap());
         }
         let got: Vec<_> = answers.iter().map(|a| (a.status, a.reusable)).collect();
-        assert_eq!(
-            got,
-            [(202, true), (500, true), (204, true), (401, false)]
-        );
+        assert_eq!(got, [(202, true), (500, true), (204, true), (401, false)]);
         // The server is gone: the next request on this connection fails, it is
         // not retried on a new one.
         assert!(conn.post(&target, &HOOK).await.is_err());
