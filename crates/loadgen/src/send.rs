@@ -4,10 +4,7 @@
 //! retry would carry), the HTTP requests, the loop disciplines and the counts.
 //! Plain `http://` targets go through the lean client of [`crate::http1`] (the
 //! measuring tool must not eat the cores of what it measures); `https://` ones
-//! through reqwest. Both loops run on a thread of their own with a
-//! single-threaded runtime: one thread waking for every ready socket in one
-//! `epoll_wait` costs less than workers handing wake-ups to each other, and it
-//! keeps the sender to at most one core whatever runtime the caller has.
+//! through reqwest.
 //!
 //! Must never: measure open-loop latency from the moment a request actually went
 //! out (that hides the server's stalls: "coordinated omission"; it is measured
@@ -139,33 +136,6 @@ pub enum ClientError {
     Tls(#[from] reqwest::Error),
     #[error("cannot reach the target: {0}")]
     Target(#[from] http1::HttpError),
-    #[error("cannot start the sender thread: {0}")]
-    Thread(#[source] std::io::Error),
-}
-
-/// Runs `make()` to completion on a new thread with a single-threaded runtime.
-/// If the caller stops waiting, the thread still runs to the end of its plan
-/// (it sends a bounded plan; nothing is left behind once it returns).
-async fn on_own_thread<F, Fut, T>(make: F) -> Result<T, ClientError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-    T: Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("loadgen-send".into())
-        .spawn(move || {
-            let out = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(ClientError::Thread)
-                .and_then(|rt| rt.block_on(make()));
-            // The receiver is gone only if the caller stopped waiting.
-            let _ = tx.send(out);
-        })
-        .map_err(ClientError::Thread)?;
-    rx.await.expect("the loadgen sender thread panicked")
 }
 
 /// Why one request got no answer: a transport error, counted and reported.
@@ -333,15 +303,6 @@ pub async fn closed_loop(
     deliveries: Arc<Vec<Delivery>>,
     signer: Arc<Signer>,
 ) -> Result<Outcome, ClientError> {
-    let cfg = cfg.clone();
-    on_own_thread(move || async move { closed_loop_here(&cfg, deliveries, signer).await }).await
-}
-
-async fn closed_loop_here(
-    cfg: &SendConfig,
-    deliveries: Arc<Vec<Delivery>>,
-    signer: Arc<Signer>,
-) -> Result<Outcome, ClientError> {
     let transport = Arc::new(Transport::new(cfg, cfg.connections).await?);
     let next = Arc::new(AtomicUsize::new(0));
     let progress = Arc::new(Progress::default());
@@ -391,16 +352,6 @@ async fn closed_loop_here(
 /// delays. In-flight requests are bounded; when the bound is hit the dispatcher
 /// waits (and the wait counts in the latency of what it delays).
 pub async fn open_loop(
-    cfg: &SendConfig,
-    rate: f64,
-    deliveries: Arc<Vec<Delivery>>,
-    signer: Arc<Signer>,
-) -> Result<Outcome, ClientError> {
-    let cfg = cfg.clone();
-    on_own_thread(move || async move { open_loop_here(&cfg, rate, deliveries, signer).await }).await
-}
-
-async fn open_loop_here(
     cfg: &SendConfig,
     rate: f64,
     deliveries: Arc<Vec<Delivery>>,
