@@ -4,7 +4,9 @@
 //! Owns: the command's flags and the pipeline generate -> plan -> (write files)
 //! -> send -> report. The stages live in their own modules: [`generate`] (the
 //! events), [`plan`] (delivery order, duplicates, forgeries), [`expect`] (the
-//! state a correct sync must reach), `send` (HTTP, loops, histograms), [`report`].
+//! state a correct sync must reach), `send` (loops, signing, histograms) over
+//! `http1` (a lean HTTP/1.1 client, so the loadgen leaves the cores to the
+//! server), [`report`].
 //! [`ws`] is `clerksync wsbench`: the same stream sent while WebSocket clients
 //! measure the realtime stream's commit-to-receipt latency.
 //!
@@ -17,6 +19,7 @@ pub mod check;
 pub mod clerk_api;
 pub mod expect;
 pub mod generate;
+mod http1;
 pub mod ids;
 pub mod plan;
 pub mod report;

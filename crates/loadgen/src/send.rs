@@ -2,12 +2,16 @@
 //!
 //! Owns: signing each delivery at send time (a fresh `svix-timestamp`, as a Svix
 //! retry would carry), the HTTP requests, the loop disciplines and the counts.
+//! Plain `http://` targets go through the lean client of [`crate::http1`] (the
+//! measuring tool must not eat the cores of what it measures); `https://` ones
+//! through reqwest.
 //!
 //! Must never: measure open-loop latency from the moment a request actually went
 //! out (that hides the server's stalls: "coordinated omission"; it is measured
 //! from the intended send time instead), let in-flight requests grow without bound,
 //! or retry a failed request (a failure is a result to report, not to paper over).
 
+use super::http1::{self, Conn, Target, Webhook};
 use super::plan::Delivery;
 use clerksync::webhook::WebhookSecret;
 use hdrhistogram::Histogram;
@@ -71,7 +75,7 @@ impl Stats {
         }
     }
 
-    fn record(&mut self, forged: bool, result: &Result<u16, reqwest::Error>, latency: Duration) {
+    fn record(&mut self, forged: bool, result: &Result<u16, SendError>, latency: Duration) {
         self.sent += 1;
         match result {
             Ok(status) if forged => *self.forged_by_status.entry(*status).or_default() += 1,
@@ -86,15 +90,7 @@ impl Stats {
             Err(e) => {
                 self.transport_errors += 1;
                 if self.first_transport_error.is_none() {
-                    // reqwest's Display hides the cause chain; the cause says why.
-                    let mut msg = e.to_string();
-                    let mut source = std::error::Error::source(e);
-                    while let Some(s) = source {
-                        msg.push_str(": ");
-                        msg.push_str(&s.to_string());
-                        source = s.source();
-                    }
-                    self.first_transport_error = Some(msg);
+                    self.first_transport_error = Some(e.describe());
                 }
             }
         }
@@ -135,15 +131,131 @@ pub struct Outcome {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client: {0}")]
-pub struct ClientError(#[from] reqwest::Error);
+pub enum ClientError {
+    #[error("cannot build the HTTP client: {0}")]
+    Tls(#[from] reqwest::Error),
+    #[error("cannot reach the target: {0}")]
+    Target(#[from] http1::HttpError),
+}
 
-fn client(cfg: &SendConfig, pool: usize) -> Result<Client, ClientError> {
-    Ok(Client::builder()
-        .pool_max_idle_per_host(pool)
-        .tcp_nodelay(true)
-        .timeout(cfg.timeout)
-        .build()?)
+/// Why one request got no answer: a transport error, counted and reported.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Http(#[from] http1::HttpError),
+    #[error(transparent)]
+    Tls(#[from] reqwest::Error),
+    #[error("no complete answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl SendError {
+    /// The message for the report, causes included.
+    fn describe(&self) -> String {
+        match self {
+            // reqwest's Display hides the cause chain; the cause says why.
+            SendError::Tls(e) => {
+                let mut msg = e.to_string();
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    source = s.source();
+                }
+                msg
+            }
+            // These name their cause in their own message.
+            SendError::Http(_) | SendError::Timeout(_) => self.to_string(),
+        }
+    }
+}
+
+/// How requests go out.
+enum Transport {
+    /// `http://`: one lean keep-alive connection per request in flight.
+    Plain { target: Target, timeout: Duration },
+    /// `https://`: reqwest (TLS is not worth hand-rolling for a bench tool).
+    Tls { client: Client, url: Url },
+}
+
+impl Transport {
+    async fn new(cfg: &SendConfig, pool: usize) -> Result<Transport, ClientError> {
+        if cfg.url.scheme() == "http" {
+            return Ok(Transport::Plain {
+                target: Target::resolve(&cfg.url).await?,
+                timeout: cfg.timeout,
+            });
+        }
+        let client = Client::builder()
+            .pool_max_idle_per_host(pool)
+            .tcp_nodelay(true)
+            .timeout(cfg.timeout)
+            .build()?;
+        Ok(Transport::Tls {
+            client,
+            url: cfg.url.clone(),
+        })
+    }
+
+    /// Signs and sends one delivery on `conn` (a fresh connection if it is
+    /// `None` or was closed while idle). `conn` is left `Some` only if the
+    /// answer allows reusing it; after any error it is `None`.
+    async fn send(
+        &self,
+        conn: &mut Option<Conn>,
+        signer: &Signer,
+        d: &Delivery,
+    ) -> Result<u16, SendError> {
+        // Signed now, not at generation: the server refuses timestamps more than
+        // five minutes off, and a long run must not age out of the window.
+        let ts = unix_secs();
+        let key = if d.forged {
+            &signer.forged
+        } else {
+            &signer.genuine
+        };
+        let signature = key.sign(&d.svix_id, ts, &d.body);
+        match self {
+            Transport::Plain { target, timeout } => {
+                let webhook = Webhook {
+                    svix_id: &d.svix_id,
+                    timestamp: ts,
+                    signature: &signature,
+                    body: &d.body,
+                };
+                let exchange = async {
+                    let mut c = match conn.take() {
+                        Some(c) if c.still_open() => c,
+                        _ => target.connect().await?,
+                    };
+                    let answer = c.post(target, &webhook).await?;
+                    if answer.reusable {
+                        *conn = Some(c);
+                    }
+                    Ok(answer.status)
+                };
+                tokio::time::timeout(*timeout, exchange)
+                    .await
+                    .map_err(|_| SendError::Timeout(*timeout))?
+            }
+            Transport::Tls { client, url } => {
+                let resp = client
+                    .post(url.clone())
+                    .header("svix-id", &*d.svix_id)
+                    .header("svix-timestamp", ts.to_string())
+                    .header("svix-signature", signature)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(d.body.clone())
+                    .send()
+                    .await?;
+                let status = resp.status().as_u16();
+                // Read the answer to its end: only then is the ack complete and
+                // the keep-alive connection free for the next request.
+                resp.bytes().await?;
+                Ok(status)
+            }
+        }
+    }
 }
 
 fn unix_secs() -> i64 {
@@ -151,37 +263,6 @@ fn unix_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-async fn send_one(
-    client: &Client,
-    url: &Url,
-    signer: &Signer,
-    d: &Delivery,
-) -> Result<u16, reqwest::Error> {
-    // Signed now, not at generation: the server refuses timestamps more than five
-    // minutes off, and a long run must not age out of the window.
-    let ts = unix_secs();
-    let key = if d.forged {
-        &signer.forged
-    } else {
-        &signer.genuine
-    };
-    let signature = key.sign(&d.svix_id, ts, &d.body);
-    let resp = client
-        .post(url.clone())
-        .header("svix-id", &*d.svix_id)
-        .header("svix-timestamp", ts.to_string())
-        .header("svix-signature", signature)
-        .header(CONTENT_TYPE, "application/json")
-        .body(d.body.clone())
-        .send()
-        .await?;
-    let status = resp.status().as_u16();
-    // Read the answer to its end: only then is the ack complete and the
-    // keep-alive connection free for the next request.
-    resp.bytes().await?;
-    Ok(status)
 }
 
 /// Counters the progress printer reads while the run goes on.
@@ -222,7 +303,7 @@ pub async fn closed_loop(
     deliveries: Arc<Vec<Delivery>>,
     signer: Arc<Signer>,
 ) -> Result<Outcome, ClientError> {
-    let client = client(cfg, cfg.connections)?;
+    let transport = Arc::new(Transport::new(cfg, cfg.connections).await?);
     let next = Arc::new(AtomicUsize::new(0));
     let progress = Arc::new(Progress::default());
     let start = Instant::now();
@@ -231,16 +312,17 @@ pub async fn closed_loop(
         .then(|| spawn_progress(progress.clone(), deliveries.len(), start));
     let mut workers = JoinSet::new();
     for _ in 0..cfg.connections.clamp(1, deliveries.len().max(1)) {
-        let (client, url, deliveries) = (client.clone(), cfg.url.clone(), deliveries.clone());
+        let (transport, deliveries) = (transport.clone(), deliveries.clone());
         let (next, signer, progress) = (next.clone(), signer.clone(), progress.clone());
         workers.spawn(async move {
-            // Worker-local stats: no shared lock on the hot path.
+            // Worker-local stats and connection: no shared lock on the hot path.
             let mut stats = Stats::new();
+            let mut conn = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(d) = deliveries.get(i) else { break };
                 let t0 = Instant::now();
-                let r = send_one(&client, &url, &signer, d).await;
+                let r = transport.send(&mut conn, &signer, d).await;
                 stats.record(d.forged, &r, t0.elapsed());
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 if matches!(r, Ok(s) if !d.forged && (200..300).contains(&s)) {
@@ -275,7 +357,9 @@ pub async fn open_loop(
     deliveries: Arc<Vec<Delivery>>,
     signer: Arc<Signer>,
 ) -> Result<Outcome, ClientError> {
-    let client = client(cfg, cfg.max_in_flight)?;
+    let transport = Arc::new(Transport::new(cfg, cfg.max_in_flight).await?);
+    // Idle keep-alive connections; never more than `max_in_flight` exist.
+    let idle: Arc<Mutex<Vec<Conn>>> = Arc::default();
     let slots = Arc::new(Semaphore::new(cfg.max_in_flight));
     let stats = Arc::new(Mutex::new(Stats::new()));
     let progress = Arc::new(Progress::default());
@@ -304,12 +388,16 @@ pub async fn open_loop(
                     .expect("the semaphore is never closed")
             }
         };
-        let (client, url, deliveries) = (client.clone(), cfg.url.clone(), deliveries.clone());
+        let (transport, deliveries, idle) = (transport.clone(), deliveries.clone(), idle.clone());
         let (signer, stats, progress) = (signer.clone(), stats.clone(), progress.clone());
         tokio::spawn(async move {
             let d = &deliveries[i];
-            let r = send_one(&client, &url, &signer, d).await;
+            let mut conn = idle.lock().expect("idle lock").pop();
+            let r = transport.send(&mut conn, &signer, d).await;
             let latency = due.elapsed();
+            if let Some(c) = conn {
+                idle.lock().expect("idle lock").push(c);
+            }
             stats
                 .lock()
                 .expect("stats lock")
