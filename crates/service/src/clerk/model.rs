@@ -500,12 +500,14 @@ fn write_canonical_object_at(
 /// parsed `Value` would write it (the form records are stored in: compact,
 /// every object's keys sorted), without building the `Value`: plain strings,
 /// integers and literals are copied as they are, only the rest is parsed.
-/// `None` if `raw` is not JSON.
-pub(crate) fn write_canonical(raw: &str, out: &mut String) -> Option<()> {
+/// `None` if `raw` is not JSON. (Apply writes whole records through
+/// [`write_canonical_object`]; this entry point is the tests'.)
+#[cfg(test)]
+fn write_canonical(raw: &str, out: &mut String) -> Option<()> {
     write_canonical_at(raw, out, MAX_CANONICAL_DEPTH)
 }
 
-/// How deep [`write_canonical`] goes before it gives up (and the reference
+/// How deep canonical writing goes before it gives up (and the reference
 /// reader, whose parser stops at 128 levels, decides): each level is a call
 /// of its own, and a body nested thousands of levels deep must not overflow
 /// the stack.
