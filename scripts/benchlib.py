@@ -70,6 +70,24 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_thread(pid):
+    """utime + stime of each live thread of a process, summed by thread name
+    (`comm`: tokio-rt-worker, apply, inbox-writer...), in seconds. A thread
+    that ended before the reading is not in it."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended between the listing and the read
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def peak_rss_bytes(pid):
     """The process's peak resident set (VmHWM), in bytes."""
     with open(f"/proc/{pid}/status") as f:
@@ -161,12 +179,14 @@ def measure(proc, data_dir, bin_path, url, lg_args, env, drained):
     # Other work on the machine skews every figure: record how busy it was.
     load_before = os.getloadavg()[0]
     cpu0 = cpu_seconds(proc.pid)
+    threads0 = cpu_by_thread(proc.pid)
     started = time.time()
     lg, lg_cpu = loadgen(bin_path, url, lg_args, env)
     acked = time.time()
     drained()
     done = time.time()
     cpu = cpu_seconds(proc.pid) - cpu0
+    threads1 = cpu_by_thread(proc.pid)
     rss = peak_rss_bytes(proc.pid)
     disk = disk_bytes(data_dir)
     ok = lg["status_2xx"]
@@ -186,5 +206,15 @@ def measure(proc, data_dir, bin_path, url, lg_args, env, drained):
         "disk_bytes": disk,
         "disk_bytes_per_delivery": round(disk / max(ok, 1)),
         "loadgen_cpu_s": round(lg_cpu, 2),
+        # Where the server's CPU went, by thread name (µs per delivery).
+        "cpu_us_per_delivery_by_thread": {
+            name: round((t - threads0.get(name, 0.0)) * 1e6 / max(ok, 1), 1)
+            for name, t in sorted(threads1.items(), key=lambda kv: -kv[1])
+            if t - threads0.get(name, 0.0) > 0
+        },
+        # Threads that ended during the run (tantivy's per-commit indexing
+        # threads, a dictionary's training): the process's total minus the above.
+        "cpu_us_per_delivery_ended_threads": round(
+            (cpu - sum(t - threads0.get(n, 0.0) for n, t in threads1.items())) * 1e6 / max(ok, 1), 1),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }

@@ -22,8 +22,8 @@ reports ingest-only acks/s (that run ends at the last ack, without a drain).
 Usage: scripts/compare.py [--bin target/release/clerksync] [--events 123000]
        [--seed 21] [--connections 64] [--env KEY=VALUE ...] [--only peer|clerksync]
        [--ingest-env KEY=VALUE ...] [--loadgen-arg=--flag=value ...] [--json FILE]
-Prints the table (Markdown) and a met / NOT met line per goal of issue 21 on
-stdout; progress on stderr.
+Prints the table (Markdown), a met / NOT met line per goal of issue 21, and
+where clerksync's CPU went by thread, on stdout; progress on stderr.
 """
 import argparse
 import json
@@ -231,6 +231,20 @@ def main():
         print("Ingest only: not measured (pass --ingest-env CLERKSYNC_APPLY_PAUSED=true).")
     print()
     print(goals(rounds, ingest))
+    for i, results in enumerate(rounds, 1):
+        c = results.get("clerksync")
+        if c and c.get("cpu_us_per_delivery_by_thread"):
+            parts = ", ".join(f"{name} {us:g}" for name, us in
+                              c["cpu_us_per_delivery_by_thread"].items())
+            parts += f", threads that ended {c.get('cpu_us_per_delivery_ended_threads', 0):g}"
+            print(f"\nWhere clerksync's CPU went{f' (round {i})' if len(rounds) > 1 else ''}, "
+                  f"µs per delivery by thread: {parts}")
+    if ingest and ingest.get("cpu_us_per_delivery_by_thread"):
+        parts = ", ".join(f"{name} {us:g}" for name, us in
+                          ingest["cpu_us_per_delivery_by_thread"].items())
+        print(f"Ingest only, µs per delivery by thread: {parts}")
+    print("\nWhy a goal is not met, and a perf profile: bench/RESULTS.md "
+          "(scripts/profile.sh records one).")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"loadgen_args": lg_args, "rounds": rounds, "ingest_only": ingest}, f,
