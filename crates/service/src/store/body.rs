@@ -131,6 +131,20 @@ pub fn register(dict: &[u8]) -> Result<u32, NotADictionary> {
     Ok(id)
 }
 
+/// The compression side of dictionary `id` (whose bytes are `dict`), made
+/// once per process like [`decoders`]: every database opened with that
+/// dictionary (tests open many) shares it instead of leaking a copy each.
+fn encoder(id: u32, dict: &[u8]) -> &'static EncoderDictionary<'static> {
+    static ENCODERS: OnceLock<Mutex<HashMap<u32, &'static EncoderDictionary<'static>>>> =
+        OnceLock::new();
+    let mut map = ENCODERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    map.entry(id)
+        .or_insert_with(|| Box::leak(Box::new(EncoderDictionary::copy(dict, LEVEL))))
+}
+
 /// A zstd frame decompressed with this thread's context for its dictionary
 /// (see [`compress_with`]).
 fn decompress(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -294,8 +308,7 @@ impl BodyCodec {
 
     fn install(&self, bytes: &[u8], created_at: i64) -> Result<(), NotADictionary> {
         let id = register(bytes)?;
-        let encoder: &'static EncoderDictionary<'static> =
-            Box::leak(Box::new(EncoderDictionary::copy(bytes, LEVEL)));
+        let encoder = encoder(id, bytes);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Dict {
             id,
             encoder,
